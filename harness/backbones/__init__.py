@@ -1,0 +1,18 @@
+"""Backbones: ``name -> nn.Module`` with an ``n_outputs`` attribute (the feature width d).
+
+A backbone entry is a factory ``f(input_shape, hparams) -> nn.Module``; register one with
+``@BACKBONES.register("Name")``. ``build_backbone`` is what algorithms call.
+"""
+
+from __future__ import annotations
+
+from harness.registry import BACKBONES
+
+
+def build_backbone(name: str, input_shape: tuple[int, ...], hparams: dict):
+    net = BACKBONES.get(name)(tuple(input_shape), hparams)
+    assert hasattr(net, "n_outputs"), f"backbone {name} must set n_outputs"
+    return net
+
+
+__all__ = ["BACKBONES", "build_backbone"]

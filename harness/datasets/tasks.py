@@ -1,0 +1,146 @@
+"""Task samplers: turn a multi-environment dataset into episodes for meta-learners.
+
+A task is ``(support_x, support_y, query_x, query_y)`` with labels relabelled 0..C-1; a
+``TaskBatch`` stacks T tasks of equal shape. Every sampler is a pure function of
+``(seed, step)``, so a resumed run draws exactly the episodes an uninterrupted run draws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from harness.datasets.base import EnvDataset
+from harness.utils import generator
+
+
+@dataclass
+class TaskBatch:
+    support_x: torch.Tensor  # (T, S, *input_shape)
+    support_y: torch.Tensor  # (T, S)
+    query_x: torch.Tensor  # (T, Q, *input_shape)
+    query_y: torch.Tensor  # (T, Q)
+    n_classes: int
+
+    def to(self, device) -> "TaskBatch":
+        return TaskBatch(self.support_x.to(device), self.support_y.to(device), self.query_x.to(device),
+                         self.query_y.to(device), self.n_classes)
+
+    @property
+    def num_tasks(self) -> int:
+        return self.support_x.shape[0]
+
+
+class ConcatEnv(EnvDataset):
+    """Several environments seen as one (metadata concatenated); ``batch`` gathers per environment."""
+
+    def __init__(self, envs: Sequence[EnvDataset]):
+        self.envs = list(envs)
+        sizes = torch.tensor([len(e) for e in self.envs])
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+        self.factors = (torch.cat([e.factors.float() for e in self.envs])
+                        if all(e.factors is not None for e in self.envs) else None)
+        self.groups = torch.cat([e.groups for e in self.envs]) if all(e.groups is not None for e in self.envs) else None
+        self.factor_names = self.envs[0].factor_names
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int):
+        e = int(torch.searchsorted(self.offsets, torch.tensor(i), right=True)) - 1
+        return self.envs[e][i - int(self.offsets[e])]
+
+    def batch(self, indices: torch.Tensor):
+        env_of = torch.searchsorted(self.offsets, indices, right=True) - 1
+        x_out = y_out = None
+        for e in env_of.unique().tolist():
+            pos = (env_of == e).nonzero().flatten()
+            x, y = self.envs[e].batch(indices[pos] - self.offsets[e])
+            if x_out is None:
+                x_out = x.new_empty((len(indices),) + tuple(x.shape[1:]))
+                y_out = y.new_empty(len(indices))
+            x_out[pos], y_out[pos] = x, y
+        return x_out, y_out
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.cat([e.labels for e in self.envs])
+
+
+class FactorTaskSampler:
+    """Binary linear-threshold tasks on random subsets of 1..``max_factors`` ground-truth factors.
+
+    Each task draws a subset S of factors, a direction w on S, and labels a point by whether
+    ``w . z_S`` exceeds its median over the task's points (so classes are balanced). This is
+    the task distribution of Fumero et al. (arXiv 2304.07939, Sec. 5.1).
+    """
+
+    def __init__(self, envs: Sequence[EnvDataset], hparams: dict, seed: int):
+        self.pool = ConcatEnv(envs)
+        f = self.pool.factors.float()
+        self.z = (f - f.mean(0)) / f.std(0).clamp_min(1e-8)  # standardised factors
+        self.n_factors = self.z.shape[1]
+        self.T, self.S, self.Q = hparams["tasks_per_batch"], hparams["support"], hparams["query"]
+        self.max_factors = min(hparams.get("max_factors", 3), self.n_factors)
+        self.seed = seed
+
+    def sample(self, step: int) -> TaskBatch:
+        g = generator(self.seed, "factor_tasks", step)
+        n = self.S + self.Q
+        idx = torch.randint(len(self.pool), (self.T, n), generator=g)
+        ys = []
+        for t in range(self.T):
+            k = int(torch.randint(1, self.max_factors + 1, (1,), generator=g))
+            subset = torch.randperm(self.n_factors, generator=g)[:k]
+            w = torch.randn(k, generator=g)
+            score = self.z[idx[t]][:, subset] @ w
+            ys.append((score > score.median()).long())
+        y = torch.stack(ys)
+        x, _ = self.pool.batch(idx.flatten())
+        x = x.view(self.T, n, *x.shape[1:])
+        return TaskBatch(x[:, : self.S], y[:, : self.S], x[:, self.S :], y[:, self.S :], 2)
+
+
+class ClassTaskSampler:
+    """N-way K-shot tasks within one environment (drawn at random per task); labels relabelled.
+
+    ``support`` and ``query`` hparams are totals per task: K = support // N shots per class.
+    """
+
+    def __init__(self, envs: Sequence[EnvDataset], hparams: dict, seed: int):
+        self.envs = list(envs)
+        self.by_class = []  # per env: {class: indices}
+        for env in self.envs:
+            labels = env.labels
+            self.by_class.append({int(c): (labels == c).nonzero().flatten() for c in labels.unique()})
+        self.T = hparams["tasks_per_batch"]
+        n_classes = min(len(d) for d in self.by_class)
+        self.N = min(hparams.get("n_way", 5), n_classes)
+        self.K = max(1, hparams["support"] // self.N)
+        self.Qk = max(1, hparams["query"] // self.N)
+        self.seed = seed
+
+    def sample(self, step: int) -> TaskBatch:
+        g = generator(self.seed, "class_tasks", step)
+        xs, ys = [], []
+        for _ in range(self.T):
+            e = int(torch.randint(len(self.envs), (1,), generator=g))
+            classes = list(self.by_class[e])
+            chosen = [classes[i] for i in torch.randperm(len(classes), generator=g)[: self.N].tolist()]
+            idx, lab = [], []
+            for new_label, c in enumerate(chosen):
+                pool = self.by_class[e][c]
+                pick = pool[torch.randint(len(pool), (self.K + self.Qk,), generator=g)]
+                idx.append(pick)
+                lab.append(torch.full((self.K + self.Qk,), new_label))
+            idx, lab = torch.stack(idx), torch.stack(lab)  # (N, K+Q)
+            order = torch.cat([idx[:, : self.K].flatten(), idx[:, self.K :].flatten()])
+            y = torch.cat([lab[:, : self.K].flatten(), lab[:, self.K :].flatten()])
+            x, _ = self.envs[e].batch(order)
+            xs.append(x)
+            ys.append(y)
+        x, y = torch.stack(xs), torch.stack(ys)
+        s = self.N * self.K
+        return TaskBatch(x[:, :s], y[:, :s], x[:, s:], y[:, s:], self.N)

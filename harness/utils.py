@@ -1,0 +1,57 @@
+"""Small helpers shared by the engine: seeds, devices, atomic writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def seed_hash(*args: Any) -> int:
+    """A 31-bit integer derived from any JSON-able arguments (DomainBed's ``misc.seed_hash``)."""
+    digest = hashlib.md5(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()
+    return int(digest, 16) % (2**31)
+
+
+def generator(*args: Any):
+    """A CPU ``torch.Generator`` seeded from ``seed_hash(*args)``: randomness as a pure function of its key."""
+    import torch
+
+    g = torch.Generator()
+    g.manual_seed(seed_hash(*args))
+    return g
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from harness.errors import UserError
+
+        raise UserError("--device cuda was asked for but CUDA is not available (use --device auto or cpu)")
+    return torch.device(name)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
