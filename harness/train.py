@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint_freq", type=int, default=None, help="evaluate and checkpoint every N steps")
     p.add_argument("--test_envs", type=int, nargs="*", default=[], help="indices of held-out environments")
     p.add_argument("--holdout_fraction", type=float, default=0.2, help="fraction of each environment held out ('out' split)")
-    p.add_argument("--dci_freq", type=int, default=1, help="compute DCI/MCC every N checkpoints (and always at the end)")
+    p.add_argument("--dci_freq", type=int, default=1, help="compute the costly metrics (DCI/MCC, few-shot) every N checkpoints (and always at the end)")
     p.add_argument("--eval_batch_size", type=int, default=512)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return p
@@ -126,7 +126,7 @@ def train_loop(args, identity, hparams, algorithm, dataset, splits, train_envs, 
             record = {"step": step + 1, "epoch": (step + 1) * hparams.get("batch_size", 1) / min_env,
                       "args": identity, "hparams": hparams,
                       **{k: sum(v) / len(v) for k, v in stats.items()}, "mem_gb": peak_memory_gb(device)}
-            record.update(evaluate(algorithm, dataset, splits, train_envs, args, with_dci))
+            record.update(evaluate(algorithm, dataset, splits, train_envs, args, with_dci, next_batch(0)))
             append_record(out / RESULTS, record)
             atomic_write_bytes(out / CHECKPOINT, checkpoint_bytes(step + 1, identity, algorithm))
             print(summary_line(record))
@@ -194,7 +194,7 @@ def to_device(batch: Any, device) -> Any:
 
 
 # --- evaluation ---------------------------------------------------------------------------
-def evaluate(algorithm, dataset, splits, train_envs, args, with_dci: bool) -> dict[str, float]:
+def evaluate(algorithm, dataset, splits, train_envs, args, with_dci: bool, probe: Any) -> dict[str, Any]:
     """Accuracy (and worst-group accuracy, DCI/MCC, algorithm logs) on every split."""
     import torch
 
@@ -208,7 +208,12 @@ def evaluate(algorithm, dataset, splits, train_envs, args, with_dci: bool) -> di
                     metrics.update(split_metrics(predict, split, f"env{i}_{name}", args.eval_batch_size, algorithm.device()))
             if "disentanglement" in dataset.METRICS and with_dci:
                 metrics.update(disentanglement_metrics(algorithm, splits, args))
-        metrics.update(getattr(algorithm, "checkpoint_logs", dict)())
+            if "fewshot" in dataset.METRICS and with_dci:
+                from harness.metrics.fewshot import fewshot_accuracy
+
+                metrics.update(fewshot_accuracy(algorithm, dataset.fewshot_env(), seed=args.seed,
+                                                **dataset.FEWSHOT))
+            metrics.update(algorithm.checkpoint_logs(to_device(probe, algorithm.device())))
     finally:
         algorithm.train()
     return metrics

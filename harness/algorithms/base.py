@@ -34,7 +34,8 @@ class Algorithm(nn.Module):
         self.input_shape, self.num_classes, self.num_domains = tuple(input_shape), num_classes, num_domains
         self.hparams = hparams
         self.featurizer = build_backbone(hparams["backbone"], self.input_shape, hparams)
-        self.classifier = nn.Linear(self.featurizer.n_outputs, num_classes)
+        if not self.EPISODIC:  # episodic algorithms fit their heads per task
+            self.classifier = nn.Linear(self.featurizer.n_outputs, num_classes)
 
     # --- to implement ---------------------------------------------------------------
     def update(self, batch: Any) -> dict[str, float]:
@@ -56,6 +57,10 @@ class Algorithm(nn.Module):
         self.train(was_training)
         head = fit_linear_probe(z, support_y, num_classes or int(support_y.max()) + 1)
         return lambda x: head(self.features(x))
+
+    def checkpoint_logs(self, probe: Any) -> dict[str, Any]:
+        """Extra values for the checkpoint record, computed on a fixed probe batch (the step-0 batch)."""
+        return {}
 
     def device(self) -> torch.device:
         return next(self.parameters()).device

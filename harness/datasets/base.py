@@ -103,6 +103,9 @@ class MultiEnvDataset:
       METRICS        what it reports besides accuracy: "wg_acc" (has groups), "disentanglement"
                      (has factors: DCI and MCC), "fewshot"
       N_STEPS, CHECKPOINT_FREQ   defaults for ``harness.train``
+      FEWSHOT        with "fewshot" in METRICS: episode settings for ``metrics.fewshot``
+                     (n_way, k_shot, n_query, n_episodes), and ``fewshot_env()`` returns the
+                     environment of novel classes the episodes are drawn from
     Construction: ``Dataset(data_dir, test_envs, hparams)``; ``test_envs`` lets the dataset
     switch augmentation off for them.
     """
@@ -113,6 +116,7 @@ class MultiEnvDataset:
     METRICS: tuple[str, ...] = ()
     N_STEPS: int = 1000
     CHECKPOINT_FREQ: int = 100
+    FEWSHOT: dict = {"n_way": 5, "k_shot": 5, "n_query": 15, "n_episodes": 600}
 
     def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
         self.data_dir = data_dir
@@ -137,6 +141,9 @@ class MultiEnvDataset:
 
     def __len__(self) -> int:
         return len(self.datasets)
+
+    def fewshot_env(self) -> EnvDataset:
+        raise NotImplementedError(f"{type(self).__name__} declares no few-shot split")
 
     def task_sampler(self, envs: Sequence[EnvDataset], hparams: dict, seed: int):
         """Episodes for meta-learners drawn from ``envs`` (the training splits).

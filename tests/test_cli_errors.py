@@ -1,0 +1,31 @@
+"""Errors a user can cause end with one line on stderr and exit status 2, never a traceback."""
+
+import pytest
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--algorithm", "Nope"], ["unknown algorithm 'Nope'", "ERM", "did you mean"]),
+    (["--dataset", "SyntheticLinearr"], ["unknown dataset 'SyntheticLinearr'", "did you mean 'SyntheticLinear'"]),
+    (["--hparams", '{"lrr": 1}'], ["unknown hparam(s) lrr", "Valid:", "lr"]),
+    (["--hparams", "{lr: 1}"], ["not valid JSON"]),
+    (["--test_envs", "7"], ["--test_envs [7] out of range", "0=shift0"]),
+])
+def test_user_errors_are_one_line_exit_2(cli, tmp_path, args, expected):
+    out = tmp_path / "run"
+    proc = cli("harness.train", "--output_dir", str(out), "--steps", "1", *args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for piece in expected:
+        assert piece in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not (out / "done").exists()
+
+
+def test_diverging_loss_is_a_clear_error(cli, tmp_path):
+    out = tmp_path / "run"
+    proc = cli("harness.train", "--output_dir", str(out), "--steps", "50", "--hparams", '{"lr": 1e12}', check=False)
+    assert proc.returncode == 2
+    assert "diverged" in proc.stderr.strip().splitlines()[-1]
+    assert not (out / "done").exists()
+    assert "diverged" in (out / "err.txt").read_text()

@@ -1,0 +1,35 @@
+import json
+
+import pytest
+
+from harness import hparams as hp
+from harness.errors import UserError
+
+
+def test_seed_zero_is_defaults():
+    assert hp.random_hparams("ERM", "SyntheticLinear", 0) == hp.default_hparams("ERM", "SyntheticLinear")
+
+
+def test_random_draws_are_deterministic_and_vary_with_seed():
+    a = hp.random_hparams("ERM", "Sprites", 3)
+    assert a == hp.random_hparams("ERM", "Sprites", 3)
+    draws = {json.dumps(hp.random_hparams("ERM", "Sprites", s), sort_keys=True) for s in range(1, 6)}
+    assert len(draws) == 5
+    assert all(10**-4.5 <= hp.random_hparams("ERM", "Sprites", s)["lr"] <= 10**-2.5 for s in range(1, 20))
+
+
+def test_adding_an_hparam_never_shifts_the_others(monkeypatch):
+    before = hp.random_hparams("ERM", "SyntheticLinear", 7)
+    monkeypatch.setitem(hp.ALGORITHM_SPACES, "ERM", {"aaa_new": hp.HP(1.0, hp.log_uniform(-3, 0))})
+    after = hp.random_hparams("ERM", "SyntheticLinear", 7)
+    assert "aaa_new" in after
+    assert {k: after[k] for k in before} == before
+
+
+def test_overrides_merge_and_unknown_key_names_valid_keys():
+    h = hp.resolve("ERM", "SyntheticLinear", 0, '{"lr": 0.5}')
+    assert h["lr"] == 0.5 and h["batch_size"] == hp.default_hparams("ERM", "SyntheticLinear")["batch_size"]
+    with pytest.raises(UserError, match="unknown hparam.*lrr.*Valid: .*lr"):
+        hp.resolve("ERM", "SyntheticLinear", 0, '{"lrr": 0.5}')
+    with pytest.raises(UserError, match="not valid JSON"):
+        hp.resolve("ERM", "SyntheticLinear", 0, "{lr: 1}")
