@@ -70,7 +70,9 @@ def run(args: argparse.Namespace) -> Path:
     dataset_cls, algorithm_cls = DATASETS.get(args.dataset), ALGORITHMS.get(args.algorithm)
     hparams = hp.resolve(args.algorithm, args.dataset, args.hparams_seed, args.hparams)
     out.mkdir(parents=True, exist_ok=True)
-    with Tee(out / "out.txt", "stdout"), Tee(out / "err.txt", "stderr"):
+    from harness.lock import RunLock
+
+    with RunLock(out), Tee(out / "out.txt", "stdout"), Tee(out / "err.txt", "stderr"):
         device = resolve_device(args.device)
         torch.manual_seed(seed_hash(args.seed, "init"))
         dataset = dataset_cls(args.data_dir, args.test_envs, hparams)

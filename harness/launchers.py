@@ -1,0 +1,136 @@
+"""Launchers run a list of jobs (``harness.train`` command lines). Each is a registry entry.
+
+``local`` runs them one after another, ``multi`` in N worker processes (threads per worker
+set so N workers share the cores; one GPU per worker when there are GPUs), ``slurm``
+submits a job array through submitit (requeued on preemption: a requeued run resumes from
+its checkpoint), ``dummy`` prints the commands. Plugins register more through the
+``harness.launchers`` entry point: a launcher is ``f(jobs, options) -> None`` where each job
+has ``.command`` (argv list) and ``.output_dir``.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shlex
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any, Sequence
+
+from harness.registry import LAUNCHERS
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="job", file=sys.stderr, disable=None)
+
+
+def run_job(command: Sequence[str], env: dict[str, str] | None = None) -> int:
+    """Run one job as a subprocess; its own out.txt/err.txt keep the output. Returns the exit status."""
+    proc = subprocess.run(list(command), env={**os.environ, **(env or {})},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        print(f"job failed ({proc.returncode}): {last}", file=sys.stderr)
+    return proc.returncode
+
+
+@LAUNCHERS.register("dummy")
+def dummy_launcher(jobs: Sequence[Any], options: dict) -> None:
+    """Print the commands, run nothing."""
+    for job in jobs:
+        print(shlex.join(job.command))
+
+
+@LAUNCHERS.register("local")
+def local_launcher(jobs: Sequence[Any], options: dict) -> None:
+    """Run the jobs one after another in this machine."""
+    with _progress(len(jobs), "jobs") as bar:
+        for job in jobs:
+            run_job(job.command)
+            bar.update(1)
+
+
+def _n_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # torch without CUDA support
+        return 0
+
+
+@LAUNCHERS.register("multi")
+def multi_launcher(jobs: Sequence[Any], options: dict) -> None:
+    """Run the jobs in ``--workers`` parallel processes without oversubscribing the cores."""
+    workers = max(1, int(options.get("workers") or os.cpu_count() or 1))
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    gpus = _n_gpus()
+    slots: queue.Queue[int] = queue.Queue()
+    for i in range(workers):
+        slots.put(i)
+
+    def work(job) -> int:
+        slot = slots.get()  # a worker slot pins its GPU
+        try:
+            env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+            return run_job(job.command, env)
+        finally:
+            slots.put(slot)
+
+    with ThreadPoolExecutor(workers) as pool, _progress(len(jobs), f"jobs ({workers} workers)") as bar:
+        for _ in as_completed([pool.submit(work, job) for job in jobs]):
+            bar.update(1)
+
+
+@LAUNCHERS.register("slurm")
+def slurm_launcher(jobs: Sequence[Any], options: dict) -> None:
+    """Submit the jobs as one Slurm job array through submitit, wait for them unless ``--no_wait``."""
+    try:
+        import submitit
+    except ImportError:
+        from harness.errors import UserError
+
+        raise UserError("the slurm launcher needs submitit: pip install -e '.[slurm]'") from None
+    folder = options.get("slurm_folder") or os.path.join(options["output_dir"], "_slurm", "%j")
+    executor = submitit.AutoExecutor(folder=folder, cluster=options.get("slurm_cluster"))
+    params = {"timeout_min": int(options.get("slurm_time") or 24 * 60),
+              "cpus_per_task": int(options.get("slurm_cpus") or 4),
+              "mem_gb": float(options.get("slurm_mem_gb") or 16),
+              "gpus_per_node": int(options.get("slurm_gpus") or 0),
+              "slurm_array_parallelism": int(options.get("workers") or 64)}
+    if options.get("slurm_partition"):
+        params["slurm_partition"] = options["slurm_partition"]
+    executor.update_parameters(**params)
+    submitted = executor.map_array(RequeueableJob(), [list(job.command) for job in jobs])
+    print(f"submitted {len(submitted)} jobs as Slurm array {submitted[0].job_id.split('_')[0]}" if submitted else
+          "nothing to submit")
+    if options.get("no_wait"):
+        return
+    with _progress(len(submitted), "slurm jobs") as bar:
+        for job in submitted:
+            try:
+                job.result()
+            except Exception as e:  # the run's own err.txt has the details
+                print(f"slurm job {job.job_id} failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}",
+                      file=sys.stderr)
+            bar.update(1)
+
+
+class RequeueableJob:
+    """What a Slurm array task runs; on preemption or timeout submitit requeues it, and the run resumes."""
+
+    def __call__(self, command: list[str]) -> int:
+        code = run_job(command)
+        if code != 0:
+            raise RuntimeError(f"exit status {code}: {shlex.join(command)}")
+        return code
+
+    def checkpoint(self, command: list[str]):  # submitit calls this on SIGUSR2/timeout
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, command)
