@@ -72,12 +72,66 @@ EPISODIC: dict[str, HP] = {
 }
 
 DATASET_SPACES: dict[str, dict[str, HP]] = {
-    "SyntheticLinear": {"backbone": HP("MLP"), "feature_dim": HP(10), "batch_size": HP(64, int_pow2(5, 7))},
+    "SyntheticLinear": {"backbone": HP("MLP"), "feature_dim": HP(10), "batch_size": HP(64, int_pow2(5, 7)),
+                        "n_factors": HP(10), "n_per_env": HP(4000), "data_seed": HP(0)},
     "Sprites": {"backbone": HP("SmallCNN"), "feature_dim": HP(32), "batch_size": HP(32, int_pow2(3, 6))},
+    # DomainBed's image benchmarks (arXiv 2007.01434, its hparams_registry): ResNet-50, lr 5e-5, batch 32 per env
+    **{name: {"backbone": HP("resnet50"), "lr": HP(5e-5, log_uniform(-5, -3.5)), "batch_size": HP(32, int_pow2(3, 5)),
+              "weight_decay": HP(0.0, log_uniform(-6, -2)), "data_augmentation": HP(True)}
+       for name in ("PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet")},
+    # DomainBed's small-image settings (RotatedMNIST): lr 1e-3, batch 64 per env, no weight decay
+    "RotatedFashionMNIST": {"backbone": HP("SmallCNN"), "feature_dim": HP(128), "lr": HP(1e-3, log_uniform(-4.5, -3.5)),
+                            "batch_size": HP(64, int_pow2(3, 9)), "weight_decay": HP(0.0), "n_per_env": HP(None),
+                            "data_seed": HP(0)},
+    # few-shot image benchmarks: train split only (--test_envs 1 2); k_shot of the few-shot evaluation episodes
+    "MiniImageNet": {"backbone": HP("SmallCNN"), "feature_dim": HP(128), "batch_size": HP(64, int_pow2(4, 7)),
+                     "k_shot": HP(5)},
+    "CIFARFS": {"backbone": HP("SmallCNN"), "feature_dim": HP(128), "batch_size": HP(64, int_pow2(4, 7)),
+                "k_shot": HP(5)},
 }
 
 ALGORITHM_SPACES: dict[str, dict[str, HP]] = {
     "ERM": {},
+    # DomainBed's defaults and ranges (domainbed/hparams_registry.py) for the DomainBed algorithms.
+    "IRM": {"irm_lambda": HP(1e2, log_uniform(-1, 5)),
+            "irm_penalty_anneal_iters": HP(500, lambda r: int(10 ** r.uniform(0, 4)))},
+    "GroupDRO": {"groupdro_eta": HP(1e-2, log_uniform(-3, -1))},
+    "CORAL": {"mmd_gamma": HP(1.0, log_uniform(-1, 1))},
+    "MMD": {"mmd_gamma": HP(1.0, log_uniform(-1, 1))},
+    "VREx": {"vrex_lambda": HP(1e1, log_uniform(-1, 5)),
+             "vrex_penalty_anneal_iters": HP(500, lambda r: int(10 ** r.uniform(0, 4)))},
+    "Mixup": {"mixup_alpha": HP(0.2, log_uniform(-1, 1))},
+    "Fish": {"meta_lr": HP(0.5, choice(0.05, 0.1, 0.5))},
+    # Episodic baselines (not in DomainBed): heads fitted per task.
+    "ProtoNet": {**EPISODIC},  # Snell et al., arXiv 1703.05175
+    "R2D2": {  # Bertinetto et al., arXiv 1805.08136; lambda, scale, bias are meta-learned from these inits
+        **EPISODIC,
+        "ridge_lambda": HP(1.0, log_uniform(-2, 2)),
+        "learn_lambda": HP(True),
+        "init_scale": HP(10.0, log_uniform(0, 2)),
+    },
+    "MetaOptNet": {  # Lee et al., arXiv 1904.03758; C = 0.1 and the dual ridge 1.0 are their code's values
+        **EPISODIC,
+        "svm_C": HP(0.1, log_uniform(-2, 0)),
+        "svm_dual_ridge": HP(1.0),
+        "svm_max_iter": HP(200),
+        "svm_tol": HP(1e-4),
+        "init_scale": HP(1.0, log_uniform(-1, 1)),
+    },
+    "SparseShared": {  # Fumero et al., arXiv 2304.07939; DESIGN.md section 4
+        **EPISODIC,
+        "alpha": HP(0.1, lambda r: float(r.uniform(0.02, 0.5))),  # relative to each task's lambda_max
+        "beta": HP(0.05, log_uniform(-3, 0)),
+        "rho": HP(1e-3),
+        "sparsity": HP("l1"),
+        "sharing": HP("entropy"),
+        "sharing_in": HP("inner"),
+        "feature_norm": HP("batchnorm"),
+        "init_scale": HP(5.0),
+        "inner_max_iter": HP(200),
+        "inner_tol": HP(1e-4),
+        "weight_decay": HP(0.0),
+    },
 }
 
 

@@ -197,9 +197,9 @@ def launch(jobs: list[Job], opts: dict[str, Any]) -> None:
         print_failures(after["incomplete"])
 
 
-def print_failures(jobs: list[Job]) -> None:
+def print_failures(jobs: list[Job], file=sys.stderr) -> None:
     for job in jobs:
-        print(f"  failed: {job.output_dir}  {job.last_error() or '(no error recorded)'}", file=sys.stderr)
+        print(f"  failed: {job.output_dir}  {job.last_error() or '(no error recorded)'}", file=file)
 
 
 def status(jobs: list[Job], opts: dict[str, Any]) -> None:
@@ -210,7 +210,7 @@ def status(jobs: list[Job], opts: dict[str, Any]) -> None:
     failed = [j for j in states["incomplete"] if j.last_error()]
     if failed:
         print("failed jobs (last line of err.txt):")
-        print_failures(failed)
+        print_failures(failed, sys.stdout)
 
 
 def delete_incomplete(jobs: list[Job], opts: dict[str, Any]) -> None:

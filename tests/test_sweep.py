@@ -1,0 +1,93 @@
+"""Sweeps: job ids, states from locks, resume after a killed sweep, launchers."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.lock import RunLock
+from harness.sweep import Job
+
+FAST = ["--datasets", "SyntheticLinear", "--algorithms", "ERM", "--steps", "40", "--checkpoint_freq", "20",
+        "--dci_freq", "1000", "--hparams", '{"n_per_env": 400}']
+
+
+def test_job_id_ignores_machine_paths(tmp_path):
+    args = {"dataset": "SyntheticLinear", "algorithm": "ERM", "test_envs": [0], "hparams_seed": 1}
+    a = Job(args, tmp_path / "a", data_dir="/data/one", device="cpu")
+    b = Job(dict(args), tmp_path / "b", data_dir="/elsewhere", device="cuda")
+    assert a.job_id == b.job_id and a.output_dir != b.output_dir
+    assert Job({**args, "hparams_seed": 2}, tmp_path).job_id != a.job_id
+
+
+def test_states_and_delete_incomplete_spares_live_runs(cli, tmp_path):
+    out = tmp_path / "sweep"
+    proc = cli("harness.sweep", "launch", *FAST, "--n_hparams", "3", "--output_dir", str(out), "--launcher", "dummy",
+               "--skip_confirmation")
+    commands = [l for l in proc.stdout.splitlines() if "harness.train" in l]
+    assert len(commands) == 3
+    dirs = [Path(c.split("--output_dir ")[1].split()[0]) for c in commands]
+    dirs[0].mkdir(parents=True)  # incomplete: started, nobody running it
+    (dirs[0] / "err.txt").write_text("Traceback...\nerror: something broke at step 3\n")
+    dirs[1].mkdir(parents=True)
+    with RunLock(dirs[1]):  # running: a live process holds the lock
+        status = cli("harness.sweep", "status", *FAST, "--n_hparams", "3", "--output_dir", str(out)).stdout
+        assert "running       1" in status and "incomplete    1" in status and "not launched  1" in status
+        assert "error: something broke at step 3" in status
+        cli("harness.sweep", "delete_incomplete", *FAST, "--n_hparams", "3", "--output_dir", str(out),
+            "--skip_confirmation")
+        assert not dirs[0].exists() and dirs[1].exists()
+
+
+def test_killed_sweep_relaunch_runs_only_unfinished(tmp_path):
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "harness.sweep", "launch", *FAST, "--n_hparams", "4", "--output_dir", str(out),
+           "--launcher", "multi", "--workers", "2", "--skip_confirmation"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(out.glob("*/done"))) < 1:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its jobs
+    proc.wait()
+    finished = {p.parent: p.stat().st_mtime_ns for p in out.glob("*/done")}
+    assert 1 <= len(finished) < 4
+    relaunch = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert relaunch.returncode == 0, relaunch.stderr
+    counts = re.match(r"4 jobs: (\d+) done, 0 running .*, (\d+) incomplete .*, (\d+) to start",
+                      relaunch.stdout.splitlines()[0]).groups()
+    assert int(counts[0]) == len(finished) and int(counts[1]) + int(counts[2]) == 4 - len(finished)
+    assert len(list(out.glob("*/done"))) == 4
+    for d, mtime in finished.items():  # finished runs were not run again
+        assert (d / "done").stat().st_mtime_ns == mtime
+    for d in out.iterdir():
+        records = [json.loads(l) for l in (d / "results.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records] == [20, 40]
+
+
+def _slurm_available() -> bool:
+    import shutil
+
+    return shutil.which("sinfo") is not None and subprocess.run(["sinfo"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slurm
+def test_slurm_launcher_runs_every_job(cli, tmp_path):
+    if not _slurm_available():
+        if os.environ.get("HARNESS_REQUIRE_SLURM") == "1":
+            pytest.fail("HARNESS_REQUIRE_SLURM=1 but no Slurm answers (run .ci/start-slurm.sh)")
+        pytest.skip("no Slurm here (CI starts one with .ci/start-slurm.sh)")
+    out = tmp_path / "sweep"
+    cli("harness.sweep", "launch", *FAST, "--n_hparams", "2", "--output_dir", str(out), "--launcher", "slurm",
+        "--slurm_partition", "debug", "--slurm_cpus", "1", "--slurm_mem_gb", "2", "--slurm_time", "10",
+        "--skip_confirmation", timeout=900)
+    runs = [d for d in out.iterdir() if d.name != "_slurm"]
+    assert len(runs) == 2
+    for d in runs:
+        assert (d / "done").exists()
+        assert [json.loads(l)["step"] for l in (d / "results.jsonl").read_text().splitlines()] == [20, 40]
