@@ -1,0 +1,5 @@
+"""Metrics: accuracy and worst-group accuracy live in ``harness.train``; here DCI, MCC and few-shot."""
+
+from harness.metrics.disentanglement import dci, mcc
+
+__all__ = ["dci", "mcc"]
