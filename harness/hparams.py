@@ -83,11 +83,23 @@ DATASET_SPACES: dict[str, dict[str, HP]] = {
     "RotatedFashionMNIST": {"backbone": HP("SmallCNN"), "feature_dim": HP(128), "lr": HP(1e-3, log_uniform(-4.5, -3.5)),
                             "batch_size": HP(64, int_pow2(3, 9)), "weight_decay": HP(0.0), "n_per_env": HP(None),
                             "data_seed": HP(0)},
-    # few-shot image benchmarks: train split only (--test_envs 1 2); k_shot of the few-shot evaluation episodes
+    # few-shot image benchmarks: train split only (--test_envs 1 2); k_shot, n_episodes: few-shot evaluation
     "MiniImageNet": {"backbone": HP("SmallCNN"), "feature_dim": HP(128), "batch_size": HP(64, int_pow2(4, 7)),
-                     "k_shot": HP(5)},
+                     "k_shot": HP(5), "n_episodes": HP(600)},
     "CIFARFS": {"backbone": HP("SmallCNN"), "feature_dim": HP(128), "batch_size": HP(64, int_pow2(4, 7)),
-                "k_shot": HP(5)},
+                "k_shot": HP(5), "n_episodes": HP(600)},
+    # WILDS (harness/datasets/wilds_datasets.py). Images: ImageNet-pretrained ResNet-50 with DomainBed's Adam
+    # settings; "pretrained": true (hub), false, or a local weight file/folder; BatchNorm frozen as DomainBed.
+    "Waterbirds": {"backbone": HP("resnet50"), "pretrained": HP(True), "project": HP(False), "freeze_bn": HP(True),
+                   "lr": HP(5e-5, log_uniform(-5, -3.5)), "weight_decay": HP(1e-4, log_uniform(-6, -2)),
+                   "batch_size": HP(32, int_pow2(3, 6)), "data_augmentation": HP(False), "image_size": HP(224)},
+    "Camelyon17": {"backbone": HP("resnet50"), "pretrained": HP(True), "project": HP(False), "freeze_bn": HP(True),
+                   "lr": HP(5e-5, log_uniform(-5, -3.5)), "weight_decay": HP(0.0, log_uniform(-6, -2)),
+                   "batch_size": HP(32, int_pow2(3, 5)), "data_augmentation": HP(False), "image_size": HP(96)},
+    # WILDS' CivilComments settings: DistilBERT, lr 1e-5, weight decay 0.01, batch 16, 300 tokens
+    "CivilComments": {"backbone": HP("distilbert-base-uncased"), "pretrained": HP(True), "project": HP(False),
+                      "pooling": HP("cls"), "max_length": HP(300), "lr": HP(1e-5, log_uniform(-5.5, -4.5)),
+                      "weight_decay": HP(0.01, log_uniform(-4, -1)), "batch_size": HP(16, int_pow2(3, 5))},
 }
 
 ALGORITHM_SPACES: dict[str, dict[str, HP]] = {
@@ -130,6 +142,14 @@ ALGORITHM_SPACES: dict[str, dict[str, HP]] = {
         "init_scale": HP(5.0),
         "inner_max_iter": HP(200),
         "inner_tol": HP(1e-4),
+        "weight_decay": HP(0.0),
+    },
+    "MultiTask": {  # dense ablation of SparseShared: per-task heads by unrolled gradient descent
+        **EPISODIC,
+        "feature_norm": HP("batchnorm"),
+        "init_scale": HP(5.0),
+        "head_steps": HP(10),
+        "head_lr": HP(0.5, log_uniform(-1.5, 0.5)),
         "weight_decay": HP(0.0),
     },
 }

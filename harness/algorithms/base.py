@@ -12,7 +12,9 @@ in R^d, and ``adapt(support_x, support_y)`` fits a head for a new task on frozen
 and returns a predictor ``x -> logits`` (default: a multinomial logistic-regression probe).
 Episodic algorithms are evaluated on the dataset's label through ``adapt`` on the training
 split. Optimizers stored as attributes are saved in ``state_dict()`` (via
-``get_extra_state``), so ``state_dict`` alone is enough to resume a run.
+``get_extra_state``), so ``state_dict`` alone is enough to resume a run. Two rules keep
+resume exact: create every optimizer in ``__init__`` under a fixed attribute name, and draw
+randomness in ``update`` from torch's global RNG (the trainer seeds it every step).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class Algorithm(nn.Module):
         return self.featurizer(x)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
+        if self.EPISODIC:
+            raise TypeError(f"{type(self).__name__} is episodic: predict through adapt(support_x, support_y)(x)")
         return self.classifier(self.features(x))
 
     @torch.no_grad()
