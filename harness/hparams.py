@@ -59,7 +59,9 @@ COMMON: dict[str, HP] = {
     "batch_size": HP(32, int_pow2(3, 6)),  # per training environment
     "backbone": HP("MLP"),
     "feature_dim": HP(64),  # d, the width of the representation
-    "nonlinear_classifier": HP(False),
+    "mlp_width": HP(256),  # backbone MLP
+    "mlp_depth": HP(3),
+    "cnn_width": HP(32),  # backbone SmallCNN
 }
 
 # Episodic algorithms draw tasks from the dataset's task sampler.
@@ -77,7 +79,8 @@ DATASET_SPACES: dict[str, dict[str, HP]] = {
     "Sprites": {"backbone": HP("SmallCNN"), "feature_dim": HP(32), "batch_size": HP(32, int_pow2(3, 6))},
     # DomainBed's image benchmarks (arXiv 2007.01434, its hparams_registry): ResNet-50, lr 5e-5, batch 32 per env
     **{name: {"backbone": HP("resnet50"), "lr": HP(5e-5, log_uniform(-5, -3.5)), "batch_size": HP(32, int_pow2(3, 5)),
-              "weight_decay": HP(0.0, log_uniform(-6, -2)), "data_augmentation": HP(True)}
+              "weight_decay": HP(0.0, log_uniform(-6, -2)), "data_augmentation": HP(True),
+              "pretrained": HP(True), "freeze_bn": HP(True), "project": HP(False)}
        for name in ("PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet")},
     # DomainBed's small-image settings (RotatedMNIST): lr 1e-3, batch 64 per env, no weight decay
     "RotatedFashionMNIST": {"backbone": HP("SmallCNN"), "feature_dim": HP(128), "lr": HP(1e-3, log_uniform(-4.5, -3.5)),

@@ -35,8 +35,10 @@ class UnknownNameError(UserError, KeyError):
 class Registry:
     """A name -> object table for one kind of component (algorithm, dataset, ...)."""
 
-    def __init__(self, kind: str, group: str, package: str):
+    def __init__(self, kind: str, group: str, package: str, prefixes: dict[str, str] | None = None):
         self.kind = kind
+        # "prefix:" -> module with ``resolve_prefixed(name)``: open-ended families such as "timm:<model>"
+        self.prefixes = prefixes or {}
         self.group = group
         self.package = package
         self._entries: dict[str, Any] = {}
@@ -120,6 +122,11 @@ class Registry:
                 importlib.import_module(module)
             elif name in self._scan_plugins():
                 self._load_plugin(name)
+            elif any(name.startswith(p) for p in self.prefixes):
+                prefix = next(p for p in self.prefixes if name.startswith(p))
+                found = importlib.import_module(self.prefixes[prefix]).resolve_prefixed(name)
+                if found is not None:
+                    self._entries[name] = found
             else:  # the name may be registered by a plugin module under another entry-point name
                 self.load_plugins()
         if name not in self._entries:
@@ -133,7 +140,8 @@ class Registry:
         extra = ""
         if name in self.plugin_errors:
             extra = f" (plugin failed to import: {self.plugin_errors[name]})"
-        return f"unknown {self.kind} '{name}'{extra}. Known: {', '.join(known)}{hint}"
+        families = "".join(f", {p}<name>" for p in self.prefixes)
+        return f"unknown {self.kind} '{name}'{extra}. Known: {', '.join(known)}{families}{hint}"
 
     def __contains__(self, name: str) -> bool:
         return name in self.names()
@@ -187,7 +195,8 @@ def _decorated_names(source: str) -> list[str]:
 
 ALGORITHMS = Registry("algorithm", "harness.algorithms", "harness.algorithms")
 DATASETS = Registry("dataset", "harness.datasets", "harness.datasets")
-BACKBONES = Registry("backbone", "harness.backbones", "harness.backbones")
+BACKBONES = Registry("backbone", "harness.backbones", "harness.backbones",
+                     prefixes={"timm:": "harness.backbones.timm_backbone"})
 LAUNCHERS = Registry("launcher", "harness.launchers", "harness.launchers")
 
 REGISTRIES = {"algorithms": ALGORITHMS, "datasets": DATASETS, "backbones": BACKBONES, "launchers": LAUNCHERS}

@@ -1,0 +1,322 @@
+"""WILDS datasets: Waterbirds, Camelyon17, CivilComments, read from the files WILDS v1.0 unpacks.
+
+Layout read (what ``wilds.get_dataset(NAME, root_dir=DIR, download=True)`` leaves)::
+
+    <data_dir>/waterbirds_v1.0/{RELEASE_v1.0.txt, metadata.csv, <img_filename>...}
+        metadata.csv: img_id,img_filename,y,split,place,place_filename   (split 0/1/2 = train/val/test)
+    <data_dir>/camelyon17_v1.0/{RELEASE_v1.0.txt, metadata.csv, patches/...}
+        metadata.csv: <index>,patient,node,x_coord,y_coord,tumor,slide,center,split
+        patches/patient_{patient:03}_node_{node}/patch_patient_{patient:03}_node_{node}_x_{x}_y_{y}.png
+    <data_dir>/civilcomments_v1.0/{RELEASE_v1.0.txt, all_data_with_identities.csv}
+        all_data_with_identities.csv: <index>,id,comment_text,split (train/val/test),..., toxicity, the
+        identity columns (male, female, LGBTQ, christian, muslim, other_religions, black, white,
+        identity_any, ...) and toxicity subtypes, as fractions of raters in [0, 1]
+
+The files are read directly with pandas and PIL, not through the ``wilds`` package: importing
+``wilds`` starts a thread that asks PyPI for its latest version (network at import), its
+CivilComments loader writes integers into the string ``split`` column, which pandas >= 3
+rejects, and its ``eval`` needs ``torch_scatter``. The harness computes average and
+worst-group accuracy itself (``env{i}_{in,out}_acc`` / ``_wg_acc``) from each environment's
+``groups``; labels, groups and splits follow WILDS' definitions.
+
+Protocols (DESIGN.md section 7):
+
+- **Waterbirds, CivilComments** (spurious correlations / subpopulation shift): environments are
+  WILDS' official splits ``train``, ``val``, ``test``; sweeps hold out ``val`` and ``test``
+  (``TEST_ENV_SETS = [[1, 2]]``), so training sees the train split only. Report the average and
+  worst-group accuracy of the test environment (env 2) and select models on the worst-group
+  accuracy of the validation environment (env 1, ``VAL_ENVS``; ``SELECTION = "worst_group"``).
+- **Camelyon17** (domain generalisation): one environment per hospital (centre 0..4). As in WILDS,
+  centre 1 is the out-of-distribution validation domain and centre 2 the test domain
+  (``TEST_ENV_SETS = [[1, 2]]``, ``VAL_ENVS = [1]``); training uses centres 0, 3 and 4. Groups are
+  the slides (WILDS' evaluation grouper), so ``wg_acc`` is WILDS' worst-slide accuracy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from harness.datasets.base import EnvDataset, MultiEnvDataset
+from harness.datasets.domainbed_images import IMAGENET_MEAN, IMAGENET_STD, ImageListEnv
+from harness.errors import UserError
+from harness.registry import DATASETS
+
+VERSION = "1.0"
+
+
+def wilds_root(cls_name: str, wilds_name: str, data_dir: str | None, required: str) -> Path:
+    """``<data_dir>/<wilds_name>_v1.0`` holding ``required``; else a one-line UserError saying how to get it."""
+    how = _how_to_get(cls_name, wilds_name, data_dir)
+    folder = f"{wilds_name}_v{VERSION}"
+    if not data_dir:
+        raise UserError(f"{cls_name} reads <data_dir>/{folder}/{required} but no --data_dir was given; {how}")
+    root = Path(data_dir).expanduser() / folder
+    if not (root / required).is_file():
+        raise UserError(f"{cls_name} not found: expected {root / required} (the WILDS v{VERSION} layout); {how}")
+    return root
+
+
+def _how_to_get(cls_name: str, wilds_name: str, data_dir: str | None) -> str:
+    target = data_dir or "DIR"
+    try:
+        from harness.download import NAMES  # the harness downloader, where it knows this dataset
+    except Exception:  # noqa: BLE001 - only decides which instruction to print
+        NAMES = []
+    if cls_name in NAMES:
+        return f"get it with: python -m harness.download {cls_name} --data_dir {target}"
+    return (f"get it with WILDS' downloader: pip install wilds && python -c \"import wilds; "
+            f"wilds.get_dataset('{wilds_name}', root_dir='{target}', download=True)\" "
+            f"(or unpack the archive from https://wilds.stanford.edu/downloads into {target})")
+
+
+def _long(column) -> torch.Tensor:
+    """A pandas column as a (writable) int64 tensor; a UserError when it holds non-integers."""
+    try:
+        return torch.tensor(column.to_numpy(dtype="int64"))
+    except (ValueError, TypeError) as e:
+        raise UserError(f"column '{column.name}' must hold integers: {e}") from None
+
+
+def read_csv(path: Path, **kwargs):
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (ValueError, OSError, pd.errors.ParserError) as e:
+        raise UserError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+
+
+def require_columns(df, columns: Sequence[str], path: Path) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise UserError(f"{path} lacks column(s) {', '.join(missing)} (has {', '.join(map(str, df.columns))})")
+
+
+def image_transforms(augment: bool, size: int, resize_crop: bool):
+    """WILDS/GroupDRO transforms: eval resizes (to size*256/224 then centre-crops with ``resize_crop``),
+    training augmentation is ``RandomResizedCrop(size, scale=(0.7, 1))`` and a horizontal flip."""
+    from torchvision import transforms as T
+
+    norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if augment:
+        return T.Compose([T.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.75, 4 / 3)),
+                          T.RandomHorizontalFlip(), *norm])
+    if resize_crop:
+        big = int(size * 256 / 224)
+        return T.Compose([T.Resize((big, big)), T.CenterCrop(size), *norm])
+    return T.Compose([T.Resize((size, size)), *norm])
+
+
+class GroupedImageEnv(ImageListEnv):
+    """Image files with labels and group ids (decoded lazily, as DomainBed's image datasets)."""
+
+    def __init__(self, paths: Sequence[str], y: torch.Tensor, groups: torch.Tensor, transform: Callable,
+                 augmented: bool = False):
+        super().__init__(paths, y, transform, augmented)
+        self.groups = torch.as_tensor(groups).long()
+
+    def subset(self, indices: torch.Tensor) -> "GroupedImageEnv":
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        return GroupedImageEnv([self.paths[int(i)] for i in indices], self.y[indices], self.groups[indices],
+                               self.transform, self.augmented)
+
+
+class WildsDataset(MultiEnvDataset):
+    """Common declarations of the WILDS datasets."""
+
+    METRICS = ("wg_acc",)
+    TEST_ENV_SETS = [[1, 2]]
+    VAL_ENVS = [1]  # the environment whose (worst-group) accuracy selects models
+    SELECTION = "worst_group"
+    WILDS_NAME = ""
+    GROUP_NAMES: list[str] = []
+
+
+@DATASETS.register("Waterbirds")
+class Waterbirds(WildsDataset):
+    """Waterbirds (Sagawa et al., ICLR 2020; WILDS v1.0): is the bird a landbird (0) or a waterbird (1)?
+
+    Birds from CUB pasted on land or water backgrounds (Places); in training, 95% of birds stand
+    on the background of their type. Groups = 2 * y + place: 0 landbird/land, 1 landbird/water,
+    2 waterbird/land, 3 waterbird/water. Environments: WILDS' splits train, val, test.
+    """
+
+    ENVIRONMENTS = ["train", "val", "test"]
+    WILDS_NAME = "waterbirds"
+    GROUP_NAMES = ["landbird_land", "landbird_water", "waterbird_land", "waterbird_water"]
+    NUM_CLASSES = 2
+    N_STEPS = 5000
+    CHECKPOINT_FREQ = 500
+
+    def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
+        super().__init__(data_dir, test_envs, hparams)
+        root = wilds_root(type(self).__name__, self.WILDS_NAME, data_dir, "metadata.csv")
+        df = read_csv(root / "metadata.csv")
+        require_columns(df, ["img_filename", "y", "split", "place"], root / "metadata.csv")
+        size = int(hparams.get("image_size", 224))
+        self.INPUT_SHAPE = (3, size, size)
+        augment = bool(hparams.get("data_augmentation", False))
+        eval_tf, train_tf = image_transforms(False, size, True), image_transforms(True, size, True)
+        y = _long(df["y"])
+        groups = 2 * y + _long(df["place"])
+        split = _long(df["split"])
+        paths = [str(root / f) for f in df["img_filename"].astype(str)]
+        for e in range(len(self.ENVIRONMENTS)):
+            idx = (split == e).nonzero().flatten()
+            if len(idx) == 0:
+                raise UserError(f"{root / 'metadata.csv'} has no rows of split {e} ({self.ENVIRONMENTS[e]})")
+            aug = augment and e not in self.test_envs
+            self.datasets.append(GroupedImageEnv([paths[int(i)] for i in idx], y[idx], groups[idx],
+                                                 train_tf if aug else eval_tf, augmented=aug))
+
+
+@DATASETS.register("Camelyon17")
+class Camelyon17(WildsDataset):
+    """Camelyon17-WILDS (Bandi et al. 2018; Koh et al., ICML 2021): does the centre of a 96x96
+    lymph-node patch hold tumour tissue? One environment per hospital (centre 0..4); groups are slides.
+    """
+
+    ENVIRONMENTS = ["hospital0", "hospital1", "hospital2", "hospital3", "hospital4"]
+    WILDS_NAME = "camelyon17"
+    NUM_CLASSES = 2
+    N_STEPS = 5000
+    CHECKPOINT_FREQ = 500
+    METRICS = ("wg_acc",)
+
+    def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
+        super().__init__(data_dir, test_envs, hparams)
+        root = wilds_root(type(self).__name__, self.WILDS_NAME, data_dir, "metadata.csv")
+        df = read_csv(root / "metadata.csv", index_col=0)
+        cols = ["patient", "node", "x_coord", "y_coord", "tumor", "slide", "center"]
+        require_columns(df, cols, root / "metadata.csv")
+        size = int(hparams.get("image_size", 96))
+        self.INPUT_SHAPE = (3, size, size)
+        augment = bool(hparams.get("data_augmentation", False))
+        eval_tf, train_tf = image_transforms(False, size, False), image_transforms(True, size, False)
+        paths = [str(root / "patches" / f"patient_{p:03}_node_{n}" / f"patch_patient_{p:03}_node_{n}_x_{x}_y_{yy}.png")
+                 for p, n, x, yy in zip(df["patient"].astype(int), df["node"].astype(int),
+                                        df["x_coord"].astype(int), df["y_coord"].astype(int))]
+        y = _long(df["tumor"])
+        slide = _long(df["slide"])
+        center = _long(df["center"])
+        for e in range(len(self.ENVIRONMENTS)):
+            idx = (center == e).nonzero().flatten()
+            if len(idx) == 0:
+                raise UserError(f"{root / 'metadata.csv'} has no patches of centre {e}")
+            aug = augment and e not in self.test_envs
+            self.datasets.append(GroupedImageEnv([paths[int(i)] for i in idx], y[idx], slide[idx],
+                                                 train_tf if aug else eval_tf, augmented=aug))
+
+
+# --- text -------------------------------------------------------------------------------------
+IDENTITIES = ["male", "female", "LGBTQ", "christian", "muslim", "other_religions", "black", "white"]
+
+
+class TextEnv(EnvDataset):
+    """Comments with labels and groups; ``batch`` tokenises (padded to ``max_length``) into
+    a LongTensor (N, 2, max_length) of token ids and attention masks.
+
+    Tokenising per batch keeps memory flat on the 450k comments of CivilComments (stored ids
+    would take gigabytes) and costs little next to the encoder's forward pass.
+    ``identities`` (N, 8) holds the identity indicators (>= 0.5) for WILDS' overlapping groups.
+    """
+
+    def __init__(self, texts: Sequence[str], y: torch.Tensor, groups: torch.Tensor, identities: torch.Tensor,
+                 tokenizer, max_length: int):
+        self.texts = list(texts)
+        self.y = torch.as_tensor(y).long()
+        self.groups = torch.as_tensor(groups).long()
+        self.identities = identities
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        enc = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        return torch.stack([enc["input_ids"], enc["attention_mask"]], dim=1).long()
+
+    def __getitem__(self, i: int):
+        return self.encode([self.texts[int(i)]])[0], self.y[int(i)]
+
+    def batch(self, indices: torch.Tensor):
+        idx = torch.as_tensor(indices, dtype=torch.long).flatten()
+        if len(idx) == 0:
+            return torch.zeros(0, 2, self.max_length, dtype=torch.long), self.y[:0]
+        return self.encode([self.texts[int(i)] for i in idx]), self.y[idx]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.y
+
+    def subset(self, indices: torch.Tensor) -> "TextEnv":
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return TextEnv([self.texts[int(i)] for i in idx], self.y[idx], self.groups[idx], self.identities[idx],
+                       self.tokenizer, self.max_length)
+
+
+@DATASETS.register("CivilComments")
+class CivilComments(WildsDataset):
+    """CivilComments-WILDS (Borkan et al. 2019; Koh et al., ICML 2021): is a comment toxic?
+
+    y = 1[toxicity >= 0.5]. Identities (>= 0.5): male, female, LGBTQ, christian, muslim,
+    other_religions, black, white, in WILDS' order. WILDS' groups (identity k mentioned) x label
+    overlap; ``groups`` is a partition of them: ``2 * k + y`` with k the first identity the
+    comment mentions, or k = 8 (groups 16, 17) for comments that mention none. Environments:
+    WILDS' splits train, val, test. Text is tokenised with the tokenizer of the chosen text
+    backbone (``backbone`` + ``pretrained``), truncated/padded to ``max_length`` tokens.
+    """
+
+    ENVIRONMENTS = ["train", "val", "test"]
+    WILDS_NAME = "civilcomments"
+    GROUP_NAMES = [f"{k}_{lab}" for k in [*IDENTITIES, "none"] for lab in ("nontoxic", "toxic")]
+    NUM_CLASSES = 2
+    N_STEPS = 10000
+    CHECKPOINT_FREQ = 1000
+    CSV = "all_data_with_identities.csv"
+
+    def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
+        super().__init__(data_dir, test_envs, hparams)
+        root = wilds_root(type(self).__name__, self.WILDS_NAME, data_dir, self.CSV)
+        import numpy as np
+
+        from harness.backbones.text import load_tokenizer
+
+        max_length = int(hparams.get("max_length", 300))
+        self.INPUT_SHAPE = (2, max_length)
+        # token ids and masks come from the tokenizer of the backbone the algorithm builds
+        tokenizer = load_tokenizer(hparams.get("backbone", "distilbert-base-uncased"), hparams)
+        df = read_csv(root / self.CSV, index_col=0, usecols=None)
+        require_columns(df, ["comment_text", "split", "toxicity", *IDENTITIES], root / self.CSV)
+        y = torch.as_tensor((df["toxicity"].to_numpy(dtype=float) >= 0.5).astype(np.int64))
+        ident = torch.as_tensor((df[IDENTITIES].fillna(0).to_numpy(dtype=float) >= 0.5))
+        first = torch.where(ident.any(1), ident.float().argmax(1), torch.full_like(y, len(IDENTITIES)))
+        groups = 2 * first + y
+        split = df["split"].astype(str).to_numpy()
+        texts = df["comment_text"].fillna("").astype(str).tolist()
+        for name in self.ENVIRONMENTS:
+            idx = torch.as_tensor(np.flatnonzero(split == name))
+            if len(idx) == 0:
+                raise UserError(f"{root / self.CSV} has no rows of split '{name}' (splits found: "
+                                f"{', '.join(sorted(set(split)))})")
+            self.datasets.append(TextEnv([texts[int(i)] for i in idx], y[idx], groups[idx], ident[idx],
+                                         tokenizer, max_length))
+
+
+def wilds_worst_group_accuracy(correct: torch.Tensor, identities: torch.Tensor, y: torch.Tensor) -> float:
+    """WILDS' CivilComments worst-group accuracy: the minimum over the 16 overlapping groups
+    (identity k mentioned, label) that have members. ``correct`` is a 0/1 vector."""
+    accs = []
+    for k in range(identities.shape[1]):
+        for label in (0, 1):
+            mask = identities[:, k] & (y == label)
+            if mask.any():
+                accs.append(correct[mask].float().mean().item())
+    return min(accs) if accs else float("nan")
+
+
+__all__ = ["Waterbirds", "Camelyon17", "CivilComments", "wilds_worst_group_accuracy"]
