@@ -1,0 +1,135 @@
+"""Rotated Fashion-MNIST: DomainBed's RotatedMNIST construction applied to Fashion-MNIST.
+
+Files (Fashion-MNIST's IDX files, as Zalando distributes them and torchvision stores them),
+looked for, in order, in
+
+    <data_dir>/FashionMNIST/raw/          (torchvision's layout; python -m harness.download FashionMNIST)
+    /usr/share/datasets/fashion-mnist/    (Debian's package: apt-get install dataset-fashion-mnist)
+    /usr/share/fashion-mnist/
+
+(the environment variable ``HARNESS_FMNIST_DIRS``, a list like ``PATH``, replaces the two
+system folders), each holding ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``, plain or gzipped (``.gz``).
+
+Construction (DomainBed's ``MultipleEnvironmentMNIST`` / ``RotatedMNIST``): the 70,000
+images of the train and test files are concatenated, shuffled with a fixed seed, and
+environment i (angle 0, 15, 30, 45, 60, 75 degrees) gets every 6th image starting at i,
+rotated once at construction (bilinear, zero fill). Images stay in memory as uint8; the
+hparam ``n_per_env`` keeps only the first N images of every environment (fast tests).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from harness.datasets.base import MultiEnvDataset, TensorEnv
+from harness.errors import UserError
+from harness.registry import DATASETS
+from harness.utils import generator
+
+FMNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+SYSTEM_DIRS = ("/usr/share/datasets/fashion-mnist", "/usr/share/fashion-mnist")
+IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}  # IDX is big-endian
+
+
+def read_idx(path: str | Path) -> torch.Tensor:
+    """An IDX file (LeCun's MNIST format; gzipped if the name ends in .gz) as a tensor.
+
+    Header: two zero bytes, a dtype byte (0x08 = uint8), the number of dims, then each dim as
+    a big-endian uint32 (magic 2051 = images, 2049 = labels for uint8 3-d / 1-d data).
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise UserError(f"cannot read IDX file {path}: {e}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES:
+        raise UserError(f"{path} is not an IDX file (bad magic number)")
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    import numpy as np
+
+    dtype = np.dtype(IDX_DTYPES[data[2]])
+    n = int(np.prod(dims, dtype=np.int64))
+    body = memoryview(data)[4 + 4 * ndim :]
+    if len(body) != n * dtype.itemsize:
+        raise UserError(f"{path}: IDX header says shape {dims} ({n * dtype.itemsize} bytes) but the file holds {len(body)}")
+    t = torch.from_numpy(np.frombuffer(body, dtype=dtype).astype(dtype.newbyteorder("=")))
+    return t.reshape(dims)
+
+
+def find_fmnist_dir(data_dir: str | None) -> Path:
+    """The first directory holding all four Fashion-MNIST IDX files (plain or .gz)."""
+    system = os.environ.get("HARNESS_FMNIST_DIRS")  # os.pathsep-separated; replaces SYSTEM_DIRS when set
+    system_dirs = [d for d in system.split(os.pathsep) if d] if system is not None else list(SYSTEM_DIRS)
+    candidates = ([Path(data_dir).expanduser() / "FashionMNIST" / "raw"] if data_dir else []) + \
+                 [Path(d) for d in system_dirs]
+    for d in candidates:
+        if all(_idx_path(d, f) is not None for f in FMNIST_FILES.values()):
+            return d
+    first = candidates[0]
+    raise UserError(f"Fashion-MNIST not found: expected {first}/train-images-idx3-ubyte[.gz] (and the other 3 IDX "
+                    f"files) or {SYSTEM_DIRS[0]}; get it with: apt-get install dataset-fashion-mnist, or "
+                    f"python -m harness.download FashionMNIST --data_dir {data_dir or 'DIR'}")
+
+
+def _idx_path(d: Path, name: str) -> Path | None:
+    for cand in (d / name, d / f"{name}.gz"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def load_fashion_mnist(data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """All 70,000 images (uint8 N x 28 x 28) and labels: the train file then the test file."""
+    d = find_fmnist_dir(data_dir)
+    arrays = {k: read_idx(_idx_path(d, f)) for k, f in FMNIST_FILES.items()}
+    for split in ("train", "test"):
+        x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if x.dim() != 3 or y.dim() != 1 or len(x) != len(y):
+            raise UserError(f"Fashion-MNIST files in {d} disagree: {split} images {tuple(x.shape)}, labels {tuple(y.shape)}")
+    x = torch.cat([arrays["train_images"], arrays["test_images"]])
+    y = torch.cat([arrays["train_labels"], arrays["test_labels"]]).long()
+    return x, y
+
+
+@DATASETS.register("RotatedFashionMNIST")
+class RotatedFashionMNIST(MultiEnvDataset):
+    """Fashion-MNIST rotated by 0-75 degrees, one environment per angle (DomainBed's RotatedMNIST protocol)."""
+
+    ENVIRONMENTS = ["0", "15", "30", "45", "60", "75"]
+    ANGLES = (0, 15, 30, 45, 60, 75)
+    INPUT_SHAPE = (1, 28, 28)
+    NUM_CLASSES = 10
+    N_STEPS = 5000
+    CHECKPOINT_FREQ = 100
+
+    def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
+        super().__init__(data_dir, test_envs, hparams)
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.functional import rotate
+
+        x, y = load_fashion_mnist(data_dir)
+        perm = torch.randperm(len(x), generator=generator("RotatedFashionMNIST", hparams.get("data_seed", 0)))
+        x, y = x[perm], y[perm]
+        n_per_env = hparams.get("n_per_env")
+        n_envs = len(self.ENVIRONMENTS)
+        for i, angle in enumerate(self.ANGLES):
+            xi, yi = x[i::n_envs], y[i::n_envs]
+            if n_per_env:
+                xi, yi = xi[: int(n_per_env)], yi[: int(n_per_env)]
+            xi = rotate(xi.unsqueeze(1), float(angle), interpolation=InterpolationMode.BILINEAR, fill=[0.0])
+            self.datasets.append(TensorEnv(xi.contiguous(), yi))
