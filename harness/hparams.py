@@ -76,7 +76,13 @@ EPISODIC: dict[str, HP] = {
 DATASET_SPACES: dict[str, dict[str, HP]] = {
     "SyntheticLinear": {"backbone": HP("MLP"), "feature_dim": HP(10), "batch_size": HP(64, int_pow2(5, 7)),
                         "n_factors": HP(10), "n_per_env": HP(4000), "data_seed": HP(0)},
-    "Sprites": {"backbone": HP("SmallCNN"), "feature_dim": HP(32), "batch_size": HP(32, int_pow2(3, 6))},
+    # procedural and real datasets with ground-truth factors (harness/datasets/{sprites,shapes,mpi3d}.py)
+    **{name: {"backbone": HP("SmallCNN"), "feature_dim": HP(32), "batch_size": HP(32, int_pow2(3, 6)),
+              "n_per_env": HP(4000), "data_seed": HP(0), "factor_correlation": HP(0.0), "data_cache": HP(True)}
+       for name in ("Sprites", "DSprites", "Shapes", "Shapes3D", "MPI3D")},
+    "MPI3D": {"backbone": HP("SmallCNN"), "feature_dim": HP(32), "batch_size": HP(32, int_pow2(3, 6)),
+              "n_per_env": HP(4000), "data_seed": HP(0), "factor_correlation": HP(0.0), "data_cache": HP(True),
+              "mpi3d_variant": HP("toy")},
     # DomainBed's image benchmarks (arXiv 2007.01434, its hparams_registry): ResNet-50, lr 5e-5, batch 32 per env
     **{name: {"backbone": HP("resnet50"), "lr": HP(5e-5, log_uniform(-5, -3.5)), "batch_size": HP(32, int_pow2(3, 5)),
               "weight_decay": HP(0.0, log_uniform(-6, -2)), "data_augmentation": HP(True),
@@ -135,7 +141,7 @@ ALGORITHM_SPACES: dict[str, dict[str, HP]] = {
     },
     "SparseShared": {  # Fumero et al., arXiv 2304.07939; DESIGN.md section 4
         **EPISODIC,
-        "alpha": HP(0.1, lambda r: float(r.uniform(0.02, 0.5))),  # relative to each task's lambda_max
+        "alpha": HP(0.3, lambda r: float(r.uniform(0.05, 0.7))),  # relative to each task's lambda_max
         "beta": HP(0.05, log_uniform(-3, 0)),
         "rho": HP(1e-3),
         "sparsity": HP("l1"),

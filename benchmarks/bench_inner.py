@@ -1,0 +1,128 @@
+"""Benchmark: SparseShared inner solve + implicit backward vs a closed-form ridge head.
+
+    python benchmarks/bench_inner.py [--repeats 7] [--quick] [--dtype float32]
+
+Times (median over repeats, after warm-up) one forward+backward of
+  * sparse:  W, b = sparse_heads(Z, Y, ...); loss(W, b).backward()
+  * ridge:   W = Z^T (Z Z^T + lam I)^{-1} Y_onehot (R2D2-style); loss(W).backward()
+on the same inputs (cold start: every meta-batch has new tasks), and prints the ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from harness.algorithms.sparse_shared.implicit import sparse_heads  # noqa: E402
+
+
+def make(T, n, d, C, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    Z = torch.randn(T, n, d, generator=g, dtype=dtype)
+    # a few informative directions so the heads are not pure noise
+    Y = (torch.arange(n).repeat(T, 1) % C)
+    mu = torch.randn(T, C, d, generator=g, dtype=dtype) * 0.5
+    Z = Z + torch.gather(mu, 1, Y.unsqueeze(-1).expand(T, n, d))
+    Z = Z / Z.norm(dim=-1, keepdim=True)
+    return Z, Y
+
+
+def ridge_step(Z, Y, C, lam=1.0):
+    T, n, d = Z.shape
+    Yo = F.one_hot(Y, C).to(Z.dtype)
+    A = torch.bmm(Z, Z.transpose(1, 2)) + lam * torch.eye(n, dtype=Z.dtype)
+    W = torch.bmm(Z.transpose(1, 2), torch.linalg.solve(A, Yo))
+    (W * W).sum().backward()
+
+
+def sparse_step(Z, Y, C, opts, out):
+    W, b, info = sparse_heads(Z, Y, C, **opts)
+    ((W * W).sum() + (b * b).sum()).backward()
+    out.append(info)
+
+
+def timeit(fn, repeats, warmup=2):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def bench(T, n, d, C, opts, dtype, repeats):
+    Z0, Y = make(T, n, d, C, dtype)
+
+    def run_ridge():
+        Z = Z0.clone().requires_grad_()
+        ridge_step(Z, Y, C)
+
+    infos = []
+
+    def run_sparse():
+        Z = Z0.clone().requires_grad_()
+        sparse_step(Z, Y, C, opts, infos)
+
+    tr = timeit(run_ridge, repeats)
+    ts = timeit(run_sparse, repeats)
+    # split: forward-only solve time
+    def run_fwd():
+        with torch.no_grad():
+            sparse_heads(Z0, Y, C, **opts)
+    tf = timeit(run_fwd, max(3, repeats // 2), warmup=1)
+    return tr, ts, tf, infos[-1]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--quick", action="store_true", help="main config only")
+    ap.add_argument("--alpha", type=float, default=0.2)
+    ap.add_argument("--tol", type=float, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    dtype = getattr(torch, args.dtype)
+    base = dict(alpha=args.alpha, beta=0.1, rho=1e-3, sparsity="l1", sharing="entropy", sharing_in="outer")
+    if args.tol is not None:
+        base["tol"] = args.tol
+    n = 50
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, dtype {args.dtype}, "
+          f"alpha {args.alpha}, n_support {n}, median of {args.repeats}")
+    hdr = f"{'config':<44}{'ridge ms':>10}{'sparse ms':>11}{'(fwd ms)':>10}{'ratio':>8}{'iters':>7}{'zero%':>7}"
+    print(hdr)
+    print("-" * len(hdr))
+
+    def row(name, T, d, C, **over):
+        opts = dict(base, **over)
+        tr, ts, tf, info = bench(T, n, d, C, opts, dtype, args.repeats)
+        print(f"{name:<44}{tr * 1e3:>10.2f}{ts * 1e3:>11.2f}{tf * 1e3:>10.2f}{ts / tr:>8.1f}"
+              f"{info['iters']:>7d}{100 * info['frac_zero']:>7.1f}", flush=True)
+
+    row("MAIN T=16 d=64 C=5 l1 (sharing outer)", 16, 64, 5)
+    row("MAIN T=16 d=64 C=5 group (sharing outer)", 16, 64, 5, sparsity="group")
+    row("MAIN T=16 d=64 C=5 l1 (entropy inner)", 16, 64, 5, sharing_in="inner")
+    row("MAIN T=16 d=64 C=5 l1 tol=1e-4", 16, 64, 5, tol=1e-4)
+    if args.quick:
+        return
+    for T in (4, 16, 64):
+        row(f"T={T} d=64 C=5 l1", T, 64, 5)
+    for d in (64, 256, 1024, 2048):
+        row(f"T=16 d={d} C=5 l1", 16, d, 5)
+    for C in (2, 5, 20):
+        row(f"T=16 d=64 C={C} l1", 16, 64, C)
+    row("T=16 d=2048 C=20 l1", 16, 2048, 20)
+    row("T=16 d=256 C=5 l1 (entropy inner)", 16, 256, 5, sharing_in="inner")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""SparseShared: sparse and shared feature activations (Fumero et al., NeurIPS 2023, arXiv 2304.07939)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.algorithms.base import Algorithm
+from harness.algorithms.episodic import feature_norm, head_logits, task_features
+from harness.algorithms.sparse_shared.implicit import sparse_heads
+from harness.algorithms.sparse_shared.solver import feature_usage, sharing_entropy
+from harness.registry import ALGORITHMS
+
+
+@ALGORITHMS.register("SparseShared")
+class SparseShared(Algorithm):
+    """Backbone trained through per-task heads fitted with sparsity and sharing penalties.
+
+    Each task's linear head solves ``CE(support) + alpha*||W_t||_1 + beta*H(p(W)) + rho/2||W||^2``
+    jointly over the batch (``solver.py``); the backbone gets the query loss gradient through
+    the heads by implicit differentiation (``implicit.py``). See DESIGN.md section 4.
+    """
+
+    EPISODIC = True
+
+    def __init__(self, input_shape, num_classes, num_domains, hparams):
+        super().__init__(input_shape, num_classes, num_domains, hparams)
+        d = self.featurizer.n_outputs
+        self.norm = feature_norm(hparams["feature_norm"], d)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(hparams["init_scale"])))
+        self.optimizer = torch.optim.AdamW(self.parameters(), lr=hparams["lr"], weight_decay=hparams["weight_decay"])
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.featurizer(x))
+
+    def solve(self, z_support: torch.Tensor, y_support: torch.Tensor, n_classes: int):
+        h = self.hparams
+        return sparse_heads(z_support, y_support, n_classes, alpha=h["alpha"], beta=h["beta"], rho=h["rho"],
+                            sparsity=h["sparsity"], sharing=h["sharing"], sharing_in=h["sharing_in"],
+                            max_iter=h["inner_max_iter"], tol=h["inner_tol"])
+
+    def update(self, tasks) -> dict[str, float]:
+        zs, zq = task_features(self.features, tasks)
+        W, b, info = self.solve(zs, tasks.support_y, tasks.n_classes)
+        logits = self.log_scale.exp() * head_logits(zq, W, b)
+        loss = F.cross_entropy(logits.flatten(0, 1), tasks.query_y.flatten())
+        entropy = sharing_entropy(W)
+        if self.hparams["sharing"] == "entropy" and self.hparams["sharing_in"] == "outer":
+            loss = loss + self.hparams["beta"] * entropy
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item(), "inner_iters": float(info["iters"]), "kkt": float(info["kkt"]),
+                "frac_zero": float(info["frac_zero"]), "entropy": entropy.item(), "scale": self.log_scale.exp().item()}
+
+    @torch.no_grad()
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, num_classes: int | None = None):
+        """A new task solved by the same sparse solver on frozen features (one task, T = 1)."""
+        was_training = self.training
+        self.eval()
+        n_classes = num_classes or int(support_y.max()) + 1
+        W, b, _ = self.solve(self.features(support_x)[None], support_y[None], n_classes)
+        self.train(was_training)
+        return lambda x: head_logits(self.features(x), W[0], b[0])
+
+    @torch.no_grad()
+    def checkpoint_logs(self, probe) -> dict[str, Any]:
+        """Feature usage (T x d) on the fixed probe tasks, sparsity and sharing statistics."""
+        T, S = probe.support_y.shape
+        zs = self.features(probe.support_x.flatten(0, 1)).view(T, S, -1)
+        W, _, info = self.solve(zs, probe.support_y, probe.n_classes)
+        usage = feature_usage(W)
+        p = usage.sum(0) / usage.sum().clamp_min(1e-12)
+        H = -(p[p > 0] * p[p > 0].log()).sum().item()
+        return {"usage": usage.cpu().tolist(), "probe_frac_zero": (W == 0).float().mean().item(),
+                "probe_features_used": int((usage.sum(0) > 0).sum()), "probe_entropy": H,
+                "probe_sharing": 1.0 - H / math.log(usage.shape[1]), "probe_inner_iters": info["iters"],
+                "probe_kkt": info["kkt"]}

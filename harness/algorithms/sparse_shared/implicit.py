@@ -1,0 +1,403 @@
+"""Implicit differentiation of the SparseShared inner solution w.r.t. the features.
+
+Forward: :func:`solve_heads` under ``no_grad``.  Backward: on the active set A
+(non-zero entries of W for l1, non-zero rows for group, plus every bias entry)
+the solution satisfies the smooth stationarity condition
+
+    F(u, Z) = grad_u [ CE + rho/2 ||W||^2 + beta H(p(W)) ] + alpha_t dR(W)|_A = 0,
+
+with u = (W_A, b).  With H = dF/du (Hessian on A) and upstream gradient g_u,
+solve ``H v = g_u`` and return ``grad_Z = -(dF/dZ)^T v``.  ``lambda_max_t``
+(hence alpha_t), alpha and beta are constants.  Entries outside A get zero
+gradient.
+
+Internally the head is handled as an augmented matrix ``U = [W; b]`` of shape
+(T, d+1, K) whose last row is the (never penalised) bias, paired with the
+augmented features ``[Z, 1]``.
+
+``H v = g`` is solved by a dense (batched) solve on the compressed active set
+when it is small, otherwise matrix-free with (batched) MINRES using analytic
+Hessian-vector products.  H is symmetric; it is positive definite without the
+entropy term, possibly indefinite with it (hence LU / least-squares and MINRES
+rather than Cholesky / CG).  Tasks decouple (block-diagonal H) unless the
+entropy term is in the inner problem.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from harness.algorithms.sparse_shared.solver import (
+    DEFAULT_EPS,
+    DEFAULT_MAX_ITER,
+    DEFAULT_RHO,
+    DEFAULT_TOL,
+    _check_options,
+    _entropy_parts,
+    _probs,
+    _targets,
+    head_dims,
+    lambda_max,
+    solve_heads,
+)
+
+__all__ = ["sparse_heads", "implicit_grad_Z", "DENSE_MAX"]
+
+# largest compressed active dimension (per system) solved densely
+DENSE_MAX = 2048
+# largest number of dense matrix entries (all systems together)
+DENSE_MAX_ELEMS = 2 ** 25
+# curvature added along the (CE-invariant) constant-bias direction for softmax heads
+_GAUGE = 0.5
+
+
+# --------------------------------------------------------------------------- #
+# public entry point
+# --------------------------------------------------------------------------- #
+def sparse_heads(
+    Z: torch.Tensor,
+    Y: torch.Tensor,
+    n_classes: int,
+    alpha: float,
+    beta: float = 0.0,
+    rho: float = DEFAULT_RHO,
+    sparsity: str = "l1",
+    sharing: str = "entropy",
+    sharing_in: str = "inner",
+    eps: float = DEFAULT_EPS,
+    max_iter: int = DEFAULT_MAX_ITER,
+    tol: float = DEFAULT_TOL,
+    init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    lam: Optional[torch.Tensor] = None,
+    backward: str = "auto",
+    backward_tol: Optional[float] = None,
+    backward_max_iter: int = 1000,
+):
+    """Solve the inner problem; (W, b) are differentiable w.r.t. ``Z``.
+
+    Same options as :func:`solve_heads`, plus
+      backward: "auto" | "dense" | "iterative" (how ``H v = g`` is solved);
+      backward_tol: relative residual for MINRES (default 1e-10 in float64,
+        1e-6 in float32); backward_max_iter: MINRES iteration cap.
+    """
+    _check_options(sparsity, sharing, sharing_in)
+    if backward not in ("auto", "dense", "iterative"):
+        raise ValueError(f"backward must be auto|dense|iterative, got {backward!r}")
+    W, b, info = solve_heads(Z.detach(), Y, n_classes, alpha, beta=beta, rho=rho, sparsity=sparsity,
+                             sharing=sharing, sharing_in=sharing_in, eps=eps, max_iter=max_iter,
+                             tol=tol, init=init, lam=lam)
+    if not (torch.is_grad_enabled() and Z.requires_grad):
+        return W, b, info
+    if lam is None:
+        lam = lambda_max(Z.detach(), Y.to(Z.device), n_classes, sparsity)
+    opts = dict(
+        lam=lam.detach().to(device=Z.device, dtype=Z.dtype).reshape(-1), Y=Y.to(Z.device), n_classes=n_classes, alpha=float(alpha),
+        beta_in=float(beta) if (sharing == "entropy" and sharing_in == "inner" and beta > 0) else 0.0,
+        rho=float(rho), sparsity=sparsity, eps=float(eps), backward=backward,
+        backward_tol=backward_tol, backward_max_iter=int(backward_max_iter),
+    )
+    Wo, bo = _ImplicitHeads.apply(Z, W, b, opts)
+    return Wo, bo, info
+
+
+class _ImplicitHeads(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, Z, W, b, opts):
+        ctx.opts = opts
+        ctx.save_for_backward(Z.detach(), W, b)
+        return W.clone(), b.clone()
+
+    @staticmethod
+    def backward(ctx, gW, gb):
+        Z, W, b = ctx.saved_tensors
+        o = ctx.opts
+        if gW is None:
+            gW = torch.zeros_like(W)
+        if gb is None:
+            gb = torch.zeros_like(b)
+        gZ = implicit_grad_Z(Z, o["Y"], o["n_classes"], W, b, gW, gb, alpha=o["alpha"], lam=o["lam"],
+                             beta_in=o["beta_in"], rho=o["rho"], sparsity=o["sparsity"], eps=o["eps"],
+                             backward=o["backward"], backward_tol=o["backward_tol"],
+                             backward_max_iter=o["backward_max_iter"])
+        return gZ, None, None, None
+
+
+# --------------------------------------------------------------------------- #
+# the backward computation
+# --------------------------------------------------------------------------- #
+@torch.no_grad()
+def implicit_grad_Z(Z, Y, n_classes, W, b, gW, gb, alpha, lam=None, beta_in=0.0, rho=DEFAULT_RHO, sparsity="l1",
+                    eps=DEFAULT_EPS, backward="auto", backward_tol=None, backward_max_iter=1000):
+    """grad_Z of <gW, W*> + <gb, b*> by implicit differentiation (see module doc)."""
+    T, n, d = Z.shape
+    binary, K = head_dims(n_classes)
+    dtype, dev = Z.dtype, Z.device
+    Yt = _targets(Y, K, binary, dtype)
+    if lam is None:
+        lam = lambda_max(Z, Y, n_classes, sparsity)
+    alpha_t = float(alpha) * lam  # (T,), constant
+    ones = torch.ones(T, n, 1, dtype=dtype, device=dev)
+    Za = torch.cat([Z, ones], dim=2)  # (T, n, d+1)
+    U = torch.cat([W, b.unsqueeze(1)], dim=1)  # (T, d+1, K)
+    S = torch.bmm(Za, U)
+    P = _probs(S, binary)
+    R = P - Yt
+
+    # active set on the augmented head
+    if sparsity == "l1":
+        M = W != 0
+    else:
+        M = (W != 0).any(dim=2, keepdim=True).expand(T, d, K)
+    M = torch.cat([M, torch.ones(T, 1, K, dtype=torch.bool, device=dev)], dim=1)  # (T, d+1, K)
+    if not binary:
+        # b is returned centred (sum_k b_k = 0): the gauge direction gets no gradient
+        gb = gb - gb.mean(dim=1, keepdim=True)
+    G = torch.cat([gW, gb.unsqueeze(1)], dim=1).to(dtype) * M
+
+    coupled = beta_in > 0
+    D = (d + 1) * K
+    Mf = M.reshape(T, D)
+    counts = Mf.sum(dim=1)
+    m = int(counts.max())
+    if backward == "auto":
+        if coupled:
+            dense = T * m <= DENSE_MAX and (T * m) ** 2 <= DENSE_MAX_ELEMS
+        else:
+            dense = m <= DENSE_MAX and T * m * m <= DENSE_MAX_ELEMS
+    else:
+        dense = backward == "dense"
+
+    if dense:
+        V = _dense_solve(Za, P, U, M, Mf, G, m, counts, binary, alpha_t, rho, sparsity, beta_in, eps, coupled)
+    else:
+        if backward_tol is None:
+            backward_tol = 1e-10 if dtype == torch.float64 else 1e-6
+        op = _HVP(Za, P, U, M, binary, alpha_t, rho, sparsity, beta_in, eps)
+        if coupled:
+            dot = lambda x, y: (x * y).sum().view(1, 1, 1)  # noqa: E731
+        else:
+            dot = lambda x, y: (x * y).sum(dim=(1, 2), keepdim=True)  # noqa: E731
+        V = _minres(op, G, dot, backward_tol, backward_max_iter)
+        V = V * M
+
+    if not binary:
+        V = torch.cat([V[:, :d, :], V[:, d:, :] - V[:, d:, :].mean(dim=2, keepdim=True)], dim=1)
+    # grad_Z = -(dF/dZ)^T v,  F_U = Za^T R / n + (Z-independent terms)
+    #   d<F, V>/dZa = R V^T / n + (J_P S_v) U^T / n,  S_v = Za V
+    Sv = torch.bmm(Za, V)
+    Q = _jp(P, Sv, binary)
+    gZa = (torch.bmm(R, V.transpose(1, 2)) + torch.bmm(Q, U.transpose(1, 2))) / n
+    return -gZa[:, :, :d]
+
+
+def _jp(P, S, binary):
+    """Softmax / sigmoid Jacobian (symmetric) applied to S, per sample."""
+    if binary:
+        return P * (1 - P) * S
+    PS = P * S
+    return PS - P * PS.sum(dim=-1, keepdim=True)
+
+
+# --------------------------------------------------------------------------- #
+# matrix-free Hessian on the active set
+# --------------------------------------------------------------------------- #
+class _HVP:
+    def __init__(self, Za, P, U, M, binary, alpha_t, rho, sparsity, beta_in, eps):
+        T, n, d1 = Za.shape
+        self.Za, self.P, self.U, self.M, self.binary = Za, P, U, M, binary
+        self.n, self.d = n, d1 - 1
+        self.rho, self.beta_in, self.sparsity = rho, beta_in, sparsity
+        self.Zat = Za.transpose(1, 2)
+        W = U[:, :-1, :]
+        self.W = W
+        if sparsity == "group":
+            nr = torch.linalg.vector_norm(W, dim=2, keepdim=True)  # (T, d, 1)
+            safe = torch.where(nr > 0, nr, torch.ones_like(nr))
+            self.g_scale = torch.where(nr > 0, alpha_t.view(-1, 1, 1) / safe, torch.zeros_like(nr))
+            self.g_dir = W / safe
+        if beta_in:
+            a, A, S, p, logp, H, c = _entropy_parts(W, eps)
+            self.ent = (a, A, S, p, logp, H, c)
+
+    def __call__(self, V):
+        V = V * self.M
+        d = self.d
+        Sv = torch.bmm(self.Za, V)
+        Q = _jp(self.P, Sv, self.binary)
+        out = torch.bmm(self.Zat, Q) / self.n
+        Vw = V[:, :d, :]
+        extra = self.rho * Vw
+        if self.sparsity == "group":
+            proj = (self.g_dir * Vw).sum(dim=2, keepdim=True)
+            extra = extra + self.g_scale * (Vw - self.g_dir * proj)
+        if self.beta_in:
+            extra = extra + self.beta_in * _entropy_hvp(self.W, Vw, self.ent)
+        vb = V[:, d:, :]
+        if self.binary:
+            eb = torch.zeros_like(vb)
+        else:  # gauge fixing: penalise the constant bias direction (null space of CE)
+            eb = (_GAUGE / vb.shape[2]) * vb.sum(dim=2, keepdim=True).expand_as(vb)
+        out = out + torch.cat([extra, eb], dim=1)
+        return out * self.M
+
+
+def _entropy_hvp(W, V, parts):
+    """Hessian of H(p(W)) applied to V (both (T, d, K))."""
+    a, A, S, p, logp, H, c = parts
+    da = (W * V).sum(-1) / a  # (T, d)
+    dA = da.sum(0)
+    dS = dA.sum()
+    dp = (dA - p * dS) / S
+    dH = -(logp * dp).sum()
+    dc = (-dp / p - dH) / S - c * dS / S
+    a3 = a.unsqueeze(-1)
+    return (dc.view(1, -1, 1) * W + c.view(1, -1, 1) * V - c.view(1, -1, 1) * W * (da / a).unsqueeze(-1)) / a3
+
+
+def _minres(A, b, dot, rtol, maxiter):
+    """Batched MINRES (Paige & Saunders, as in scipy) for symmetric A.
+
+    ``dot`` reduces to per-system scalars (broadcastable to the vectors).
+    Stops when every system's residual estimate is <= rtol * ||b||.
+    """
+    x = torch.zeros_like(b)
+    beta1 = torch.sqrt(dot(b, b))
+    if float(beta1.max()) == 0:
+        return x
+    zero = torch.zeros_like(beta1)
+    tiny = torch.finfo(b.dtype).tiny
+    r1 = b
+    r2 = b
+    y = b
+    oldb = zero
+    beta = beta1
+    dbar = zero
+    epsln = zero
+    phibar = beta1
+    cs = -torch.ones_like(beta1)
+    sn = zero
+    w = torch.zeros_like(b)
+    w2 = torch.zeros_like(b)
+
+    def safe_inv(z):
+        return torch.where(z > tiny, 1.0 / torch.where(z > tiny, z, torch.ones_like(z)), torch.zeros_like(z))
+
+    for itn in range(1, maxiter + 1):
+        s = safe_inv(beta)
+        v = s * y
+        y = A(v)
+        if itn >= 2:
+            y = y - (beta * safe_inv(oldb)) * r1
+        alfa = dot(v, y)
+        y = y - (alfa * s) * r2
+        r1 = r2
+        r2 = y
+        oldb = beta
+        beta = torch.sqrt(dot(y, y).clamp_min(0))
+        oldeps = epsln
+        delta = cs * dbar + sn * alfa
+        gbar = sn * dbar - cs * alfa
+        epsln = sn * beta
+        dbar = -cs * beta
+        gamma = torch.sqrt(gbar * gbar + beta * beta).clamp_min(tiny)
+        cs = gbar / gamma
+        sn = beta / gamma
+        phi = cs * phibar
+        phibar = sn * phibar
+        denom = 1.0 / gamma
+        w1 = w2
+        w2 = w
+        w = (v - oldeps * w1 - delta * w2) * denom
+        x = x + phi * w
+        if bool((phibar <= rtol * beta1).all()):
+            break
+    return x
+
+
+# --------------------------------------------------------------------------- #
+# dense solve on the compressed active set
+# --------------------------------------------------------------------------- #
+def _dense_solve(Za, P, U, M, Mf, G, m, counts, binary, alpha_t, rho, sparsity, beta_in, eps, coupled):
+    T, n, d1 = Za.shape
+    d = d1 - 1
+    K = U.shape[2]
+    dtype, dev = Za.dtype, Za.device
+    D = d1 * K
+    # active indices first (stable), padded to m per task
+    order = torch.argsort((~Mf).to(torch.int8), dim=1, stable=True)
+    idx = order[:, :m]  # (T, m)
+    valid = torch.arange(m, device=dev).unsqueeze(0) < counts.unsqueeze(1)  # (T, m)
+    vf = valid.to(dtype)
+    j_idx = torch.div(idx, K, rounding_mode="floor")
+    k_idx = idx - j_idx * K
+    is_w = (j_idx < d) & valid  # penalised (non-bias) valid entries
+    wf = is_w.to(dtype)
+
+    Zg = Za.gather(2, j_idx.unsqueeze(1).expand(T, n, m)) * vf.unsqueeze(1)  # (T, n, m)
+    if binary:
+        wgt = P * (1 - P)  # (T, n, 1)
+        Hm = torch.bmm((Zg * wgt).transpose(1, 2), Zg)
+    else:
+        Pg = P.gather(2, k_idx.unsqueeze(1).expand(T, n, m))
+        ZP = Zg * Pg
+        Ek = (k_idx.unsqueeze(2) == k_idx.unsqueeze(1)).to(dtype)
+        Hm = torch.bmm(ZP.transpose(1, 2), Zg) * Ek - torch.bmm(ZP.transpose(1, 2), ZP)
+    Hm = Hm / n
+    diag = rho * wf
+    Uf = U.reshape(T, D)
+    u = Uf.gather(1, idx) * wf  # (T, m) values of W on the compressed set
+
+    if sparsity == "group":
+        Wn = torch.linalg.vector_norm(U[:, :d, :], dim=2)  # (T, d)
+        Wn1 = torch.cat([Wn, torch.ones(T, 1, dtype=dtype, device=dev)], dim=1)
+        nr = Wn1.gather(1, j_idx) * wf + (1 - wf)  # (T, m); 1 where unused
+        sc = alpha_t.view(T, 1) / nr * wf
+        Ej = ((j_idx.unsqueeze(2) == j_idx.unsqueeze(1)) & is_w.unsqueeze(2) & is_w.unsqueeze(1)).to(dtype)
+        un = u / nr
+        Hm = Hm - Ej * (sc.unsqueeze(2) * un.unsqueeze(2) * un.unsqueeze(1))
+        diag = diag + sc
+
+    Hm = Hm + torch.diag_embed(diag + (1 - vf))  # identity on padding
+    if not binary:  # gauge fixing on the bias block (see _HVP)
+        isb = ((j_idx == d) & valid).to(dtype)
+        Hm = Hm + (_GAUGE / K) * isb.unsqueeze(2) * isb.unsqueeze(1)
+    g = G.reshape(T, D).gather(1, idx) * vf
+
+    if not coupled:
+        v = _robust_solve(Hm, g.unsqueeze(-1)).squeeze(-1)
+    else:
+        a, A, S, p, logp, H, c = _entropy_parts(U[:, :d, :], eps)
+        a1 = torch.cat([a, torch.ones(T, 1, dtype=dtype, device=dev)], dim=1)
+        at = a1.gather(1, j_idx)  # (T, m)
+        jj = j_idx.clamp_max(d - 1)
+        cj = c[jj] * wf
+        Aj = A[jj]
+        q = u / at * wf  # (T, m)
+        N = T * m
+        qf, cf, Af, jf, tf = q.reshape(N), cj.reshape(N), Aj.reshape(N), j_idx.reshape(N), \
+            torch.arange(T, device=dev).unsqueeze(1).expand(T, m).reshape(N)
+        wff = wf.reshape(N)
+        same_j = (jf.unsqueeze(1) == jf.unsqueeze(0)).to(dtype) * wff.unsqueeze(1) * wff.unsqueeze(0)
+        Mm = -same_j / Af.unsqueeze(1) + 1.0 / S - cf.unsqueeze(1) - cf.unsqueeze(0)
+        qq = qf.unsqueeze(1) * qf.unsqueeze(0)
+        same_tj = same_j * (tf.unsqueeze(1) == tf.unsqueeze(0)).to(dtype)
+        atf = at.reshape(N)
+        He = qq * Mm / S + torch.diag(cf / atf) - same_tj * qq * (cf / atf).unsqueeze(1)
+        Hg = torch.block_diag(*Hm.unbind(0)) + beta_in * He
+        v = _robust_solve(Hg, g.reshape(N, 1)).reshape(T, m)
+
+    v = v * vf
+    Vf = torch.zeros(T, D, dtype=dtype, device=dev).scatter_(1, idx, v)
+    return Vf.view(T, d1, K)
+
+
+def _robust_solve(H, g):
+    """Solve H x = g for symmetric, possibly indefinite / near-singular H."""
+    try:
+        x, info = torch.linalg.solve_ex(H, g)
+        if int(info.max()) == 0 and bool(torch.isfinite(x).all()):
+            return x
+    except RuntimeError:
+        pass
+    return torch.linalg.pinv(H, hermitian=True) @ g

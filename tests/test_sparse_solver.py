@@ -1,0 +1,313 @@
+"""Tests for the SparseShared inner solver and its implicit gradient."""
+import inspect
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness.algorithms.sparse_shared.implicit import sparse_heads
+from harness.algorithms.sparse_shared.solver import (
+    feature_usage,
+    lambda_max,
+    sharing_entropy,
+    solve_heads,
+)
+
+DT = torch.float64
+
+
+def _problem(T, n, d, C, seed, dtype=DT):
+    g = torch.Generator().manual_seed(seed)
+    Z = torch.randn(T, n, d, generator=g, dtype=torch.float64)
+    Z = (Z / Z.norm(dim=-1, keepdim=True)).to(dtype)
+    Y = torch.arange(n).repeat(T, 1) % C  # every class present
+    Y = Y[:, torch.randperm(n, generator=g)]
+    return Z, Y
+
+
+def _smooth_obj(Z, Y, C, W, b, beta, rho, eps):
+    """Independent implementation of the smooth part of the inner objective."""
+    S = torch.bmm(Z, W) + b.unsqueeze(1)
+    if C == 2:
+        ce = F.binary_cross_entropy_with_logits(S.squeeze(-1), Y.to(S.dtype), reduction="none").mean(1).sum()
+    else:
+        ce = sum(F.cross_entropy(S[t], Y[t]) for t in range(S.shape[0]))
+    f = ce + 0.5 * rho * (W ** 2).sum()
+    if beta:
+        a = torch.sqrt((W ** 2).sum(-1) + eps)
+        p = a.sum(0) / a.sum()
+        f = f - beta * (p * torch.log(p)).sum()
+    return f
+
+
+def _smooth_grads(Z, Y, C, W, b, beta, rho, eps):
+    W = W.detach().clone().requires_grad_()
+    b = b.detach().clone().requires_grad_()
+    f = _smooth_obj(Z, Y, C, W, b, beta, rho, eps)
+    return torch.autograd.grad(f, (W, b))
+
+
+# --------------------------------------------------------------------------- #
+# 1. optimality conditions
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("C", [2, 3])
+@pytest.mark.parametrize("sparsity", ["l1", "group"])
+@pytest.mark.parametrize("beta", [0.0, 0.05])
+def test_optimality_conditions(C, sparsity, beta):
+    T, n, d = 3, 30, 8
+    Z, Y = _problem(T, n, d, C, seed=10 + C)
+    alpha, rho, eps = 0.3, 1e-3, 1e-8
+    W, b, info = solve_heads(Z, Y, C, alpha, beta=beta, rho=rho, sparsity=sparsity,
+                             sharing="entropy", sharing_in="inner", eps=eps, tol=1e-10, max_iter=20000)
+    assert info["kkt"] <= 1e-10, info
+    K = 1 if C == 2 else C
+    assert W.shape == (T, d, K) and b.shape == (T, K)
+    alpha_t = alpha * lambda_max(Z, Y, C, sparsity)
+    gW, gb = _smooth_grads(Z, Y, C, W, b, beta, rho, eps)
+    tol = 1e-6
+    assert gb.abs().max() < tol
+    nz = W != 0
+    assert 0 < nz.sum() < nz.numel(), "problem should be sparse but not empty"
+    for t in range(T):
+        at = float(alpha_t[t])
+        if sparsity == "l1":
+            z = ~nz[t]
+            assert (gW[t][z].abs() <= at + tol).all()
+            assert ((gW[t] + at * torch.sign(W[t]))[nz[t]].abs() <= tol).all()
+        else:
+            rn = W[t].norm(dim=1)
+            gn = gW[t].norm(dim=1)
+            assert (gn[rn == 0] <= at + tol).all()
+            act = rn > 0
+            r = gW[t][act] + at * W[t][act] / rn[act].unsqueeze(1)
+            assert (r.norm(dim=1) <= tol).all()
+
+
+def test_sharing_outer_ignores_beta_in_inner_problem():
+    Z, Y = _problem(3, 20, 6, 3, seed=3)
+    W1, b1, _ = solve_heads(Z, Y, 3, 0.3, beta=0.5, sharing_in="outer", tol=1e-10)
+    W2, b2, _ = solve_heads(Z, Y, 3, 0.3, beta=0.0, tol=1e-10)
+    W3, _, _ = solve_heads(Z, Y, 3, 0.3, beta=0.5, sharing="none", tol=1e-10)
+    W4, _, _ = solve_heads(Z, Y, 3, 0.3, beta=0.5, sharing_in="inner", tol=1e-10)
+    assert torch.equal(W1, W2) and torch.equal(b1, b2) and torch.equal(W3, W2)
+    assert not torch.allclose(W4, W2)
+
+
+def test_entropy_helpers():
+    W = torch.randn(3, 5, 2, dtype=DT)
+    W[0, 1] = 0
+    W.requires_grad_()
+    H = sharing_entropy(W, 1e-8)
+    a = torch.sqrt((W.detach() ** 2).sum(-1) + 1e-8)
+    p = a.sum(0) / a.sum()
+    assert torch.allclose(H.detach(), -(p * p.log()).sum())
+    H.backward()
+    assert torch.isfinite(W.grad).all()
+    u = feature_usage(W)
+    assert u.shape == (3, 5) and u[0, 1] == 0
+    assert torch.allclose(u, W.detach().norm(dim=-1))
+
+
+# --------------------------------------------------------------------------- #
+# 2. exact zeros and lambda_max
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("C", [2, 4])
+@pytest.mark.parametrize("sparsity", ["l1", "group"])
+def test_exact_zeros_and_lambda_max(C, sparsity):
+    Z, Y = _problem(4, 25, 10, C, seed=7)
+    W, b, info = solve_heads(Z, Y, C, 0.5, rho=1e-3, sparsity=sparsity, tol=1e-8)
+    nzero = int((W == 0).sum())
+    assert nzero > 0
+    assert info["frac_zero"] == pytest.approx(nzero / W.numel())
+    if sparsity == "group":
+        # whole rows are zero
+        rowzero = (W == 0).all(-1)
+        assert int(rowzero.sum()) * W.shape[-1] == nzero
+    W1, b1, info1 = solve_heads(Z, Y, C, 1.0, beta=0.0, rho=0.0, sparsity=sparsity, tol=1e-10)
+    assert torch.count_nonzero(W1) == 0 and info1["frac_zero"] == 1.0
+    # the bias is then at its W=0 optimum: log class frequency / logit of positive rate
+    freq = F.one_hot(Y, C).to(DT).mean(1)
+    if C == 2:
+        ref = torch.log(freq[:, 1:] / freq[:, :1])
+    else:
+        ref = torch.log(freq) - torch.log(freq).mean(1, keepdim=True)
+    assert torch.allclose(b1, ref, atol=1e-8)
+    # lambda_max is tight: slightly below it every task has a non-zero weight
+    W2, _, _ = solve_heads(Z, Y, C, 0.97, beta=0.0, rho=0.0, sparsity=sparsity, tol=1e-10)
+    assert ((W2 != 0).flatten(1).any(1)).all()
+
+
+# --------------------------------------------------------------------------- #
+# 3. scikit-learn reference (binary, l1, T=1)
+# --------------------------------------------------------------------------- #
+def test_matches_sklearn_l1_logreg():
+    from sklearn.linear_model import LogisticRegression
+
+    n, d = 60, 6
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(n, d, generator=g, dtype=DT)
+    w_true = torch.tensor([2.0, -1.5, 0, 0, 1.0, 0], dtype=DT)
+    y = (X @ w_true + 0.5 * torch.randn(n, generator=g, dtype=DT) > 0.3).long()
+    Z, Y = X.unsqueeze(0), y.unsqueeze(0)
+    lam = float(lambda_max(Z, Y, 2, "l1")[0])
+    alpha = 0.25
+    Csk = 1.0 / (n * alpha * lam)  # sklearn: ||w||_1 + C sum_i logloss
+    kw = dict(C=Csk, solver="saga", tol=1e-12, max_iter=200000, fit_intercept=True)
+    if "l1_ratio" in inspect.signature(LogisticRegression).parameters and \
+            tuple(int(v) for v in __import__("sklearn").__version__.split(".")[:2]) >= (1, 8):
+        kw["l1_ratio"] = 1.0
+    else:
+        kw["penalty"] = "l1"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = LogisticRegression(**kw).fit(X.numpy(), y.numpy())
+    W, b, info = solve_heads(Z, Y, 2, alpha, rho=1e-10, tol=1e-11, max_iter=50000)
+    assert info["kkt"] < 1e-10
+    np.testing.assert_allclose(W[0, :, 0].numpy(), clf.coef_[0], atol=1e-3)
+    np.testing.assert_allclose(b[0, 0].item(), clf.intercept_[0], atol=1e-3)
+    # sklearn's exact zeros are ours too
+    assert ((W[0, :, 0] == 0).numpy() == (clf.coef_[0] == 0)).all()
+
+
+# --------------------------------------------------------------------------- #
+# 4. implicit gradient vs central finite differences
+# --------------------------------------------------------------------------- #
+def _loss_fn(W, b, C, gw, gb, Zq, Yq):
+    S = torch.bmm(Zq, W) + b.unsqueeze(1)
+    if C == 2:
+        q = F.binary_cross_entropy_with_logits(S.squeeze(-1), Yq.to(S.dtype))
+    else:
+        q = F.cross_entropy(S.reshape(-1, S.shape[-1]), Yq.reshape(-1))
+    return (gw * W).sum() + (gb * b).sum() + q
+
+
+@pytest.mark.parametrize("C,sparsity,beta,mode", [
+    (2, "l1", 0.0, "dense"),
+    (2, "group", 0.05, "iterative"),
+    (3, "l1", 0.0, "iterative"),
+    (3, "l1", 0.05, "dense"),
+    (3, "group", 0.0, "dense"),
+    (3, "group", 0.05, "iterative"),
+])
+def test_implicit_grad_vs_finite_differences(C, sparsity, beta, mode):
+    T, n, d = 2, 9, 4
+    Z, Y = _problem(T, n, d, C, seed=100 + 3 * C + int(beta * 100) + (sparsity == "group"))
+    Zq, Yq = _problem(T, 7, d, C, seed=999)
+    K = 1 if C == 2 else C
+    g = torch.Generator().manual_seed(5)
+    gw = torch.randn(T, d, K, generator=g, dtype=DT)
+    gb = torch.randn(T, K, generator=g, dtype=DT)
+    lam = lambda_max(Z, Y, C, sparsity)  # held fixed (treated as a constant)
+    kw = dict(lam=lam, beta=beta, rho=0.05, sparsity=sparsity, tol=1e-13, max_iter=50000, backward=mode)
+    alpha = 0.35
+    Zr = Z.clone().requires_grad_()
+    W, b, _ = sparse_heads(Zr, Y, C, alpha, **kw)
+    mask = W.detach() != 0
+    assert 0 < mask.sum() < mask.numel()
+    _loss_fn(W, b, C, gw, gb, Zq, Yq).backward()
+    h = 1e-5
+    fd = torch.zeros_like(Z)
+    with torch.no_grad():
+        for i in range(Z.numel()):
+            E = torch.zeros(Z.numel(), dtype=DT)
+            E[i] = h
+            E = E.view_as(Z)
+            Wp, bp, _ = sparse_heads(Z + E, Y, C, alpha, **kw)
+            Wm, bm, _ = sparse_heads(Z - E, Y, C, alpha, **kw)
+            assert torch.equal(Wp != 0, mask) and torch.equal(Wm != 0, mask), "active set not stable"
+            fd.view(-1)[i] = (_loss_fn(Wp, bp, C, gw, gb, Zq, Yq) - _loss_fn(Wm, bm, C, gw, gb, Zq, Yq)) / (2 * h)
+    rel = (Zr.grad - fd).norm() / fd.norm()
+    assert rel < 1e-4, float(rel)
+
+
+@pytest.mark.parametrize("C,sparsity,beta", [(3, "l1", 0.05), (3, "group", 0.05), (2, "group", 0.0)])
+def test_dense_and_iterative_backward_agree(C, sparsity, beta):
+    Z, Y = _problem(3, 20, 10, C, seed=21)
+    K = 1 if C == 2 else C
+    gw = torch.randn(3, 10, K, dtype=DT)
+    grads = []
+    for mode in ("dense", "iterative"):
+        Zr = Z.clone().requires_grad_()
+        W, b, _ = sparse_heads(Zr, Y, C, 0.3, beta=beta, sparsity=sparsity, tol=1e-12,
+                               max_iter=50000, backward=mode)
+        ((W * gw).sum() + b.sum() * 0.3).backward()
+        grads.append(Zr.grad)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-6, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- #
+# 5. implicit gradient vs unrolled (autograd through ISTA)
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("C,sparsity,beta,eps", [(3, "l1", 0.0, 1e-8), (3, "group", 0.0, 1e-8),
+                                                 (2, "l1", 0.0, 1e-8), (3, "group", 0.05, 1e-3)])
+def test_implicit_vs_unrolled(C, sparsity, beta, eps):
+    T, n, d = 2, 15, 5
+    Z, Y = _problem(T, n, d, C, seed=40 + C)
+    K = 1 if C == 2 else C
+    alpha, rho = 0.3, 0.05
+    lam = lambda_max(Z, Y, C, sparsity)
+    alpha_t = (alpha * lam).view(T, 1, 1)
+    g = torch.Generator().manual_seed(1)
+    gw = torch.randn(T, d, K, generator=g, dtype=DT)
+    gb = torch.randn(T, K, generator=g, dtype=DT)
+
+    Zr = Z.clone().requires_grad_()
+    W, b, _ = sparse_heads(Zr, Y, C, alpha, beta=beta, rho=rho, eps=eps, sparsity=sparsity, tol=1e-12,
+                           max_iter=50000)
+    ((gw * W).sum() + (gb * b).sum()).backward()
+    g_impl = Zr.grad.clone()
+
+    # unrolled ISTA started at the (detached) solution's neighbourhood
+    Zu = Z.clone().requires_grad_()
+    Wu = (W.detach() * 0.9).requires_grad_(False)
+    bu = b.detach() * 0.9
+    # the smoothed entropy has curvature up to ~ beta*max_j c_j/sqrt(eps); the
+    # (larger) eps used with beta > 0 keeps plain ISTA reasonably conditioned
+    step = 1.0 / (1.0 + rho + beta / eps ** 0.5)
+    for _ in range(1500):
+        Wg = Wu if Wu.requires_grad else Wu.clone().requires_grad_()
+        bg = bu if bu.requires_grad else bu.clone().requires_grad_()
+        f = _smooth_obj(Zu, Y, C, Wg, bg, beta, rho, eps)
+        gW_, gb_ = torch.autograd.grad(f, (Wg, bg), create_graph=True)
+        V = Wg - step * gW_
+        if sparsity == "l1":
+            Wu = torch.sign(V) * torch.clamp(V.abs() - step * alpha_t, min=0)
+        else:
+            nr = V.norm(dim=2, keepdim=True).clamp_min(1e-300)
+            Wu = V * torch.clamp(1 - step * alpha_t / nr, min=0)
+        bu = bg - step * gb_
+    assert torch.equal(Wu.detach() != 0, W.detach() != 0)
+    assert torch.allclose(Wu.detach(), W.detach(), atol=1e-9)
+    if C > 2:
+        bu = bu - bu.mean(dim=1, keepdim=True)  # same gauge as the solver
+    g_unr = torch.autograd.grad((gw * Wu).sum() + (gb * bu).sum(), Zu)[0]
+    rel = (g_impl - g_unr).norm() / g_unr.norm()
+    assert rel < 1e-6, float(rel)
+
+
+# --------------------------------------------------------------------------- #
+# 6. float32 and device handling; warm start
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("beta", [0.0, 0.05])
+def test_float32_and_device(beta):
+    dev = torch.device("cpu")
+    Z, Y = _problem(4, 30, 16, 5, seed=3)
+    Z32 = Z.float().to(dev).requires_grad_()
+    W, b, info = sparse_heads(Z32, Y.to(dev), 5, 0.2, beta=beta, tol=1e-5)
+    assert W.dtype == torch.float32 and b.dtype == torch.float32
+    assert W.device == Z32.device and b.device == Z32.device
+    assert info["kkt"] <= 1e-5 and isinstance(info["iters"], int) and isinstance(info["frac_zero"], float)
+    W64, b64, _ = solve_heads(Z, Y, 5, 0.2, beta=beta, tol=1e-10, max_iter=20000)
+    assert (W.detach().double() - W64).abs().max() < 5e-3
+    W.sum().backward()
+    assert Z32.grad.dtype == torch.float32 and torch.isfinite(Z32.grad).all()
+
+
+def test_warm_start_reduces_iterations():
+    Z, Y = _problem(4, 30, 16, 5, seed=4)
+    W, b, info = solve_heads(Z, Y, 5, 0.2, tol=1e-8)
+    W2, b2, info2 = solve_heads(Z, Y, 5, 0.2, tol=1e-8, init=(W, b))
+    assert info2["iters"] < info["iters"] / 4
+    assert torch.allclose(W, W2, atol=1e-5)
