@@ -31,14 +31,23 @@ def is_alive(info: dict | None, now: float | None = None) -> bool:
     """Whether the lock's holder is still running."""
     if not info:
         return False
-    if info.get("host") == socket.gethostname():
-        try:
-            os.kill(int(info["pid"]), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
+    if info.get("host") == socket.gethostname() and not _pid_running(int(info["pid"])):
+        return False
     return (now or time.time()) - float(info.get("heartbeat", 0)) < STALE_AFTER_S
+
+
+def _pid_running(pid: int) -> bool:
+    """Whether pid is a live process on this host (a zombie, killed but not yet reaped, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 class RunLock:

@@ -59,8 +59,11 @@ def test_killed_sweep_relaunch_runs_only_unfinished(tmp_path):
     assert 1 <= len(finished) < 4
     relaunch = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert relaunch.returncode == 0, relaunch.stderr
+    first = relaunch.stdout.splitlines()[0]
     counts = re.match(r"4 jobs: (\d+) done, 0 running .*, (\d+) incomplete .*, (\d+) to start",
-                      relaunch.stdout.splitlines()[0]).groups()
+                      first)
+    assert counts, first
+    counts = counts.groups()
     assert int(counts[0]) == len(finished) and int(counts[1]) + int(counts[2]) == 4 - len(finished)
     assert len(list(out.glob("*/done"))) == 4
     for d, mtime in finished.items():  # finished runs were not run again
