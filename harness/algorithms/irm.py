@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import autograd
 
-from harness.algorithms.base import Algorithm
+from harness.algorithms.annealed import AnnealedPenaltyAlgorithm
 from harness.registry import ALGORITHMS
 
 
@@ -28,32 +28,17 @@ def irm_penalty(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @ALGORITHMS.register("IRM")
-class IRM(Algorithm):
+class IRM(AnnealedPenaltyAlgorithm):
     """Invariant Risk Minimization, IRMv1 penalty (Arjovsky et al. 2019, arXiv 1907.02893), as in DomainBed.
 
     The penalty weight is 1 for the first ``irm_penalty_anneal_iters`` steps, then ``irm_lambda``;
     Adam is reset when it switches on (the jump in gradient scale upsets its moments).
     """
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
-        self.register_buffer("update_count", torch.tensor(0, dtype=torch.long))
-        self.optimizer = self._new_optimizer()
-
-    def _new_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"])
+    LAMBDA, ANNEAL = "irm_lambda", "irm_penalty_anneal_iters"
 
     def update(self, minibatches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
-        step, anneal = int(self.update_count), self.hparams["irm_penalty_anneal_iters"]
-        penalty_weight = self.hparams["irm_lambda"] if step >= anneal else 1.0
         logits = self.predict(torch.cat([x for x, _ in minibatches])).split([len(x) for x, _ in minibatches])
         nll = torch.stack([F.cross_entropy(lg, y) for lg, (_, y) in zip(logits, minibatches)]).mean()
         penalty = torch.stack([irm_penalty(lg, y) for lg, (_, y) in zip(logits, minibatches)]).mean()
-        loss = nll + penalty_weight * penalty
-        if step == anneal:
-            self.optimizer = self._new_optimizer()
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        self.update_count += 1
-        return {"loss": loss.item(), "nll": nll.item(), "penalty": penalty.item()}
+        return self.annealed_step(nll, penalty)
