@@ -48,7 +48,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import scipy.stats
 from scipy.optimize import linear_sum_assignment
-from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
 
 __all__ = [
     "DCI_NUM_TRAIN",
@@ -227,10 +227,9 @@ class DCIImportance(NamedTuple):
     factor_indices: np.ndarray  #: indices (into the input factors) of the kept factors
 
 
-def _gbt(fast: bool, seed: int) -> GradientBoostingClassifier:
-    if fast:
-        return GradientBoostingClassifier(random_state=seed, **FAST_GBT_PARAMS)
-    return GradientBoostingClassifier(random_state=seed)
+def _gbt(fast: bool, seed: int, regression: bool = False):
+    cls = GradientBoostingRegressor if regression else GradientBoostingClassifier
+    return cls(random_state=seed, **(FAST_GBT_PARAMS if fast else {}))
 
 
 def dci_importance_matrix(
@@ -267,12 +266,20 @@ def dci_importance_matrix(
     imp = np.zeros((ctr.shape[1], idx.size), dtype=np.float64)
     acc_tr = np.zeros(idx.size)
     acc_te = np.zeros(idx.size)
+    ftr, fte = _as_2d(factors_train, "factors_train"), _as_2d(factors_test, "factors_test")
     for col, j in enumerate(idx):
-        model = _gbt(fast, seed)
-        model.fit(ctr, ytr[:, j])
+        if np.unique(np.concatenate([ftr[:, j], fte[:, j]])).size > MAX_DISCRETE_VALUES:
+            # Continuous factor: a regressor, as Eastwood & Williams do, and R^2 (clipped at 0) as its score.
+            # Classifying equal-frequency bins instead spreads importance over irrelevant codes as soon as
+            # the codes carry a little noise (MCC 0.99 codes gave D 0.58 that way, 0.999 with regression).
+            model = _gbt(fast, seed, regression=True).fit(ctr, ftr[:, j])
+            acc_tr[col] = max(0.0, model.score(ctr, ftr[:, j]))
+            acc_te[col] = max(0.0, model.score(cte, fte[:, j]))
+        else:
+            model = _gbt(fast, seed).fit(ctr, ytr[:, j])
+            acc_tr[col] = np.mean(model.predict(ctr) == ytr[:, j])
+            acc_te[col] = np.mean(model.predict(cte) == yte[:, j])
         imp[:, col] = np.abs(model.feature_importances_)
-        acc_tr[col] = np.mean(model.predict(ctr) == ytr[:, j])
-        acc_te[col] = np.mean(model.predict(cte) == yte[:, j])
     return DCIImportance(imp, acc_tr, acc_te, idx)
 
 
@@ -352,7 +359,7 @@ def dci(
         codes: ``(N, d)`` representation (training data, or all data if no test
             set is given).
         factors: ``(N, K)`` ground-truth factors. Factors with more than 20
-            distinct values are discretised into 20 equal-frequency bins;
+            distinct values are continuous: a GBT regressor predicts them;
             discrete ones are label-encoded; single-valued ones are skipped
             (see :func:`discretize_factors`).
         codes_test, factors_test: optional held-out set. If omitted, the given
@@ -376,7 +383,9 @@ def dci(
 
     Returns:
         ``{"disentanglement": D, "completeness": C, "informativeness": I}`` with
-        ``I`` the mean test accuracy of the per-factor classifiers.
+        ``I`` the mean test accuracy of the per-factor classifiers (for continuous
+        factors, more than 20 distinct values, a GBT regressor is fit instead and
+        its test R^2, clipped at 0, counts as its accuracy).
     """
     c = _as_2d(codes, "codes")
     f = _as_2d(factors, "factors")
