@@ -37,9 +37,12 @@ METRICS = {
     "mcc": "MCC (x100)",
     "fewshot_acc": "few-shot accuracy (%)",
     "fewshot_ci95": "few-shot 95% CI half-width (%)",
+    "task_acc": "accuracy on new tasks, held-out images (%)",
+    "ood_task_acc": "accuracy on new tasks of held-out factor combinations (%)",
 }
 SHORT = {"acc": "Acc", "wg_acc": "WG acc", "dci_disentanglement": "DCI D", "dci_completeness": "DCI C",
-         "dci_informativeness": "DCI I", "mcc": "MCC", "fewshot_acc": "Few-shot", "fewshot_ci95": "Few-shot CI95"}
+         "dci_informativeness": "DCI I", "mcc": "MCC", "fewshot_acc": "Few-shot", "fewshot_ci95": "Few-shot CI95",
+         "task_acc": "Task acc", "ood_task_acc": "OOD task acc"}
 NO_TEST_ENV = "none"  # the column/test_env label of runs without test environments
 
 
@@ -482,7 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="write the tables to this file instead of stdout")
     p.add_argument("--selection", nargs="+", default=None, metavar="NAME",
                    help=f"selection methods (default: all that apply): {', '.join(sel.METHODS)}")
-    p.add_argument("--plots", default=None, metavar="DIR", help="also write PNG plots into DIR")
+    p.add_argument("--plots", default=None, metavar="DIR",
+                   help="write PNG plots (training curves, SparseShared's feature-usage heatmaps, metric vs hparam) "
+                        "into DIR (default: INPUT_DIR/plots)")
+    p.add_argument("--no_plots", action="store_true", help="tables only")
     return p
 
 
@@ -494,9 +500,10 @@ def collect(args: argparse.Namespace) -> str:
     print(stats.summary(), file=sys.stderr)
     df = records_frame(records)
     text = RENDERERS[args.format](build_tables(df, args.selection))
-    if args.plots:
-        written = write_plots(df, Path(args.plots))
-        print(f"wrote {plural(len(written), 'plot')} to {args.plots}", file=sys.stderr)
+    if not args.no_plots:
+        plots = Path(args.plots or Path(args.input_dir) / "plots")
+        written = write_plots(df, plots)
+        print(f"wrote {plural(len(written), 'plot')} to {plots}", file=sys.stderr)
     return text
 
 

@@ -73,16 +73,18 @@ EPISODIC: dict[str, HP] = {
     "max_factors": HP(3),  # factor tasks depend on a random subset of 1..max_factors factors
 }
 
+# Datasets with factors: a fraction of the multi-factor combinations is kept out of the training
+# tasks and used for out-of-distribution tasks at evaluation (harness/datasets/tasks.py).
+FACTOR_TASKS: dict[str, HP] = {"ood_task_fraction": HP(0.2)}
+
 DATASET_SPACES: dict[str, dict[str, HP]] = {
     "SyntheticLinear": {"backbone": HP("MLP"), "feature_dim": HP(10), "batch_size": HP(64, int_pow2(5, 7)),
-                        "n_factors": HP(10), "n_per_env": HP(4000), "data_seed": HP(0)},
+                        "n_factors": HP(10), "n_per_env": HP(4000), "data_seed": HP(0), **FACTOR_TASKS},
     # procedural and real datasets with ground-truth factors (harness/datasets/{sprites,shapes,mpi3d}.py)
     **{name: {"backbone": HP("SmallCNN"), "feature_dim": HP(32), "batch_size": HP(32, int_pow2(3, 6)),
-              "n_per_env": HP(4000), "data_seed": HP(0), "factor_correlation": HP(0.0), "data_cache": HP(True)}
-       for name in ("Sprites", "DSprites", "Shapes", "Shapes3D", "MPI3D")},
-    "MPI3D": {"backbone": HP("SmallCNN"), "feature_dim": HP(32), "batch_size": HP(32, int_pow2(3, 6)),
               "n_per_env": HP(4000), "data_seed": HP(0), "factor_correlation": HP(0.0), "data_cache": HP(True),
-              "mpi3d_variant": HP("toy")},
+              **FACTOR_TASKS, **({"mpi3d_variant": HP("toy")} if name == "MPI3D" else {})}
+       for name in ("Sprites", "DSprites", "Shapes", "Shapes3D", "MPI3D")},
     # DomainBed's image benchmarks (arXiv 2007.01434, its hparams_registry): ResNet-50, lr 5e-5, batch 32 per env
     **{name: {"backbone": HP("resnet50"), "lr": HP(5e-5, log_uniform(-5, -3.5)), "batch_size": HP(32, int_pow2(3, 5)),
               "weight_decay": HP(0.0, log_uniform(-6, -2)), "data_augmentation": HP(True),

@@ -35,7 +35,7 @@ NON_IDENTITY = ("data_dir", "output_dir", "device")
 DEFAULTS: dict[str, Any] = {
     "algorithms": ["ERM"], "datasets": None, "n_hparams": 1, "n_hparams_from": 0, "n_trials": 1,
     "steps": None, "checkpoint_freq": None, "hparams": None, "grid": None, "test_envs": None,
-    "dci_freq": None, "holdout_fraction": 0.2, "launcher": "local", "workers": None,
+    "dci_freq": None, "dci": None, "holdout_fraction": 0.2, "launcher": "local", "workers": None,
 }
 
 
@@ -138,7 +138,7 @@ def make_jobs(opts: dict[str, Any]) -> list[Job]:
                           "seed": seed_hash(trial, dataset, algorithm, test_envs, hseed, point),
                           "steps": opts["steps"], "checkpoint_freq": opts["checkpoint_freq"],
                           "holdout_fraction": opts["holdout_fraction"], "dci_freq": opts["dci_freq"],
-                          "hparams": overrides}
+                          "hparams": overrides, **({"dci": opts["dci"]} if opts["dci"] else {})}
             jobs.append(Job(train_args, root, opts.get("data_dir"), opts.get("device") or "auto"))
     return jobs
 
@@ -238,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int)
     p.add_argument("--checkpoint_freq", type=int)
     p.add_argument("--dci_freq", type=int)
+    p.add_argument("--dci", choices=("full", "fast"), help="DCI variant of every job (harness.train --dci; default full)")
     p.add_argument("--hparams", type=json.loads, help="JSON overrides applied to every job")
     p.add_argument("--output_dir", help="sweep directory (default: results/<sweep name>)")
     p.add_argument("--data_dir")

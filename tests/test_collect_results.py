@@ -25,19 +25,19 @@ FORMATS = {"text": "expected.txt", "markdown": "expected.md", "latex": "expected
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_format_matches_golden(cli, fmt, tmp_path):
     out = tmp_path / "tables"
-    proc = cli("harness.collect_results", "--input_dir", str(SWEEP), "--format", fmt, "--output", str(out))
+    proc = cli("harness.collect_results", "--input_dir", str(SWEEP), "--format", fmt, "--output", str(out), "--no_plots")
     assert out.read_text() == (GOLDEN / FORMATS[fmt]).read_text(), \
         f"{fmt} output differs from {FORMATS[fmt]}; if intended, run python tests/golden/regenerate.py"
     assert proc.stdout == ""
 
 
 def test_latex_flag_is_an_alias_and_stdout_is_default(cli):
-    proc = cli("harness.collect_results", "--input_dir", str(SWEEP), "--latex")
+    proc = cli("harness.collect_results", "--input_dir", str(SWEEP), "--latex", "--no_plots")
     assert proc.stdout == (GOLDEN / "expected.tex").read_text()
 
 
 def test_skip_counts_are_reported(cli):
-    proc = cli("harness.collect_results", "--input_dir", str(SWEEP))
+    proc = cli("harness.collect_results", "--input_dir", str(SWEEP), "--no_plots")
     assert "read 87 records from 29 runs; skipped 1 corrupt line in 1 file, 1 unfinished run" in proc.stderr
 
 
@@ -71,7 +71,7 @@ def test_user_errors(cli, tmp_path, setup, message):
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     proc = cli("harness.collect_results", "--input_dir", str(tmp_path / "nope"), check=False)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
-    proc = cli("harness.collect_results", "--input_dir", str(SWEEP), "--selection", "bogus", check=False)
+    proc = cli("harness.collect_results", "--input_dir", str(SWEEP), "--selection", "bogus", "--no_plots", check=False)
     assert proc.returncode == 2 and "unknown selection method 'bogus'" in proc.stderr
 
 
@@ -190,6 +190,16 @@ def test_plots_are_written(cli, tmp_path):
     assert {"curves_SyntheticLinear.png", "curves_Waterbirds.png", "curves_Shapes3D.png",
             "usage_Shapes3D_SparseShared_t0_h0.png", "hparam_Shapes3D_lr.png", "hparam_Shapes3D_beta.png"} <= set(pngs)
     assert all(size > 1000 for size in pngs.values()) and f"wrote {len(pngs)} plots" in proc.stderr
+
+
+def test_usage_heatmaps_are_written_by_default(cli, tmp_path):
+    shutil.copytree(SWEEP / "Shapes3D", tmp_path / "Shapes3D")
+    proc = cli("harness.collect_results", "--input_dir", str(tmp_path))
+    heatmaps = sorted(p.name for p in (tmp_path / "plots").glob("usage_*.png"))
+    assert heatmaps == [f"usage_Shapes3D_SparseShared_t{t}_h{h}.png" for t in (0, 1) for h in (0, 1)], heatmaps
+    assert f"to {tmp_path / 'plots'}" in proc.stderr
+    proc = cli("harness.collect_results", "--input_dir", str(tmp_path / "Shapes3D"), "--no_plots")
+    assert "wrote" not in proc.stderr and not (tmp_path / "Shapes3D" / "plots").exists()
 
 
 def test_collect_does_not_import_torch():

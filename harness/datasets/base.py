@@ -147,14 +147,17 @@ class MultiEnvDataset:
     def fewshot_env(self) -> EnvDataset:
         raise NotImplementedError(f"{type(self).__name__} declares no few-shot split")
 
-    def task_sampler(self, envs: Sequence[EnvDataset], hparams: dict, seed: int):
+    def task_sampler(self, envs: Sequence[EnvDataset], hparams: dict, seed: int, split: str = "train"):
         """Episodes for meta-learners drawn from ``envs`` (the training splits).
 
-        Default: binary factor tasks where the dataset has factors, else N-way K-shot class
-        tasks within one environment. Datasets may override.
+        Default: binary factor tasks where the dataset has factors (``split`` ``ood`` draws the
+        held-out factor combinations instead, see ``FactorTaskSampler``), else N-way K-shot
+        class tasks within one environment. Datasets may override.
         """
         from harness.datasets.tasks import ClassTaskSampler, FactorTaskSampler
 
         if all(env.factors is not None for env in envs):
-            return FactorTaskSampler(envs, hparams, seed)
+            return FactorTaskSampler(envs, hparams, seed, split)
+        if split != "train":
+            raise ValueError(f"{type(self).__name__} has no factors, hence no {split!r} tasks")
         return ClassTaskSampler(envs, hparams, seed)

@@ -7,6 +7,7 @@ A task is ``(support_x, support_y, query_x, query_y)`` with labels relabelled 0.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -69,32 +70,65 @@ class ConcatEnv(EnvDataset):
         return torch.cat([e.labels for e in self.envs])
 
 
+TASK_SPLITS = ("train", "ood", "all")
+
+
+def heldout_combinations(n_factors: int, max_factors: int, fraction: float, seed: int) -> set[tuple[int, ...]]:
+    """Factor subsets reserved for out-of-distribution tasks: a seeded ``fraction`` of the subsets
+    of 2..``max_factors`` factors (at least one when ``fraction > 0``). Single factors are never
+    held out, so training still sees every factor; what is new at test time is the combination."""
+    combos = [c for k in range(2, max_factors + 1) for c in itertools.combinations(range(n_factors), k)]
+    if fraction <= 0 or not combos:
+        return set()
+    order = torch.randperm(len(combos), generator=generator(seed, "heldout_combinations")).tolist()
+    return {combos[i] for i in order[: max(1, round(fraction * len(combos)))]}
+
+
 class FactorTaskSampler:
     """Binary linear-threshold tasks on random subsets of 1..``max_factors`` ground-truth factors.
 
     Each task draws a subset S of factors, a direction w on S, and labels a point by whether
     ``w . z_S`` exceeds its median over the task's points (so classes are balanced). This is
     the task distribution of Fumero et al. (arXiv 2304.07939, Sec. 5.1).
+
+    ``split``: ``train`` draws only subsets outside :func:`heldout_combinations` (hparam
+    ``ood_task_fraction``; the held-out set depends on ``data_seed`` only, so every algorithm
+    and trial holds out the same combinations), ``ood`` only held-out ones, ``all`` any.
     """
 
-    def __init__(self, envs: Sequence[EnvDataset], hparams: dict, seed: int):
+    def __init__(self, envs: Sequence[EnvDataset], hparams: dict, seed: int, split: str = "train"):
+        if split not in TASK_SPLITS:
+            raise ValueError(f"split must be one of {TASK_SPLITS}, not {split!r}")
         self.pool = ConcatEnv(envs)
         f = self.pool.factors.float()
         self.z = (f - f.mean(0)) / f.std(0).clamp_min(1e-8)  # standardised factors
         self.n_factors = self.z.shape[1]
         self.T, self.S, self.Q = hparams["tasks_per_batch"], hparams["support"], hparams["query"]
         self.max_factors = min(hparams.get("max_factors", 3), self.n_factors)
-        self.seed = seed
+        self.heldout = heldout_combinations(self.n_factors, self.max_factors, hparams.get("ood_task_fraction", 0.0),
+                                            hparams.get("data_seed", 0))
+        if split == "ood" and not self.heldout:
+            raise ValueError("no held-out factor combinations (ood_task_fraction = 0 or max_factors < 2)")
+        self.split, self.seed = split, seed
+
+    def _subset(self, g: torch.Generator) -> torch.Tensor:
+        if self.split == "ood":
+            combos = sorted(self.heldout)
+            return torch.tensor(combos[int(torch.randint(len(combos), (1,), generator=g))])
+        while True:  # rejection: at most a fraction of multi-factor subsets is held out
+            k = int(torch.randint(1, self.max_factors + 1, (1,), generator=g))
+            subset = torch.randperm(self.n_factors, generator=g)[:k]
+            if self.split == "all" or tuple(sorted(subset.tolist())) not in self.heldout:
+                return subset
 
     def sample(self, step: int) -> TaskBatch:
-        g = generator(self.seed, "factor_tasks", step)
+        g = generator(self.seed, "factor_tasks", self.split, step)
         n = self.S + self.Q
         idx = torch.randint(len(self.pool), (self.T, n), generator=g)
         ys = []
         for t in range(self.T):
-            k = int(torch.randint(1, self.max_factors + 1, (1,), generator=g))
-            subset = torch.randperm(self.n_factors, generator=g)[:k]
-            w = torch.randn(k, generator=g)
+            subset = self._subset(g)
+            w = torch.randn(len(subset), generator=g)
             score = self.z[idx[t]][:, subset] @ w
             ys.append((score > score.median()).long())
         y = torch.stack(ys)
