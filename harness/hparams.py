@@ -95,10 +95,11 @@ DATASET_SPACES: dict[str, dict[str, HP]] = {
                             "batch_size": HP(64, int_pow2(3, 9)), "weight_decay": HP(0.0), "n_per_env": HP(None),
                             "data_seed": HP(0)},
     # few-shot image benchmarks: train split only (--test_envs 1 2); k_shot, n_episodes: few-shot evaluation
+    # (timm backbones train from scratch here, as few-shot benchmarks do: "pretrained": false)
     "MiniImageNet": {"backbone": HP("SmallCNN"), "feature_dim": HP(128), "batch_size": HP(64, int_pow2(4, 7)),
-                     "k_shot": HP(5), "n_episodes": HP(600)},
+                     "k_shot": HP(5), "n_episodes": HP(600), "pretrained": HP(False)},
     "CIFARFS": {"backbone": HP("SmallCNN"), "feature_dim": HP(128), "batch_size": HP(64, int_pow2(4, 7)),
-                "k_shot": HP(5), "n_episodes": HP(600)},
+                "k_shot": HP(5), "n_episodes": HP(600), "pretrained": HP(False)},
     # WILDS (harness/datasets/wilds_datasets.py). Images: ImageNet-pretrained ResNet-50 with DomainBed's Adam
     # settings; "pretrained": true (hub), false, or a local weight file/folder; BatchNorm frozen as DomainBed.
     "Waterbirds": {"backbone": HP("resnet50"), "pretrained": HP(True), "project": HP(False), "freeze_bn": HP(True),
@@ -170,6 +171,39 @@ def space(algorithm: str, dataset: str) -> dict[str, HP]:
     """The full hparam space of (algorithm, dataset)."""
     return {**COMMON, **_space_of(dataset, DATASET_SPACES, "datasets"),
             **_space_of(algorithm, ALGORITHM_SPACES, "algorithms")}
+
+
+SAMPLERS: dict[str, Callable[..., Sampler]] = {
+    "log_uniform": log_uniform,  # [lo, hi]: 10 ** U(lo, hi)
+    "uniform": lambda lo, hi: (lambda r: float(r.uniform(lo, hi))),  # [lo, hi]
+    "choice": choice,  # [option, ...]
+}
+
+
+def parse_search(search: dict[str, Any]) -> dict[str, Sampler]:
+    """Random-search ranges written as data (sweep specs' ``search`` key), e.g.
+    ``{"lr": {"log_uniform": [-5, -3.5]}, "alpha": {"uniform": [0.05, 0.7]}, "n_way": {"choice": [5, 10]}}``."""
+    samplers = {}
+    for name, spec in search.items():
+        if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in SAMPLERS
+                and isinstance(next(iter(spec.values())), list)):
+            raise UserError(f"search range of {name!r} must look like {{\"log_uniform\": [lo, hi]}}, "
+                            f"{{\"uniform\": [lo, hi]}} or {{\"choice\": [a, b, ...]}}; got {json.dumps(spec)}")
+        kind, values = next(iter(spec.items()))
+        if kind != "choice" and len(values) != 2:
+            raise UserError(f"search range of {name!r}: {kind} takes [lo, hi], got {values}")
+        samplers[name] = SAMPLERS[kind](*values)
+    return samplers
+
+
+def searched_hparams(algorithm: str, dataset: str, seed: int, search: dict[str, Any]) -> dict[str, Any]:
+    """The values of the ``search`` hparams that exist for (algorithm, dataset), drawn for ``seed``
+    with the same per-hparam RNG as :func:`random_hparams` (seed 0: no draw, the defaults stand)."""
+    known = space(algorithm, dataset)
+    samplers = parse_search(search)
+    if seed == 0:
+        return {}
+    return {k: _plain(sampler(_rng(algorithm, dataset, seed, k))) for k, sampler in samplers.items() if k in known}
 
 
 def _space_of(name: str, table: dict[str, dict[str, HP]], kind: str) -> dict[str, HP]:

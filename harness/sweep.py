@@ -1,7 +1,9 @@
 """Many runs: ``python -m harness.sweep launch|delete_incomplete|status``.
 
 A sweep is the product trials x datasets x algorithms x test-environment sets x hparam
-draws (plus an optional grid of hparam overrides). Each job's directory is named by a hash
+draws (plus an optional grid of hparam overrides). A spec's ``search`` key writes random-search
+ranges down as data (``{"lr": {"log_uniform": [-5, -3.5]}}``): draw N > 0 takes those hparams
+from these ranges instead of the built-in ones (harness/hparams.py) and passes them explicitly. Each job's directory is named by a hash
 of its training arguments *without* machine-specific paths (data_dir, output_dir, device),
 so moving the data or the results never changes a job id. Job states:
 
@@ -34,7 +36,7 @@ SPEC_DIRS = (Path.cwd() / "sweeps", Path(__file__).resolve().parents[1] / "sweep
 NON_IDENTITY = ("data_dir", "output_dir", "device")
 DEFAULTS: dict[str, Any] = {
     "algorithms": ["ERM"], "datasets": None, "n_hparams": 1, "n_hparams_from": 0, "n_trials": 1,
-    "steps": None, "checkpoint_freq": None, "hparams": None, "grid": None, "test_envs": None,
+    "steps": None, "checkpoint_freq": None, "hparams": None, "grid": None, "search": None, "test_envs": None,
     "dci_freq": None, "dci": None, "holdout_fraction": 0.2, "launcher": "local", "workers": None,
 }
 
@@ -124,6 +126,7 @@ def grid_points(grid: dict[str, list] | None) -> list[dict[str, Any]]:
 
 
 def make_jobs(opts: dict[str, Any]) -> list[Job]:
+    from harness.hparams import searched_hparams
     from harness.utils import seed_hash
 
     jobs = []
@@ -132,7 +135,8 @@ def make_jobs(opts: dict[str, Any]) -> list[Job]:
         for test_envs, hseed, point in itertools.product(
                 test_env_sets(dataset, opts["test_envs"]), range(opts["n_hparams_from"], opts["n_hparams"]),
                 grid_points(opts["grid"])):
-            overrides = {**(opts["hparams"] or {}), **point} or None
+            searched = searched_hparams(algorithm, dataset, hseed, opts["search"]) if opts["search"] else {}
+            overrides = {**searched, **(opts["hparams"] or {}), **point} or None
             train_args = {"dataset": dataset, "algorithm": algorithm, "test_envs": list(test_envs),
                           "hparams_seed": hseed, "trial_seed": trial,
                           "seed": seed_hash(trial, dataset, algorithm, test_envs, hseed, point),
@@ -140,7 +144,18 @@ def make_jobs(opts: dict[str, Any]) -> list[Job]:
                           "holdout_fraction": opts["holdout_fraction"], "dci_freq": opts["dci_freq"],
                           "hparams": overrides, **({"dci": opts["dci"]} if opts["dci"] else {})}
             jobs.append(Job(train_args, root, opts.get("data_dir"), opts.get("device") or "auto"))
+    check_search_names(opts)
     return jobs
+
+
+def check_search_names(opts: dict[str, Any]) -> None:
+    """A ``search`` hparam that no (algorithm, dataset) of the sweep has is a typo."""
+    from harness.hparams import space
+
+    known = {k for a in opts["algorithms"] for d in opts["datasets"] for k in space(a, d)}
+    unknown = sorted(set(opts["search"] or {}) - known)
+    if unknown:
+        raise UserError(f"search names unknown hparam(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
 
 
 def resolve_options(args: argparse.Namespace) -> dict[str, Any]:

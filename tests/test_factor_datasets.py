@@ -423,3 +423,43 @@ def test_render_speed():
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         print(f"render 12000 {name}: {wall:.2f}s wall, {cpu:.2f}s CPU")
         assert cpu < 10, f"{name}: {cpu:.1f} CPU seconds for 12,000 images"
+
+
+# --- factor tasks: held-out combinations --------------------------------------------------
+def _task_subsets(sampler, steps: int, monkeypatch) -> set[tuple[int, ...]]:
+    """The factor subsets the sampler's tasks were drawn on over ``steps`` batches."""
+    from harness.datasets.tasks import FactorTaskSampler
+
+    seen, draw = set(), FactorTaskSampler._subset
+
+    def recording(self, g):
+        subset = draw(self, g)
+        seen.add(tuple(sorted(subset.tolist())))
+        return subset
+
+    with monkeypatch.context() as m:
+        m.setattr(FactorTaskSampler, "_subset", recording)
+        for step in range(steps):
+            sampler.sample(step)
+    return seen
+
+
+def test_heldout_factor_combinations_split_train_and_ood_tasks(monkeypatch):
+    from harness.datasets.synthetic import SyntheticLinear
+    from harness.datasets.tasks import FactorTaskSampler, heldout_combinations
+
+    hp = {"n_factors": 6, "n_per_env": 300, "data_seed": 0, "tasks_per_batch": 8, "support": 10, "query": 10,
+          "max_factors": 3, "ood_task_fraction": 0.3}
+    ds = SyntheticLinear(None, [], hp)
+    held = heldout_combinations(6, 3, 0.3, 0)
+    assert len(held) == round(0.3 * (15 + 20)) and all(len(c) >= 2 for c in held)
+    assert held == heldout_combinations(6, 3, 0.3, 0) != heldout_combinations(6, 3, 0.3, 1)
+    train = _task_subsets(FactorTaskSampler(ds.datasets, hp, seed=1, split="train"), 40, monkeypatch)
+    ood = _task_subsets(FactorTaskSampler(ds.datasets, hp, seed=1, split="ood"), 40, monkeypatch)
+    assert train and not (train & held), "a training task used a held-out combination"
+    assert {(i,) for i in range(6)} <= train  # every single factor is still trained on
+    assert ood <= held and len(ood) > len(held) // 2
+    batch = FactorTaskSampler(ds.datasets, hp, seed=1, split="ood").sample(3)
+    assert batch.support_x.shape[:2] == (8, 10) and set(batch.query_y.unique().tolist()) == {0, 1}
+    with pytest.raises(ValueError, match="no held-out"):
+        FactorTaskSampler(ds.datasets, {**hp, "ood_task_fraction": 0.0}, seed=1, split="ood")

@@ -94,3 +94,49 @@ def test_slurm_launcher_runs_every_job(cli, tmp_path):
     for d in runs:
         assert (d / "done").exists()
         assert [json.loads(l)["step"] for l in (d / "results.jsonl").read_text().splitlines()] == [20, 40]
+
+
+# --- specs under sweeps/ ------------------------------------------------------------------
+SPECS = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.json"))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[p.stem for p in SPECS])
+def test_every_spec_builds_jobs_whose_hparams_resolve(spec):
+    """A spec is data: every job it makes must name registered things and known hparams."""
+    import argparse
+
+    from harness.hparams import resolve
+    from harness.registry import ALGORITHMS, BACKBONES, DATASETS
+    from harness.sweep import build_parser, make_jobs, resolve_options
+
+    args = build_parser().parse_args(["launch", "--sweep", spec.stem, "--output_dir", "unused"])
+    assert isinstance(args, argparse.Namespace)
+    jobs = make_jobs(resolve_options(args))
+    assert jobs and json.loads(spec.read_text())["description"]
+    drawn = {}
+    for job in jobs:
+        a = job.train_args
+        ALGORITHMS.get(a["algorithm"]), DATASETS.get(a["dataset"])
+        hp = resolve(a["algorithm"], a["dataset"], a["hparams_seed"], a["hparams"])
+        if not str(hp["backbone"]).startswith("/"):
+            BACKBONES.get(hp["backbone"])
+        for k, v in (a["hparams"] or {}).items():
+            drawn.setdefault(k, set()).add(json.dumps(v))
+    searched = json.loads(spec.read_text()).get("search", {})
+    assert all(len(drawn[k]) > 1 for k in searched), "a searched hparam never varied"
+
+
+def test_search_ranges_are_drawn_within_bounds_and_checked(tmp_path):
+    from harness.errors import UserError
+    from harness.hparams import searched_hparams
+    from harness.sweep import check_search_names
+
+    search = {"lr": {"log_uniform": [-5, -4]}, "alpha": {"uniform": [0.1, 0.2]}, "n_way": {"choice": [5, 7]}}
+    draws = [searched_hparams("SparseShared", "Sprites", s, search) for s in range(1, 30)]
+    assert all(1e-5 <= d["lr"] <= 1e-4 and 0.1 <= d["alpha"] <= 0.2 and d["n_way"] in (5, 7) for d in draws)
+    assert searched_hparams("SparseShared", "Sprites", 0, search) == {}  # draw 0 keeps the defaults
+    assert "alpha" not in searched_hparams("ERM", "Sprites", 3, search)  # ERM has no alpha
+    with pytest.raises(UserError, match="must look like"):
+        searched_hparams("ERM", "Sprites", 1, {"lr": [1e-5, 1e-4]})
+    with pytest.raises(UserError, match="unknown hparam"):
+        check_search_names({"algorithms": ["ERM"], "datasets": ["Sprites"], "search": {"lrr": {"uniform": [0, 1]}}})
