@@ -154,6 +154,7 @@ ALGORITHM_SPACES: dict[str, dict[str, HP]] = {
         "init_scale": HP(5.0),
         "inner_max_iter": HP(200),
         "inner_tol": HP(1e-4),
+        "adapt_max_iter": HP(3000),  # the solver's cap in adapt (evaluation heads: larger problems)
         "weight_decay": HP(0.0),
     },
     "MultiTask": {  # dense ablation of SparseShared: per-task heads by unrolled gradient descent

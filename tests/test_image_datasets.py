@@ -442,9 +442,19 @@ def test_download_refuses_path_traversal(tmp_path):
 
 
 # --- end to end on the real Fashion-MNIST -------------------------------------------------------
+# Measured (2 shared CPU cores): ERM ~50 s, held-out 0-degree domain env0_in 0.47 / env0_out 0.40 (chance
+# 0.10), training domains' out splits 0.73-0.78. SparseShared (10-way episodes, alpha 0.05) ~65 s,
+# env0_out 0.25, training domains 0.59-0.79. The bars sit below, above chance by a wide margin.
+FMNIST_RUNS = {
+    "ERM": ('{"n_per_env": 2000, "batch_size": 32}', 0.3, 0.6),
+    "SparseShared": ('{"n_per_env": 2000, "alpha": 0.05, "beta": 0.01, "n_way": 10, "tasks_per_batch": 8}', 0.18, 0.45),
+}
+
+
 @pytest.mark.slow
-def test_rotated_fashion_mnist_end_to_end_real_files(cli, tmp_path):
-    """ERM on 5 rotated domains generalises to the unrotated one (held out) well above chance (0.1)."""
+@pytest.mark.parametrize("algorithm", sorted(FMNIST_RUNS))
+def test_rotated_fashion_mnist_end_to_end_real_files(cli, tmp_path, algorithm):
+    """Trained on 5 rotated domains, the unrotated one (held out) is classified well above chance (0.1)."""
     from harness.datasets import rotated_fmnist
 
     try:  # the system copy (Debian's dataset-fashion-mnist), or HARNESS_FMNIST_DIRS
@@ -454,17 +464,12 @@ def test_rotated_fashion_mnist_end_to_end_real_files(cli, tmp_path):
         if os.environ.get("HARNESS_REQUIRE_FMNIST") == "1":
             pytest.fail(msg + " but HARNESS_REQUIRE_FMNIST=1")
         pytest.skip(msg)
+    hparams, min_heldout, min_train_domain = FMNIST_RUNS[algorithm]
     out = tmp_path / "run"
-    cli("harness.train", "--dataset", "RotatedFashionMNIST", "--algorithm", "ERM", "--test_envs", "0",
-        "--steps", "300", "--checkpoint_freq", "300", "--hparams", '{"n_per_env": 2000, "batch_size": 32}',
+    cli("harness.train", "--dataset", "RotatedFashionMNIST", "--algorithm", algorithm, "--test_envs", "0",
+        "--steps", "300", "--checkpoint_freq", "300", "--hparams", hparams,
         "--data_dir", str(tmp_path / "empty"), "--output_dir", str(out), timeout=600)
     rec = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
     assert rec["step"] == 300
-    assert rec["env0_in_acc"] > MIN_HELDOUT_ACC and rec["env0_out_acc"] > MIN_HELDOUT_ACC, rec
-    assert min(rec[f"env{i}_out_acc"] for i in range(1, 6)) > MIN_TRAIN_DOMAIN_ACC, rec
-
-
-# Measured (2 shared CPU cores, ~50 s): held-out 0-degree domain env0_in 0.47 / env0_out 0.40 (chance 0.10);
-# training domains' out splits 0.73-0.78. The bars sit well below, above chance by a wide margin.
-MIN_HELDOUT_ACC = 0.3
-MIN_TRAIN_DOMAIN_ACC = 0.6
+    assert rec["env0_in_acc"] > min_heldout and rec["env0_out_acc"] > min_heldout, rec
+    assert min(rec[f"env{i}_out_acc"] for i in range(1, 6)) > min_train_domain, rec

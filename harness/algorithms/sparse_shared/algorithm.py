@@ -37,11 +37,11 @@ class SparseShared(Algorithm):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.featurizer(x))
 
-    def solve(self, z_support: torch.Tensor, y_support: torch.Tensor, n_classes: int):
+    def solve(self, z_support: torch.Tensor, y_support: torch.Tensor, n_classes: int, max_iter: int | None = None):
         h = self.hparams
         return sparse_heads(z_support, y_support, n_classes, alpha=h["alpha"], beta=h["beta"], rho=h["rho"],
                             sparsity=h["sparsity"], sharing=h["sharing"], sharing_in=h["sharing_in"],
-                            max_iter=h["inner_max_iter"], tol=h["inner_tol"])
+                            max_iter=max_iter or h["inner_max_iter"], tol=h["inner_tol"])
 
     def update(self, tasks) -> dict[str, float]:
         zs, zq = task_features(self.features, tasks)
@@ -59,11 +59,16 @@ class SparseShared(Algorithm):
 
     @torch.no_grad()
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, num_classes: int | None = None):
-        """A new task solved by the same sparse solver on frozen features (one task, T = 1)."""
+        """A new task solved by the same sparse solver on frozen features (one task, T = 1).
+
+        The cap is ``adapt_max_iter``, not ``inner_max_iter``: a DG head (thousands of points, all
+        classes) needs far more FISTA iterations than a training episode; at 200 iterations a
+        10-class RotatedFashionMNIST head scored 0.20 where the converged one scores 0.56."""
         was_training = self.training
         self.eval()
         n_classes = num_classes or int(support_y.max()) + 1
-        W, b, _ = self.solve(self.features(support_x)[None], support_y[None], n_classes)
+        W, b, _ = self.solve(self.features(support_x)[None], support_y[None], n_classes,
+                             max_iter=self.hparams["adapt_max_iter"])
         self.train(was_training)
         return lambda x: head_logits(self.features(x), W[0], b[0])
 

@@ -1,0 +1,82 @@
+"""Benchmark: one SparseShared training step vs one ERM step, same backbone, same number of images.
+
+    python benchmarks/bench_step.py [--repeats 7] [--device cpu|cuda]
+
+SparseShared's batch is T tasks x (support + query) images; ERM's is one minibatch of the same
+number of images (split over as many environments). Prints the median time of ``update`` for
+both and their ratio, per backbone and episode shape; the issue's goal is a ratio of at most 1.5.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from harness.datasets.tasks import TaskBatch  # noqa: E402
+from harness.hparams import resolve  # noqa: E402
+from harness.registry import ALGORITHMS  # noqa: E402
+
+
+def median_time(fn, repeats: int, warmup: int = 2, device: str = "cpu") -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench(dataset: str, input_shape, n_classes: int, T: int, S: int, Q: int, d: int, device: str, repeats: int,
+          **over) -> tuple[float, float, dict]:
+    g = torch.Generator().manual_seed(0)
+    n = T * (S + Q)
+    x = torch.randn(T, S + Q, *input_shape, generator=g).to(device)
+    y = torch.randint(0, n_classes, (T, S + Q), generator=g).to(device)
+    tasks = TaskBatch(x[:, :S], y[:, :S], x[:, S:], y[:, S:], n_classes)
+    hp = resolve("SparseShared", dataset, 0, {"tasks_per_batch": T, "support": S, "query": Q, "feature_dim": d, **over})
+    sparse = ALGORITHMS.get("SparseShared")(input_shape, n_classes, 3, hp).to(device)
+    erm = ALGORITHMS.get("ERM")(input_shape, n_classes, 3, resolve("ERM", dataset, 0, {"feature_dim": d})).to(device)
+    xs, ys = x.flatten(0, 1), y.flatten(0, 1)
+    minibatches = [(xs[i::3], ys[i::3]) for i in range(3)]  # n images over 3 environments
+    logs = {}
+    t_sparse = median_time(lambda: logs.update(sparse.update(tasks)), repeats, device=device)
+    t_erm = median_time(lambda: erm.update(minibatches), repeats, device=device)
+    assert n == sum(len(b[0]) for b in minibatches)
+    return t_sparse, t_erm, logs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, median of {args.repeats}")
+    header = f"{'backbone / episode':<46}{'images':>7}{'ERM ms':>9}{'Sparse ms':>11}{'ratio':>7}{'iters':>7}"
+    print(header + "\n" + "-" * len(header))
+    configs = [
+        ("MLP d=10, binary, T=16 S=Q=50", "SyntheticLinear", (10,), 2, 16, 50, 50, 10, {}),
+        ("MLP d=64, binary, T=16 S=Q=50", "SyntheticLinear", (10,), 2, 16, 50, 50, 64, {}),
+        ("SmallCNN 1x28x28 d=128, 5-way, T=16 S=Q=50", "RotatedFashionMNIST", (1, 28, 28), 5, 16, 50, 50, 128, {}),
+        ("SmallCNN 1x28x28 d=128, 5-way, T=4 S=Q=50", "RotatedFashionMNIST", (1, 28, 28), 5, 4, 50, 50, 128, {}),
+        ("SmallCNN 3x64x64 d=32, binary, T=16 S=Q=50", "Sprites", (3, 64, 64), 2, 16, 50, 50, 32, {}),
+    ]
+    for name, dataset, shape, C, T, S, Q, d, over in configs:
+        ts, te, logs = bench(dataset, shape, C, T, S, Q, d, args.device, args.repeats, **over)
+        print(f"{name:<46}{T * (S + Q):>7}{te * 1e3:>9.1f}{ts * 1e3:>11.1f}{ts / te:>7.2f}{logs['inner_iters']:>7.0f}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
