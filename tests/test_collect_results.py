@@ -205,3 +205,20 @@ def test_usage_heatmaps_are_written_by_default(cli, tmp_path):
 def test_collect_does_not_import_torch():
     code = "import sys, harness.collect_results, harness.selection; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+# --- harness.correlate ----------------------------------------------------------------------
+def test_correlate_reports_pearson_over_final_checkpoints(cli, tmp_path):
+    """The golden Shapes3D SparseShared runs: r must equal scipy's on the final records."""
+    from scipy import stats
+
+    df = records_frame(load_records(SWEEP)[0])
+    final = sel.final_checkpoints(df[df["dataset"] == "Shapes3D"]).dropna(subset=["probe_sharing"])
+    r = stats.pearsonr(final["probe_sharing"], final["dci_disentanglement"]).statistic
+    plot = tmp_path / "scatter.png"
+    proc = cli("harness.correlate", "--input_dir", str(SWEEP), "--plot", str(plot))
+    row = next(l for l in proc.stdout.splitlines() if l.startswith("Shapes3D"))
+    assert row.split()[1] == str(len(final)) and float(row.split()[2]) == pytest.approx(r, abs=5e-4)
+    assert plot.stat().st_size > 1000
+    proc = cli("harness.correlate", "--input_dir", str(SWEEP), "--x", "nope", "--plot", str(plot), check=False)
+    assert proc.returncode == 2 and "no run records 'nope'" in proc.stderr and "Traceback" not in proc.stderr

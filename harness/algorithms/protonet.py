@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.algorithms.base import Algorithm
+from harness.algorithms.episodic import task_features
 from harness.registry import ALGORITHMS
 
 Head = Callable[[torch.Tensor], torch.Tensor]  # (T, Q, d) query features -> (T, Q, C) logits
@@ -35,10 +36,7 @@ class EpisodicHeadAlgorithm(Algorithm):
         raise NotImplementedError
 
     def update(self, tasks) -> dict[str, float]:
-        T, S = tasks.support_y.shape
-        Q = tasks.query_y.shape[1]
-        z = self.features(torch.cat([tasks.support_x.flatten(0, 1), tasks.query_x.flatten(0, 1)]))
-        zs, zq = z[: T * S].view(T, S, -1), z[T * S :].view(T, Q, -1)
+        zs, zq = task_features(self.features, tasks)
         logits = self.fit_head(zs, tasks.support_y, tasks.n_classes)(zq)
         loss = F.cross_entropy(logits.flatten(0, 1), tasks.query_y.flatten())
         self.optimizer.zero_grad()
