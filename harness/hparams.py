@@ -75,11 +75,17 @@ EPISODIC: dict[str, HP] = {
 
 # Datasets with factors: a fraction of the multi-factor combinations is kept out of the training
 # tasks and used for out-of-distribution tasks at evaluation (harness/datasets/tasks.py).
+# SyntheticLinear keeps every combination by default: holding out 20% of them lowered SparseShared's
+# MCC from 0.966 to 0.861 and DCI D from 0.915 to 0.810 (1500 steps, seed 0): identifiability needs
+# the task diversity.
 FACTOR_TASKS: dict[str, HP] = {"ood_task_fraction": HP(0.2)}
 
 DATASET_SPACES: dict[str, dict[str, HP]] = {
+    # lr 3e-3: at 1e-3, 1500 SparseShared steps left seed 2 at MCC 0.867 / DCI D 0.804 (seeds 0-2 at 3e-3:
+    # MCC 0.968, 0.978, 0.967 and D 0.908, 0.934, 0.902)
     "SyntheticLinear": {"backbone": HP("MLP"), "feature_dim": HP(10), "batch_size": HP(64, int_pow2(5, 7)),
-                        "n_factors": HP(10), "n_per_env": HP(4000), "data_seed": HP(0), **FACTOR_TASKS},
+                        "lr": HP(3e-3, log_uniform(-3.5, -2)),
+                        "n_factors": HP(10), "n_per_env": HP(4000), "data_seed": HP(0), "ood_task_fraction": HP(0.0)},
     # procedural and real datasets with ground-truth factors (harness/datasets/{sprites,shapes,mpi3d}.py)
     **{name: {"backbone": HP("SmallCNN"), "feature_dim": HP(32), "batch_size": HP(32, int_pow2(3, 6)),
               "n_per_env": HP(4000), "data_seed": HP(0), "factor_correlation": HP(0.0), "data_cache": HP(True),

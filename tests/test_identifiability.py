@@ -1,5 +1,9 @@
 """Identifiability on SyntheticLinear (Fumero et al., arXiv 2304.07939, Sec. 5.1): sparse and shared
-heads recover the factors (MCC >= 0.9); dense multi-task heads do not."""
+heads recover the factors (MCC >= 0.9, DCI disentanglement >= 0.9 on held-out points); dense
+multi-task heads do not (both at least 0.2 lower).
+
+Measured at these settings (1500 steps, defaults), seeds 0, 1, 2: SparseShared MCC 0.968, 0.978,
+0.967, DCI D 0.908, 0.934, 0.902; the test runs seed 0."""
 
 import json
 import subprocess
@@ -20,4 +24,7 @@ def test_sparse_shared_identifies_factors_and_multitask_does_not(tmp_path):
     sparse = final_record("SparseShared", tmp_path / "sparse")
     dense = final_record("MultiTask", tmp_path / "dense")
     assert sparse["mcc"] >= 0.9, sparse["mcc"]
+    assert sparse["dci_disentanglement"] >= 0.9, sparse["dci_disentanglement"]
     assert dense["mcc"] <= sparse["mcc"] - 0.2, (dense["mcc"], sparse["mcc"])
+    assert dense["dci_disentanglement"] <= sparse["dci_disentanglement"] - 0.2, \
+        (dense["dci_disentanglement"], sparse["dci_disentanglement"])
