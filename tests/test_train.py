@@ -78,3 +78,18 @@ def test_other_arguments_in_same_dir_is_an_error(sprites_run, cli, tmp_path):
     proc = cli("harness.train", "--steps", "10", "--checkpoint_freq", "5", "--output_dir", str(out), "--seed", "3",
                "--hparams", '{"n_per_env": 300}', check=False)
     assert proc.returncode == 2 and "holds a run with other arguments" in proc.stderr
+
+
+def test_factor_datasets_record_dci_and_new_task_accuracy(cli, tmp_path):
+    """--dci fast, DCI only every 2nd checkpoint, and task/OOD-task accuracy of held-out factor combinations."""
+    out = tmp_path / "run"
+    cli("harness.train", "--algorithm", "SparseShared", "--steps", "30", "--checkpoint_freq", "10", "--dci_freq", "2",
+        "--dci", "fast", "--output_dir", str(out), "--hparams", '{"n_per_env": 300, "ood_task_fraction": 0.2}')
+    recs = records(out)
+    assert [("mcc" in r) for r in recs] == [False, True, True]  # checkpoint 2, and the last one
+    last = recs[-1]
+    assert last["args"]["dci"] == "fast"
+    for key in ("dci_disentanglement", "dci_completeness", "dci_informativeness", "task_acc", "ood_task_acc"):
+        assert 0.0 <= last[key] <= 1.0, (key, last[key])
+    assert 0.0 < last["task_ci95"] < 0.2 and 0.0 < last["ood_task_ci95"] < 0.2
+    assert last["task_acc"] > 0.55  # binary tasks: chance is 0.5; SyntheticLinear features are informative early
