@@ -44,6 +44,11 @@ def log_uniform(lo: float, hi: float) -> Sampler:
     return lambda r: float(10 ** r.uniform(lo, hi))
 
 
+def uniform(lo: float, hi: float) -> Sampler:
+    """U(lo, hi)."""
+    return lambda r: float(r.uniform(lo, hi))
+
+
 def choice(*options: Any) -> Sampler:
     return lambda r: options[r.randint(len(options))]
 
@@ -150,7 +155,7 @@ ALGORITHM_SPACES: dict[str, dict[str, HP]] = {
     },
     "SparseShared": {  # Fumero et al., arXiv 2304.07939; DESIGN.md section 4
         **EPISODIC,
-        "alpha": HP(0.3, lambda r: float(r.uniform(0.05, 0.7))),  # relative to each task's lambda_max
+        "alpha": HP(0.3, uniform(0.05, 0.7)),  # relative to each task's lambda_max
         "beta": HP(0.05, log_uniform(-3, 0)),
         "rho": HP(1e-3),
         "sparsity": HP("l1"),
@@ -182,7 +187,7 @@ def space(algorithm: str, dataset: str) -> dict[str, HP]:
 
 SAMPLERS: dict[str, Callable[..., Sampler]] = {
     "log_uniform": log_uniform,  # [lo, hi]: 10 ** U(lo, hi)
-    "uniform": lambda lo, hi: (lambda r: float(r.uniform(lo, hi))),  # [lo, hi]
+    "uniform": uniform,  # [lo, hi]
     "choice": choice,  # [option, ...]
 }
 
