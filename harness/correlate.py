@@ -50,12 +50,14 @@ def scatter(final, x: str, y: str, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import SymLogNorm
 
     groups = list(final.groupby("dataset"))
     fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 3.8), squeeze=False)
     for ax, (dataset, ddf) in zip(axes[0], groups):
         color = ddf["hparams.beta"] if "hparams.beta" in ddf.columns and ddf["hparams.beta"].notna().all() else None
-        points = ax.scatter(ddf[x], ddf[y], c=color, cmap="viridis")
+        norm = SymLogNorm(linthresh=1e-3, vmin=0, vmax=max(float(color.max()), 1e-3)) if color is not None else None
+        points = ax.scatter(ddf[x], ddf[y], c=color, cmap="viridis", norm=norm)  # beta spans decades, 0 included
         if color is not None:
             fig.colorbar(points, ax=ax, label="beta")
         ax.set(xlabel=x, ylabel=y, title=f"{dataset} ({len(ddf)} runs)")
