@@ -463,3 +463,7 @@ def test_heldout_factor_combinations_split_train_and_ood_tasks(monkeypatch):
     assert batch.support_x.shape[:2] == (8, 10) and set(batch.query_y.unique().tolist()) == {0, 1}
     with pytest.raises(ValueError, match="no held-out"):
         FactorTaskSampler(ds.datasets, {**hp, "ood_task_fraction": 0.0}, seed=1, split="ood")
+    from harness.errors import UserError
+
+    with pytest.raises(UserError, match=r"must be in \[0, 1\)"):
+        FactorTaskSampler(ds.datasets, {**hp, "ood_task_fraction": 1.0}, seed=1)

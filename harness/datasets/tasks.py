@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from harness.datasets.base import EnvDataset
+from harness.errors import UserError
 from harness.utils import generator
 
 
@@ -105,8 +106,10 @@ class FactorTaskSampler:
         self.n_factors = self.z.shape[1]
         self.T, self.S, self.Q = hparams["tasks_per_batch"], hparams["support"], hparams["query"]
         self.max_factors = min(hparams.get("max_factors", 3), self.n_factors)
-        self.heldout = heldout_combinations(self.n_factors, self.max_factors, hparams.get("ood_task_fraction", 0.0),
-                                            hparams.get("data_seed", 0))
+        fraction = hparams.get("ood_task_fraction", 0.0)
+        if not 0.0 <= fraction < 1.0:
+            raise UserError(f"ood_task_fraction must be in [0, 1), got {fraction}")
+        self.heldout = heldout_combinations(self.n_factors, self.max_factors, fraction, hparams.get("data_seed", 0))
         if split == "ood" and not self.heldout:
             raise ValueError("no held-out factor combinations (ood_task_fraction = 0 or max_factors < 2)")
         self.split, self.seed = split, seed
