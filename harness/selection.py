@@ -108,6 +108,7 @@ class TrainingDomainValidation(SelectionMethod):
     """
 
     name, title = "training_domain", "training-domain validation"
+    suffix, what = "acc", "training-env out accuracy"  # the validation score: mean env{i}_out_{suffix}
 
     @classmethod
     def run_choice(cls, records, test_env):
@@ -117,7 +118,7 @@ class TrainingDomainValidation(SelectionMethod):
         if test_env is None:
             records = final_checkpoints(records)
         val_envs = [i for i in env_indices(records) if i != test_env]
-        return cls.best(records, mean_out(records, val_envs), "training-env out accuracy")
+        return cls.best(records, mean_out(records, val_envs, cls.suffix), cls.what)
 
 
 class LeaveOneDomainOut(SelectionMethod):
@@ -171,7 +172,7 @@ class OracleSelection(SelectionMethod):
                         f"env{test_env}_out_acc")
 
 
-class WorstGroupValidation(SelectionMethod):
+class WorstGroupValidation(TrainingDomainValidation):
     """Worst-group validation for subpopulation shift (Sagawa et al., arXiv 1911.08731; the
     selection rule DomainBed-style benchmarks such as Idrissi et al., arXiv 2110.14503, use).
 
@@ -181,17 +182,8 @@ class WorstGroupValidation(SelectionMethod):
     """
 
     name, title = "worst_group", "worst-group validation"
+    suffix, what = "wg_acc", "worst-group out accuracy"
     needs_wg = True
-
-    @classmethod
-    def run_choice(cls, records, test_env):
-        records = test_records(records, test_env)
-        if records.empty:
-            return no_runs(test_env)
-        if test_env is None:
-            records = final_checkpoints(records)
-        val_envs = [i for i in env_indices(records) if i != test_env]
-        return cls.best(records, mean_out(records, val_envs, "wg_acc"), "worst-group out accuracy")
 
 
 class LastCheckpoint(SelectionMethod):

@@ -100,11 +100,18 @@ def test_train_predict_resume(name, input_kind):
     assert update(resumed, batch, seed=104) == update(algorithm, batch, seed=104)
 
 
-@pytest.mark.parametrize("name", [n for n in ALGORITHMS.names()])
+def environment_based(name: str) -> bool:
+    """Algorithms that take one minibatch per environment; one that fails to import counts as such
+    (so its test fails instead of vanishing)."""
+    try:
+        return not ALGORITHMS.get(name).EPISODIC
+    except Exception:
+        return True
+
+
+@pytest.mark.parametrize("name", [n for n in ALGORITHMS.names() if environment_based(n)])
 def test_single_training_environment(name):
     algorithm = build(name, "vector", 1)
-    if algorithm.EPISODIC:
-        pytest.skip("episodic: tasks, not environments")
     for step in range(2):
         update(algorithm, make_batch(type(algorithm), (10,), 1, seed=step), seed=step)
     assert algorithm.predict(torch.randn(4, 10)).shape == (4, NUM_CLASSES)

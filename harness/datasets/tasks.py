@@ -110,13 +110,14 @@ class FactorTaskSampler:
         if not 0.0 <= fraction < 1.0:
             raise UserError(f"ood_task_fraction must be in [0, 1), got {fraction}")
         self.heldout = heldout_combinations(self.n_factors, self.max_factors, fraction, hparams.get("data_seed", 0))
+        self.heldout_sorted = sorted(self.heldout)
         if split == "ood" and not self.heldout:
             raise ValueError("no held-out factor combinations (ood_task_fraction = 0 or max_factors < 2)")
         self.split, self.seed = split, seed
 
     def _subset(self, g: torch.Generator) -> torch.Tensor:
         if self.split == "ood":
-            combos = sorted(self.heldout)
+            combos = self.heldout_sorted
             return torch.tensor(combos[int(torch.randint(len(combos), (1,), generator=g))])
         while True:  # rejection: at most a fraction of multi-factor subsets is held out
             k = int(torch.randint(1, self.max_factors + 1, (1,), generator=g))
