@@ -90,7 +90,6 @@ def main():
     ap.add_argument("--alpha", type=float, default=0.2)
     ap.add_argument("--tol", type=float, default=None)
     args = ap.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
     dtype = getattr(torch, args.dtype)
     base = dict(alpha=args.alpha, beta=0.1, rho=1e-3, sparsity="l1", sharing="entropy", sharing_in="outer")
     if args.tol is not None:

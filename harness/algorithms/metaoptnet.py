@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.algorithms.protonet import EpisodicHeadAlgorithm, Head
+from harness.linalg import solve
 from harness.registry import ALGORITHMS
 
 
@@ -80,7 +81,7 @@ def kkt_implicit(gram: torch.Tensor, Y: torch.Tensor, beta: torch.Tensor, C: flo
     bottom = torch.cat([E, gram.new_zeros(T, S, S)], -1)
     y = Y.reshape(T, n)
     rhs = torch.cat([free[..., 0] * y + (1 - free[..., 0]) * C * y, gram.new_zeros(T, S)], -1)
-    sol = torch.linalg.solve(torch.cat([top, bottom], 1), rhs)
+    sol = solve(torch.cat([top, bottom], 1), rhs)
     return sol[:, :n].view(T, S, K)
 
 

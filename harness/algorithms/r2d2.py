@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.algorithms.protonet import EpisodicHeadAlgorithm, Head
+from harness.linalg import solve
 from harness.registry import ALGORITHMS
 
 
@@ -21,9 +22,9 @@ def ridge_solution(zs: torch.Tensor, targets: torch.Tensor, lam: torch.Tensor | 
     S, p = zs.shape[-2:]
     if S < p:
         gram = zs @ zs.transpose(-1, -2) + lam * torch.eye(S, dtype=zs.dtype, device=zs.device)
-        return zs.transpose(-1, -2) @ torch.linalg.solve(gram, targets)
+        return zs.transpose(-1, -2) @ solve(gram, targets)
     gram = zs.transpose(-1, -2) @ zs + lam * torch.eye(p, dtype=zs.dtype, device=zs.device)
-    return torch.linalg.solve(gram, zs.transpose(-1, -2) @ targets)
+    return solve(gram, zs.transpose(-1, -2) @ targets)
 
 
 def with_bias_column(z: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,7 @@ from harness.algorithms.sparse_shared.solver import (
     lambda_max,
     solve_heads,
 )
+from harness.linalg import solve_ex
 
 __all__ = ["sparse_heads", "implicit_grad_Z", "DENSE_MAX"]
 
@@ -395,7 +396,7 @@ def _dense_solve(Za, P, U, M, Mf, G, m, counts, binary, alpha_t, rho, sparsity, 
 def _robust_solve(H, g):
     """Solve H x = g for symmetric, possibly indefinite / near-singular H."""
     try:
-        x, info = torch.linalg.solve_ex(H, g)
+        x, info = solve_ex(H, g)
         if int(info.max()) == 0 and bool(torch.isfinite(x).all()):
             return x
     except RuntimeError:

@@ -1,0 +1,38 @@
+"""Batched linear solves that are safe on every CPU thread setting.
+
+PyTorch's batched CPU LU (behind ``torch.linalg.solve``, ``solve_ex``, ``inv``) factors several
+matrices at once on different threads. Once ``torch.set_num_threads(n > 1)`` has been called, MKL's
+``getrf`` is not safe under that: it prints ``Intel oneMKL ERROR: Parameter 6 was incorrect on entry
+to SLASWP`` and returns garbage or never returns (pytorch/pytorch#142815, #141358; seen here with
+torch 2.14.1, a batch of 16 matrices of size 235). On the CPU with more than one thread these
+functions therefore factor one matrix at a time (each factorisation still uses every thread);
+elsewhere they are the batched PyTorch call.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _one_at_a_time(A: torch.Tensor, B: torch.Tensor) -> bool:
+    if B.shape[: A.dim() - 2] != A.shape[:-2]:
+        raise ValueError(f"right-hand side {tuple(B.shape)} does not have the batch shape of {tuple(A.shape)}")
+    return A.dim() > 2 and A.device.type == "cpu" and torch.get_num_threads() > 1
+
+
+def solve(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``torch.linalg.solve(A, B)`` (differentiable), safe for batches on a multi-threaded CPU.
+
+    ``B`` has A's batch shape and is a matrix ``(..., n, k)`` or a vector ``(..., n)`` per system.
+    """
+    if not _one_at_a_time(A, B):
+        return torch.linalg.solve(A, B)
+    return torch.stack([solve(a, b) for a, b in zip(A, B)])
+
+
+def solve_ex(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.solve_ex(A, B)``, safe for batches on a multi-threaded CPU (B as in :func:`solve`)."""
+    if not _one_at_a_time(A, B):
+        return torch.linalg.solve_ex(A, B)
+    parts = [solve_ex(a, b) for a, b in zip(A, B)]
+    return torch.stack([x for x, _ in parts]), torch.stack([i for _, i in parts])

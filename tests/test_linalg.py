@@ -1,0 +1,74 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from harness import linalg
+
+
+def _spd(B: int, n: int, dtype=torch.float64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(B, n, n, generator=g, dtype=dtype)
+    return A @ A.mT + n * torch.eye(n, dtype=dtype)
+
+
+@pytest.mark.parametrize("rhs", [(6, 7, 3), (6, 7)])
+def test_solve_matches_torch_and_differentiates(rhs):
+    A = _spd(6, 7).requires_grad_()
+    B = torch.randn(*rhs, dtype=torch.float64, requires_grad=True)
+    X = linalg.solve(A, B)
+    X_ref = torch.linalg.solve(A, B)
+    assert X.shape == X_ref.shape
+    assert torch.allclose(X, X_ref, atol=1e-12)
+    gA, gB = torch.autograd.grad(X.square().sum(), (A, B))
+    rA, rB = torch.autograd.grad(X_ref.square().sum(), (A, B))
+    assert torch.allclose(gA, rA, atol=1e-12) and torch.allclose(gB, rB, atol=1e-12)
+    X, info = linalg.solve_ex(A.detach(), B.detach())
+    assert torch.allclose(X, X_ref, atol=1e-12) and info.shape == (6,) and int(info.abs().max()) == 0
+
+
+def test_solve_rejects_a_broadcast_right_hand_side():
+    with pytest.raises(ValueError, match="batch shape"):
+        linalg.solve(_spd(4, 5), torch.randn(5, 2, dtype=torch.float64))
+
+
+# Under torch.set_num_threads(2), PyTorch's batched CPU LU runs MKL getrf concurrently, which fails
+# in ?LASWP and can hang for good (pytorch/pytorch#142815). Each solver that factors a batch must
+# go through harness.linalg; this runs them in a fresh process with that thread setting.
+_SCRIPT = r"""
+import torch
+torch.set_num_threads(2)
+from harness.algorithms.sparse_shared.implicit import sparse_heads
+from harness.algorithms.r2d2 import ridge_solution
+from harness.algorithms.metaoptnet import kkt_implicit
+
+g = torch.Generator().manual_seed(0)
+Z = torch.randn(16, 50, 64, generator=g)
+Z = (Z / Z.norm(dim=-1, keepdim=True)).requires_grad_()
+Y = torch.arange(50).repeat(16, 1) % 5
+W, b, info = sparse_heads(Z, Y, 5, alpha=0.2, beta=0.1, sparsity="group", sharing="entropy", sharing_in="outer")
+(W.square().sum() + b.square().sum()).backward()
+assert torch.isfinite(Z.grad).all()
+
+zs = torch.randn(16, 240, 300, generator=g, requires_grad=True)
+Wr = ridge_solution(zs, torch.randn(16, 240, 5, generator=g), 1.0)
+Wr.square().sum().backward()
+assert torch.isfinite(zs.grad).all()
+
+S, K = 30, 5
+f = torch.randn(16, S, 8, generator=g, dtype=torch.float64)
+gram = (f @ f.mT).requires_grad_()
+Yo = torch.nn.functional.one_hot(torch.arange(S) % K, K).to(torch.float64).expand(16, S, K)
+alpha = kkt_implicit(gram, Yo, torch.ones(16, S, K, dtype=torch.float64), 0.1, 1e-3)
+alpha.square().sum().backward()
+assert torch.isfinite(gram.grad).all()
+print("ok")
+"""
+
+
+def test_batched_solves_survive_set_num_threads():
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MKL ERROR" not in proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "ok"
