@@ -408,6 +408,54 @@ def _fista_fixed(Z, Yt, W, b, binary, rho, alpha_t, L, sparsity, max_iter, tol):
     return X, Xb, it, kkt
 
 
+# The coupled solver backtracks on a global scale of the per-task Lipschitz bounds as well as on Le:
+# steps start at 1 / (SCALE_MIN L_t + ...) and the scale doubles (up to 1, the safe bound) when the
+# sufficient-decrease test fails, then decays by SCALE_DECAY per iteration. The bound is worst-case;
+# on bench_inner/bench_step shapes 0.1 cut iterations 2.5-3.8x (168 -> 44 at T=16, d=128, 5-way).
+SCALE_MIN = 0.1
+SCALE_DECAY = 0.9
+
+
+class _CoupledSmooth:
+    """Smooth part of the coupled objective, its gradient and the IRLS row metric, in few ops.
+
+    ``value(W, b)`` is CE + rho/2 ||W||^2 + beta H(p(W)) (scalar); ``grad(W, b)`` also returns
+    dF/dW, dF/db and the row metric ``beta * max(c_j, 0) / a_tj`` of ``_fista_backtracking``.
+    """
+
+    def __init__(self, Z, Yt, binary, rho, beta_in, eps):
+        self.Z, self.Zt, self.Yt, self.binary = Z, Z.transpose(1, 2), Yt, binary
+        self.inv_n, self.rho, self.beta_in, self.eps = 1.0 / Z.shape[1], rho, beta_in, eps
+
+    def _parts(self, W, b):
+        S = torch.baddbmm(b.unsqueeze(1), self.Z, W)
+        if self.binary:
+            logP, ce = None, (F.softplus(S) - self.Yt * S).sum()
+        else:
+            logP = torch.log_softmax(S, dim=-1)
+            ce = -(logP * self.Yt).sum()
+        sq = (W * W).sum(-1)  # (T, d)
+        a = torch.sqrt(sq + self.eps)
+        A = a.sum(0)
+        tot = A.sum()
+        logp = torch.log(A / tot)
+        H = -(A * logp).sum() / tot
+        f = ce * self.inv_n + 0.5 * self.rho * sq.sum() + self.beta_in * H
+        return f, S, logP, a, logp, H, tot
+
+    def value(self, W, b):
+        return self._parts(W, b)[0]
+
+    def grad(self, W, b):
+        f, S, logP, a, logp, H, tot = self._parts(W, b)
+        R = (torch.sigmoid(S) if self.binary else logP.exp()).sub_(self.Yt)
+        c = (-logp - H) / tot  # dH/dA_j
+        GW = torch.baddbmm(W, self.Zt, R, beta=self.rho, alpha=self.inv_n)
+        GW = GW.addcmul_((self.beta_in * c / a).unsqueeze(-1), W)
+        Drow = (self.beta_in * c.clamp_min(0) / a).unsqueeze(-1)  # (T, d, 1)
+        return f, GW, R.mean(dim=1), Drow
+
+
 def _fista_backtracking(Z, Yt, W, b, binary, rho, beta_in, eps, alpha_t, L, sparsity, max_iter, tol):
     """FISTA for the coupled (entropy-in-the-loop) problem.
 
@@ -420,47 +468,53 @@ def _fista_backtracking(Z, Yt, W, b, binary, rho, beta_in, eps, alpha_t, L, spar
     sufficient-decrease condition and allowed to shrink between iterations.
     A monotone safeguard drops the momentum (and retries from the current
     iterate) whenever the full objective would increase.  Bias steps use
-    ``1 / (L_t + Le)``.
+    ``1 / (L_t + Le)``.  ``L_t`` enters scaled by ``sL`` in [SCALE_MIN, 1], backtracked first.
     """
     T = Z.shape[0]
-    fin = torch.finfo(Z.dtype)
-    slack = 10 * fin.eps
+    slack = 10 * torch.finfo(Z.dtype).eps
+    smooth = _CoupledSmooth(Z, Yt, binary, rho, beta_in, eps)
     X, Xb = W, b
-    Fx = _smooth_value(Z, Yt, X, Xb, binary, rho, beta_in, eps) + penalty_value(X, alpha_t, sparsity)
+    Fx = smooth.value(X, Xb) + penalty_value(X, alpha_t, sparsity)
     Yw, Yb = X, Xb
     tk = torch.ones(T, 1, 1, dtype=Z.dtype, device=Z.device)
     Lmax = float(L.max())
     Lt = L.view(T, 1, 1)
     Le = 0.0
+    s_min = sL = SCALE_MIN
     kkt = float("inf")
     it = 0
     next_check = 0
     has_mom = False
 
-    def row_metric(Wc):
-        a, A, S, p, logp, H, c = _entropy_parts(Wc, eps)
-        return (beta_in * c.clamp_min(0)).view(1, -1, 1) / a.unsqueeze(-1)  # (T, d, 1)
-
     for it in range(1, max_iter + 1):
-        fY, GW, gb = smooth_grad(Z, Yt, Yw, Yb, binary, rho, beta_in, eps, need_value=True)
-        Drow = row_metric(Yw)
+        fY, GW, gb, Drow = smooth.grad(Yw, Yb)
+        fY_slack = slack * (fY.abs() + 1.0)
         while True:
-            Lrow = Lt + Drow + Le  # (T, d, 1)
-            Lb = (L + Le).view(T, 1)
+            Lrow = sL * Lt + Drow + Le  # (T, d, 1)
+            Lb = (sL * L + Le).view(T, 1)
             eta = 1.0 / Lrow
             Xn = prox(Yw - eta * GW, eta * alpha_t, sparsity)
             Xbn = Yb - gb / Lb
             dW = Xn - Yw
             db = Xbn - Yb
-            quad = fY + (GW * dW).sum() + (gb * db).sum() + 0.5 * ((Lrow * dW * dW).sum() + (Lb * db * db).sum())
-            fX = _smooth_value(Z, Yt, Xn, Xbn, binary, rho, beta_in, eps)
-            if float(fX) <= float(quad) + slack * (abs(float(fY)) + 1.0):
+            curv = 0.5 * ((dW * Lrow * dW).sum() + (db * Lb * db).sum())
+            if sL < 1.0 and bool(curv <= 1e3 * fY_slack):
+                # steps at round-off level: the test below cannot vouch for a scaled-down bound,
+                # so from here on use the safe one
+                s_min = sL = 1.0
+                continue
+            quad = fY + (dW * GW).sum() + (db * gb).sum() + curv
+            fX = smooth.value(Xn, Xbn)
+            if bool(fX <= quad + fY_slack):
                 break
+            if sL < 1.0:
+                sL = min(1.0, 2.0 * sL)
+                continue
             Le = max(2.0 * Le, 1e-3 * Lmax, 1e-12)
             if Le > 1e30:
                 break
         Fn = fX + penalty_value(Xn, alpha_t, sparsity)
-        if has_mom and float(Fn) > float(Fx) + slack * (abs(float(Fx)) + 1.0):
+        if has_mom and bool(Fn > Fx + slack * (Fx.abs() + 1.0)):
             # monotone safeguard: drop momentum, retry from the current iterate
             Yw, Yb = X, Xb
             tk = torch.ones_like(tk)
@@ -470,25 +524,29 @@ def _fista_backtracking(Z, Yt, W, b, binary, rho, beta_in, eps, alpha_t, L, spar
         stepb = Xbn - Xb
         rs = -(dW * stepW).sum(dim=(1, 2), keepdim=True) - (db * stepb).sum(dim=1).view(T, 1, 1)
         tn = 0.5 * (1 + torch.sqrt(1 + 4 * tk * tk))
-        mom = torch.where(rs > 0, torch.zeros_like(tk), (tk - 1) / tn)
-        tk = torch.where(rs > 0, torch.ones_like(tk), tn)
-        has_mom = bool((mom > 0).any())
+        restart = rs > 0
+        mom = torch.where(restart, 0.0, (tk - 1) / tn)
+        tk = torch.where(restart, 1.0, tn)
+        has_mom = not bool(restart.all())
         X, Xb, Fx = Xn, Xbn, Fn
-        Yw = X + mom * stepW
-        Yb = Xb + mom.view(T, 1) * stepb
-        rW = dW * Lrow
-        rb = db * Lb
-        res = torch.sqrt((rW * rW).sum(dim=(1, 2)) + (rb * rb).sum(dim=1))
-        if it >= next_check and float(res.max()) <= 0.5 * tol:
-            etak = 1.0 / (Lt + row_metric(X) + Le)
-            kt = _kkt(Z, Yt, X, Xb, binary, rho, beta_in, eps, etak, etak * alpha_t, sparsity)
-            kkt = float(kt.max())
-            if kkt <= tol:
-                break
-            next_check = it + 5
+        Yw = torch.addcmul(X, mom, stepW)
+        Yb = torch.addcmul(Xb, mom.view(T, 1), stepb)
+        if it >= next_check:
+            res2 = ((dW * Lrow).square().sum(dim=(1, 2)) + (db * Lb).square().sum(dim=1)).max()
+            if float(res2) <= (0.5 * tol) ** 2:
+                kt = _coupled_kkt(Z, Yt, X, Xb, binary, rho, beta_in, eps, Lt, Le, alpha_t, sparsity)
+                kkt = float(kt.max())
+                if kkt <= tol:
+                    break
+                next_check = it + 5
         Le *= 0.8  # let the step grow again
+        sL = max(s_min, SCALE_DECAY * sL)
     else:
-        etak = 1.0 / (Lt + row_metric(X) + Le)
-        kt = _kkt(Z, Yt, X, Xb, binary, rho, beta_in, eps, etak, etak * alpha_t, sparsity)
-        kkt = float(kt.max())
+        kkt = float(_coupled_kkt(Z, Yt, X, Xb, binary, rho, beta_in, eps, Lt, Le, alpha_t, sparsity).max())
     return X, Xb, it, kkt
+
+
+def _coupled_kkt(Z, Yt, X, Xb, binary, rho, beta_in, eps, Lt, Le, alpha_t, sparsity):
+    a, A, S, p, logp, H, c = _entropy_parts(X, eps)
+    etak = 1.0 / (Lt + (beta_in * c.clamp_min(0)).view(1, -1, 1) / a.unsqueeze(-1) + Le)
+    return _kkt(Z, Yt, X, Xb, binary, rho, beta_in, eps, etak, etak * alpha_t, sparsity)
