@@ -214,14 +214,6 @@ def smooth_grad(Z, Yt, W, b, binary, rho, beta_in, eps, need_value=False):
     return f, GW, gb
 
 
-def _smooth_value(Z, Yt, W, b, binary, rho, beta_in, eps):
-    S = torch.baddbmm(b.unsqueeze(1), Z, W)
-    f = _ce_per_task(S, Yt, binary).sum() + 0.5 * rho * (W * W).sum()
-    if beta_in:
-        f = f + beta_in * sharing_entropy(W, eps)
-    return f
-
-
 # --------------------------------------------------------------------------- #
 # the solver
 # --------------------------------------------------------------------------- #
@@ -527,7 +519,7 @@ def _fista_backtracking(Z, Yt, W, b, binary, rho, beta_in, eps, alpha_t, L, spar
         restart = rs > 0
         mom = torch.where(restart, 0.0, (tk - 1) / tn)
         tk = torch.where(restart, 1.0, tn)
-        has_mom = not bool(restart.all())
+        has_mom = bool((mom > 0).any())
         X, Xb, Fx = Xn, Xbn, Fn
         Yw = torch.addcmul(X, mom, stepW)
         Yb = torch.addcmul(Xb, mom.view(T, 1), stepb)
