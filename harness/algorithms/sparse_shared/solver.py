@@ -426,26 +426,24 @@ class _CoupledSmooth:
         else:
             logP = torch.log_softmax(S, dim=-1)
             ce = -(logP * self.Yt).sum()
-        sq = (W * W).sum(-1)  # (T, d)
-        a = torch.sqrt(sq + self.eps)
-        A = a.sum(0)
-        tot = A.sum()
-        logp = torch.log(A / tot)
-        H = -(A * logp).sum() / tot
-        f = ce * self.inv_n + 0.5 * self.rho * sq.sum() + self.beta_in * H
-        return f, S, logP, a, logp, H, tot
+        ent = _entropy_parts(W, self.eps)
+        f = ce * self.inv_n + 0.5 * self.rho * (W * W).sum() + self.beta_in * ent[5]
+        return f, S, logP, ent
 
     def value(self, W, b):
         return self._parts(W, b)[0]
 
     def grad(self, W, b):
-        f, S, logP, a, logp, H, tot = self._parts(W, b)
+        f, S, logP, (a, A, tot, p, logp, H, c) = self._parts(W, b)
         R = (torch.sigmoid(S) if self.binary else logP.exp()).sub_(self.Yt)
-        c = (-logp - H) / tot  # dH/dA_j
         GW = torch.baddbmm(W, self.Zt, R, beta=self.rho, alpha=self.inv_n)
         GW = GW.addcmul_((self.beta_in * c / a).unsqueeze(-1), W)
-        Drow = (self.beta_in * c.clamp_min(0) / a).unsqueeze(-1)  # (T, d, 1)
-        return f, GW, R.mean(dim=1), Drow
+        return f, GW, R.mean(dim=1), _row_metric(self.beta_in, a, c)
+
+
+def _row_metric(beta_in, a, c):
+    """IRLS majoriser of beta * c_j * a_tj per (task, row): beta * max(c_j, 0) / a_tj, (T, d, 1)."""
+    return (beta_in * c.clamp_min(0) / a).unsqueeze(-1)
 
 
 def _fista_backtracking(Z, Yt, W, b, binary, rho, beta_in, eps, alpha_t, L, sparsity, max_iter, tol):
@@ -540,5 +538,5 @@ def _fista_backtracking(Z, Yt, W, b, binary, rho, beta_in, eps, alpha_t, L, spar
 
 def _coupled_kkt(Z, Yt, X, Xb, binary, rho, beta_in, eps, Lt, Le, alpha_t, sparsity):
     a, A, S, p, logp, H, c = _entropy_parts(X, eps)
-    etak = 1.0 / (Lt + (beta_in * c.clamp_min(0)).view(1, -1, 1) / a.unsqueeze(-1) + Le)
+    etak = 1.0 / (Lt + _row_metric(beta_in, a, c) + Le)
     return _kkt(Z, Yt, X, Xb, binary, rho, beta_in, eps, etak, etak * alpha_t, sparsity)
