@@ -3,7 +3,6 @@ publishers' files (tiny fixtures written here in the exact on-disk formats)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -404,25 +403,6 @@ def test_malformed_files(tmp_path):
         M.MPI3D(str(tmp_path), [], {})
     with pytest.raises(UserError, match="n_per_env"):
         SP.Sprites(None, [], {"n_per_env": 0})
-
-
-# ---------------------------------------------------------------------------------------
-# speed
-# ---------------------------------------------------------------------------------------
-def test_render_speed():
-    """12,000 images of each renderer in a few seconds on 2 cores.
-
-    Asserted on CPU time (wall time on a shared machine depends on its load); both are printed.
-    """
-    rng = np.random.default_rng(0)
-    for name, fn, sizes in (("sprites", SP.render_sprites, (3, 6, 40, 32, 32)),
-                            ("shapes", SH.render_shapes, (10, 10, 10, 8, 4, 15))):
-        c = np.stack([rng.integers(0, s, 12000) for s in sizes], 1)
-        wall, cpu = time.perf_counter(), time.process_time()
-        fn(c)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        print(f"render 12000 {name}: {wall:.2f}s wall, {cpu:.2f}s CPU")
-        assert cpu < 10, f"{name}: {cpu:.1f} CPU seconds for 12,000 images"
 
 
 # --- factor tasks: held-out combinations --------------------------------------------------
