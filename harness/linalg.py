@@ -6,7 +6,8 @@ matrices at once on different threads. Once ``torch.set_num_threads(n > 1)`` has
 to SLASWP`` and returns garbage or never returns (pytorch/pytorch#142815, #141358; seen here with
 torch 2.14.1, a batch of 16 matrices of size 235). On the CPU with more than one thread these
 functions therefore factor one matrix at a time (each factorisation still uses every thread);
-elsewhere they are the batched PyTorch call.
+elsewhere they are the batched PyTorch call. Cholesky does not pivot (no ?LASWP), so
+:func:`solve_spd` factors the whole batch at once everywhere.
 """
 
 from __future__ import annotations
@@ -36,3 +37,17 @@ def solve_ex(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         return torch.linalg.solve_ex(A, B)
     parts = [solve_ex(a, b) for a, b in zip(A, B)]
     return torch.stack([x for x, _ in parts]), torch.stack([i for _, i in parts])
+
+
+def solve_spd(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve ``A X = B`` for symmetric positive definite ``A`` (B as in :func:`solve`) by batched Cholesky.
+
+    Returns ``(X, ok)``: ``ok`` (batch shape) is False where the factorisation failed (A not positive
+    definite to working precision); ``X`` is not meaningful there.
+    """
+    if B.shape[: A.dim() - 2] != A.shape[:-2]:
+        raise ValueError(f"right-hand side {tuple(B.shape)} does not have the batch shape of {tuple(A.shape)}")
+    vec = B.dim() == A.dim() - 1
+    L, info = torch.linalg.cholesky_ex(A)
+    X = torch.cholesky_solve(B.unsqueeze(-1) if vec else B, L)
+    return (X.squeeze(-1) if vec else X), info == 0

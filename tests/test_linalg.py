@@ -28,6 +28,19 @@ def test_solve_matches_torch_and_differentiates(rhs):
     assert torch.allclose(X, X_ref, atol=1e-12) and info.shape == (6,) and int(info.abs().max()) == 0
 
 
+def test_solve_spd_matches_and_flags_indefinite_matrices():
+    A = _spd(5, 6)
+    B = torch.randn(5, 6, dtype=torch.float64)
+    X, ok = linalg.solve_spd(A, B)
+    assert X.shape == B.shape and bool(ok.all())
+    assert torch.allclose(X, torch.linalg.solve(A, B), atol=1e-12)
+    A[2] = -A[2]
+    _, ok = linalg.solve_spd(A, B)
+    assert ok.tolist() == [True, True, False, True, True]
+    with pytest.raises(ValueError, match="batch shape"):
+        linalg.solve_spd(A, torch.randn(6, dtype=torch.float64))
+
+
 def test_solve_rejects_a_broadcast_right_hand_side():
     with pytest.raises(ValueError, match="batch shape"):
         linalg.solve(_spd(4, 5), torch.randn(5, 2, dtype=torch.float64))
@@ -50,6 +63,9 @@ Y = torch.arange(50).repeat(16, 1) % 5
 W, b, info = sparse_heads(Z, Y, 5, alpha=0.2, beta=0.1, sparsity="group", sharing="entropy", sharing_in="outer")
 (W.square().sum() + b.square().sum()).backward()
 assert torch.isfinite(Z.grad).all()
+W, b, info = sparse_heads(Z, Y, 5, alpha=0.2, sparsity="l1", sharing="entropy", sharing_in="outer")  # Newton finish
+(W.square().sum() + b.square().sum()).backward()
+assert torch.isfinite(Z.grad).all() and info["kkt"] <= 1e-5
 
 zs = torch.randn(16, 240, 300, generator=g, requires_grad=True)
 Wr = ridge_solution(zs, torch.randn(16, 240, 5, generator=g), 1.0)

@@ -41,7 +41,14 @@ from harness.algorithms.sparse_shared.solver import (
     lambda_max,
     solve_heads,
 )
-from harness.linalg import solve_ex
+from harness.algorithms.sparse_shared.active_set import (
+    GAUGE,
+    ActiveSet,
+    active_hessian,
+    active_mask,
+    compress,
+    robust_solve,
+)
 
 __all__ = ["sparse_heads", "implicit_grad_Z", "DENSE_MAX"]
 
@@ -49,8 +56,6 @@ __all__ = ["sparse_heads", "implicit_grad_Z", "DENSE_MAX"]
 DENSE_MAX = 2048
 # largest number of dense matrix entries (all systems together)
 DENSE_MAX_ELEMS = 2 ** 25
-# curvature added along the (CE-invariant) constant-bias direction for softmax heads
-_GAUGE = 0.5
 
 
 # --------------------------------------------------------------------------- #
@@ -145,22 +150,14 @@ def implicit_grad_Z(Z, Y, n_classes, W, b, gW, gb, alpha, lam=None, beta_in=0.0,
     P = _probs(S, binary)
     R = P - Yt
 
-    # active set on the augmented head
-    if sparsity == "l1":
-        M = W != 0
-    else:
-        M = (W != 0).any(dim=2, keepdim=True).expand(T, d, K)
-    M = torch.cat([M, torch.ones(T, 1, K, dtype=torch.bool, device=dev)], dim=1)  # (T, d+1, K)
+    M = active_mask(W, sparsity)  # (T, d+1, K)
     if not binary:
         # b is returned centred (sum_k b_k = 0): the gauge direction gets no gradient
         gb = gb - gb.mean(dim=1, keepdim=True)
     G = torch.cat([gW, gb.unsqueeze(1)], dim=1).to(dtype) * M
 
     coupled = beta_in > 0
-    D = (d + 1) * K
-    Mf = M.reshape(T, D)
-    counts = Mf.sum(dim=1)
-    m = int(counts.max())
+    m = int(M.reshape(T, -1).sum(dim=1).max())
     if backward == "auto":
         if coupled:
             dense = T * m <= DENSE_MAX and (T * m) ** 2 <= DENSE_MAX_ELEMS
@@ -170,7 +167,7 @@ def implicit_grad_Z(Z, Y, n_classes, W, b, gW, gb, alpha, lam=None, beta_in=0.0,
         dense = backward == "dense"
 
     if dense:
-        V = _dense_solve(Za, P, U, M, Mf, G, m, counts, binary, alpha_t, rho, sparsity, beta_in, eps, coupled)
+        V = _dense_solve(Za, P, U, compress(M), G, binary, alpha_t, rho, sparsity, beta_in, eps)
     else:
         if backward_tol is None:
             backward_tol = 1e-10 if dtype == torch.float64 else 1e-6
@@ -238,7 +235,7 @@ class _HVP:
         if self.binary:
             eb = torch.zeros_like(vb)
         else:  # gauge fixing: penalise the constant bias direction (null space of CE)
-            eb = (_GAUGE / vb.shape[2]) * vb.sum(dim=2, keepdim=True).expand_as(vb)
+            eb = (GAUGE / vb.shape[2]) * vb.sum(dim=2, keepdim=True).expand_as(vb)
         out = out + torch.cat([extra, eb], dim=1)
         return out * self.M
 
@@ -319,86 +316,34 @@ def _minres(A, b, dot, rtol, maxiter):
 # --------------------------------------------------------------------------- #
 # dense solve on the compressed active set
 # --------------------------------------------------------------------------- #
-def _dense_solve(Za, P, U, M, Mf, G, m, counts, binary, alpha_t, rho, sparsity, beta_in, eps, coupled):
+def _dense_solve(Za, P, U, A: ActiveSet, G, binary, alpha_t, rho, sparsity, beta_in, eps):
     T, n, d1 = Za.shape
     d = d1 - 1
-    K = U.shape[2]
     dtype, dev = Za.dtype, Za.device
-    D = d1 * K
-    # active indices first (stable), padded to m per task
-    order = torch.argsort((~Mf).to(torch.int8), dim=1, stable=True)
-    idx = order[:, :m]  # (T, m)
-    valid = torch.arange(m, device=dev).unsqueeze(0) < counts.unsqueeze(1)  # (T, m)
-    vf = valid.to(dtype)
-    j_idx = torch.div(idx, K, rounding_mode="floor")
-    k_idx = idx - j_idx * K
-    is_w = (j_idx < d) & valid  # penalised (non-bias) valid entries
-    wf = is_w.to(dtype)
-
-    Zg = Za.gather(2, j_idx.unsqueeze(1).expand(T, n, m)) * vf.unsqueeze(1)  # (T, n, m)
-    if binary:
-        wgt = P * (1 - P)  # (T, n, 1)
-        Hm = torch.bmm((Zg * wgt).transpose(1, 2), Zg)
-    else:
-        Pg = P.gather(2, k_idx.unsqueeze(1).expand(T, n, m))
-        ZP = Zg * Pg
-        Ek = (k_idx.unsqueeze(2) == k_idx.unsqueeze(1)).to(dtype)
-        Hm = torch.bmm(ZP.transpose(1, 2), Zg) * Ek - torch.bmm(ZP.transpose(1, 2), ZP)
-    Hm = Hm / n
-    diag = rho * wf
-    Uf = U.reshape(T, D)
-    u = Uf.gather(1, idx) * wf  # (T, m) values of W on the compressed set
-
-    if sparsity == "group":
-        Wn = torch.linalg.vector_norm(U[:, :d, :], dim=2)  # (T, d)
-        Wn1 = torch.cat([Wn, torch.ones(T, 1, dtype=dtype, device=dev)], dim=1)
-        nr = Wn1.gather(1, j_idx) * wf + (1 - wf)  # (T, m); 1 where unused
-        sc = alpha_t.view(T, 1) / nr * wf
-        Ej = ((j_idx.unsqueeze(2) == j_idx.unsqueeze(1)) & is_w.unsqueeze(2) & is_w.unsqueeze(1)).to(dtype)
-        un = u / nr
-        Hm = Hm - Ej * (sc.unsqueeze(2) * un.unsqueeze(2) * un.unsqueeze(1))
-        diag = diag + sc
-
-    Hm = Hm + torch.diag_embed(diag + (1 - vf))  # identity on padding
-    if not binary:  # gauge fixing on the bias block (see _HVP)
-        isb = ((j_idx == d) & valid).to(dtype)
-        Hm = Hm + (_GAUGE / K) * isb.unsqueeze(2) * isb.unsqueeze(1)
-    g = G.reshape(T, D).gather(1, idx) * vf
-
-    if not coupled:
-        v = _robust_solve(Hm, g.unsqueeze(-1)).squeeze(-1)
-    else:
-        a, A, S, p, logp, H, c = _entropy_parts(U[:, :d, :], eps)
-        a1 = torch.cat([a, torch.ones(T, 1, dtype=dtype, device=dev)], dim=1)
-        at = a1.gather(1, j_idx)  # (T, m)
-        jj = j_idx.clamp_max(d - 1)
-        cj = c[jj] * wf
-        Aj = A[jj]
-        q = u / at * wf  # (T, m)
-        N = T * m
-        qf, cf, Af, jf, tf = q.reshape(N), cj.reshape(N), Aj.reshape(N), j_idx.reshape(N), \
-            torch.arange(T, device=dev).unsqueeze(1).expand(T, m).reshape(N)
-        wff = wf.reshape(N)
-        same_j = (jf.unsqueeze(1) == jf.unsqueeze(0)).to(dtype) * wff.unsqueeze(1) * wff.unsqueeze(0)
-        Mm = -same_j / Af.unsqueeze(1) + 1.0 / S - cf.unsqueeze(1) - cf.unsqueeze(0)
-        qq = qf.unsqueeze(1) * qf.unsqueeze(0)
-        same_tj = same_j * (tf.unsqueeze(1) == tf.unsqueeze(0)).to(dtype)
-        atf = at.reshape(N)
-        He = qq * Mm / S + torch.diag(cf / atf) - same_tj * qq * (cf / atf).unsqueeze(1)
-        Hg = torch.block_diag(*Hm.unbind(0)) + beta_in * He
-        v = _robust_solve(Hg, g.reshape(N, 1)).reshape(T, m)
-
-    v = v * vf
-    Vf = torch.zeros(T, D, dtype=dtype, device=dev).scatter_(1, idx, v)
-    return Vf.view(T, d1, K)
-
-
-def _robust_solve(H, g):
-    """Solve H x = g for symmetric, possibly indefinite / near-singular H."""
-    try:
-        x, info = solve_ex(H, g)
-        if int(info.max()) == 0 and bool(torch.isfinite(x).all()):
-            return x
-    except RuntimeError:
-        pass
-    return torch.linalg.pinv(H, hermitian=True) @ g
+    m = A.m
+    Hm = active_hessian(Za, P, U, A, binary, alpha_t, rho, sparsity)
+    g = A.gather(G)
+    if not beta_in:
+        return A.scatter(robust_solve(Hm, g.unsqueeze(-1), spd=True).squeeze(-1), U.shape)
+    # entropy coupling: one system over all tasks' active entries together
+    wf = A.is_w.to(dtype)
+    u = A.gather(U) * wf
+    a, A_, S, p, logp, H, c = _entropy_parts(U[:, :d, :], eps)
+    a1 = torch.cat([a, torch.ones(T, 1, dtype=dtype, device=dev)], dim=1)
+    at = a1.gather(1, A.j_idx)  # (T, m)
+    jj = A.j_idx.clamp_max(d - 1)
+    cj = c[jj] * wf
+    Aj = A_[jj]
+    q = u / at * wf  # (T, m)
+    N = T * m
+    qf, cf, Af, jf, tf = q.reshape(N), cj.reshape(N), Aj.reshape(N), A.j_idx.reshape(N), \
+        torch.arange(T, device=dev).unsqueeze(1).expand(T, m).reshape(N)
+    wff = wf.reshape(N)
+    same_j = (jf.unsqueeze(1) == jf.unsqueeze(0)).to(dtype) * wff.unsqueeze(1) * wff.unsqueeze(0)
+    Mm = -same_j / Af.unsqueeze(1) + 1.0 / S - cf.unsqueeze(1) - cf.unsqueeze(0)
+    qq = qf.unsqueeze(1) * qf.unsqueeze(0)
+    same_tj = same_j * (tf.unsqueeze(1) == tf.unsqueeze(0)).to(dtype)
+    atf = at.reshape(N)
+    He = qq * Mm / S + torch.diag(cf / atf) - same_tj * qq * (cf / atf).unsqueeze(1)
+    Hg = torch.block_diag(*Hm.unbind(0)) + beta_in * He
+    return A.scatter(robust_solve(Hg, g.reshape(N, 1)).reshape(T, m), U.shape)

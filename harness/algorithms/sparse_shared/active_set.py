@@ -1,0 +1,120 @@
+"""The inner problem's Hessian on its active set, shared by the solver and the implicit backward.
+
+The head is handled as an augmented matrix ``U = [W; b]`` of shape (T, d+1, K) whose last row is
+the (never penalised) bias, paired with the augmented features ``Za = [Z, 1]``. The active set is
+the non-zero entries of W (l1) or its non-zero rows (group), plus every bias entry; it is
+compressed per task to its first ``m`` slots (``m`` the largest count over tasks, the rest padding).
+
+On the active set the uncoupled objective CE + rho/2 ||W||^2 + alpha_t R(W) is smooth, and its
+Hessian is what both Newton's method (:func:`harness.algorithms.sparse_shared.solver.solve_heads`)
+and implicit differentiation (:mod:`harness.algorithms.sparse_shared.implicit`) solve with.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from harness.linalg import solve_ex, solve_spd
+
+# curvature added along the (CE-invariant) constant-bias direction for softmax heads
+GAUGE = 0.5
+
+
+class ActiveSet(NamedTuple):
+    idx: torch.Tensor  # (T, m) flat indices into the (d+1)*K augmented head, active first
+    valid: torch.Tensor  # (T, m) bool: slot holds an active entry (not padding)
+    j_idx: torch.Tensor  # (T, m) row of each slot (d = bias row)
+    k_idx: torch.Tensor  # (T, m) column of each slot
+    is_w: torch.Tensor  # (T, m) bool: valid and penalised (not a bias entry)
+
+    @property
+    def m(self) -> int:
+        return self.idx.shape[1]
+
+    def gather(self, X: torch.Tensor) -> torch.Tensor:
+        """(T, d+1, K) -> (T, m), zero on padding."""
+        T = X.shape[0]
+        return X.reshape(T, -1).gather(1, self.idx) * self.valid.to(X.dtype)
+
+    def scatter(self, v: torch.Tensor, shape) -> torch.Tensor:
+        """(T, m) -> (T, d+1, K), zero off the active set."""
+        T = v.shape[0]
+        out = torch.zeros(T, shape[1] * shape[2], dtype=v.dtype, device=v.device)
+        return out.scatter_(1, self.idx, v * self.valid.to(v.dtype)).view(shape)
+
+
+def active_mask(W: torch.Tensor, sparsity: str) -> torch.Tensor:
+    """(T, d+1, K) bool mask of the augmented head's active entries (bias always active)."""
+    T, d, K = W.shape
+    M = W != 0 if sparsity == "l1" else (W != 0).any(dim=2, keepdim=True).expand(T, d, K)
+    return torch.cat([M, torch.ones(T, 1, K, dtype=torch.bool, device=W.device)], dim=1)
+
+
+def compress(M: torch.Tensor) -> ActiveSet:
+    """Compress a (T, d+1, K) mask to per-task slot indices (active entries first, stable order)."""
+    T, d1, K = M.shape
+    Mf = M.reshape(T, d1 * K)
+    counts = Mf.sum(dim=1)
+    m = int(counts.max())
+    idx = torch.argsort((~Mf).to(torch.int8), dim=1, stable=True)[:, :m]
+    valid = torch.arange(m, device=M.device).unsqueeze(0) < counts.unsqueeze(1)
+    j_idx = torch.div(idx, K, rounding_mode="floor")
+    return ActiveSet(idx, valid, j_idx, idx - j_idx * K, (j_idx < d1 - 1) & valid)
+
+
+def active_hessian(Za, P, U, A: ActiveSet, binary: bool, alpha_t, rho: float, sparsity: str):
+    """Hessian of CE + rho/2 ||W||^2 + alpha_t R(W) on the compressed active set, (T, m, m).
+
+    Identity on padding slots; softmax heads get ``GAUGE`` curvature along the constant-bias
+    direction (the null space of CE), so the matrix is positive definite.
+    """
+    T, n, d1 = Za.shape
+    d = d1 - 1
+    K = U.shape[2]
+    dtype = Za.dtype
+    m = A.m
+    vf, wf = A.valid.to(dtype), A.is_w.to(dtype)
+    Zg = Za.gather(2, A.j_idx.unsqueeze(1).expand(T, n, m)) * vf.unsqueeze(1)  # (T, n, m)
+    if binary:
+        Hm = torch.bmm((Zg * (P * (1 - P))).transpose(1, 2), Zg)
+    else:
+        ZP = Zg * P.gather(2, A.k_idx.unsqueeze(1).expand(T, n, m))
+        Ek = (A.k_idx.unsqueeze(2) == A.k_idx.unsqueeze(1)).to(dtype)
+        Hm = torch.bmm(ZP.transpose(1, 2), Zg) * Ek - torch.bmm(ZP.transpose(1, 2), ZP)
+    Hm = Hm / n
+    diag = rho * wf
+    if sparsity == "group":
+        # curvature of alpha_t ||W_j||: alpha_t / ||W_j|| (I - w w^T / ||W_j||^2) on each active row
+        Wn = torch.linalg.vector_norm(U[:, :d, :], dim=2)  # (T, d)
+        Wn1 = torch.cat([Wn, torch.ones(T, 1, dtype=dtype, device=Za.device)], dim=1)
+        nr = Wn1.gather(1, A.j_idx) * wf + (1 - wf)  # 1 where unused
+        sc = alpha_t.reshape(T, 1) / nr * wf
+        Ej = ((A.j_idx.unsqueeze(2) == A.j_idx.unsqueeze(1))
+              & A.is_w.unsqueeze(2) & A.is_w.unsqueeze(1)).to(dtype)
+        un = A.gather(U) / nr
+        Hm = Hm - Ej * (sc.unsqueeze(2) * un.unsqueeze(2) * un.unsqueeze(1))
+        diag = diag + sc
+    Hm = Hm + torch.diag_embed(diag + (1 - vf))
+    if not binary:
+        isb = ((A.j_idx == d) & A.valid).to(dtype)
+        Hm = Hm + (GAUGE / K) * isb.unsqueeze(2) * isb.unsqueeze(1)
+    return Hm
+
+
+def robust_solve(H: torch.Tensor, g: torch.Tensor, spd: bool = False) -> torch.Tensor:
+    """Solve H x = g for symmetric, possibly indefinite / near-singular H.
+
+    ``spd``: H is expected positive definite (no entropy term); Cholesky first, LU where it fails.
+    """
+    if spd:
+        x, ok = solve_spd(H, g)
+        if bool(ok.all()) and bool(torch.isfinite(x).all()):
+            return x
+    try:
+        x, info = solve_ex(H, g)
+        if int(info.max()) == 0 and bool(torch.isfinite(x).all()):
+            return x
+    except RuntimeError:
+        pass
+    return torch.linalg.pinv(H, hermitian=True) @ g
