@@ -159,16 +159,13 @@ def implicit_grad_Z(Z, Y, n_classes, W, b, gW, gb, alpha, lam=None, beta_in=0.0,
     coupled = beta_in > 0
     m = int(M.reshape(T, -1).sum(dim=1).max())
     if backward == "auto":
-        if coupled:
-            dense = T * m <= DENSE_MAX and (T * m) ** 2 <= DENSE_MAX_ELEMS
-        else:
-            dense = m <= DENSE_MAX and T * m * m <= DENSE_MAX_ELEMS
+        # coupled: per-task blocks plus T * m * (rows + 2) for the Woodbury factors
+        dense = m <= DENSE_MAX and T * m * (m + (d + 2 if coupled else 0)) <= DENSE_MAX_ELEMS
     else:
         dense = backward == "dense"
 
-    if dense:
-        V = _dense_solve(Za, P, U, compress(M), G, binary, alpha_t, rho, sparsity, beta_in, eps)
-    else:
+    V = _dense_solve(Za, P, U, compress(M), G, binary, alpha_t, rho, sparsity, beta_in, eps) if dense else None
+    if V is None:
         if backward_tol is None:
             backward_tol = 1e-10 if dtype == torch.float64 else 1e-6
         op = _HVP(Za, P, U, M, binary, alpha_t, rho, sparsity, beta_in, eps)
@@ -317,33 +314,60 @@ def _minres(A, b, dot, rtol, maxiter):
 # dense solve on the compressed active set
 # --------------------------------------------------------------------------- #
 def _dense_solve(Za, P, U, A: ActiveSet, G, binary, alpha_t, rho, sparsity, beta_in, eps):
-    T, n, d1 = Za.shape
-    d = d1 - 1
-    dtype, dev = Za.dtype, Za.device
-    m = A.m
+    """Dense solve on the compressed active set; None if the coupled (Woodbury) solve is unreliable."""
     Hm = active_hessian(Za, P, U, A, binary, alpha_t, rho, sparsity)
     g = A.gather(G)
     if not beta_in:
         return A.scatter(robust_solve(Hm, g.unsqueeze(-1), spd=True).squeeze(-1), U.shape)
-    # entropy coupling: one system over all tasks' active entries together
+    x = _coupled_solve(Hm, A, U, g, beta_in, eps)
+    return None if x is None else A.scatter(x, U.shape)
+
+
+def _coupled_solve(Hm, A: ActiveSet, U, g, beta_in, eps):
+    """Solve ``(blockdiag_t Hm_t + beta He) x = g``, He the entropy Hessian on the active set.
+
+    He splits into a per-task part (entries of the same task and feature row), which joins Hm_t,
+    and a low-rank part coupling the tasks: one rank-one term per active feature row j (its
+    entries in every task) and one rank-two term. Woodbury then needs T small factorisations and
+    one (rows + 2)-square system instead of one (T m)-square one. Returns None when the result
+    fails a residual check (near-singular blocks), so the caller can fall back to MINRES.
+    """
+    T, m = g.shape
+    d = U.shape[1] - 1
+    dtype, dev = g.dtype, g.device
     wf = A.is_w.to(dtype)
-    u = A.gather(U) * wf
-    a, A_, S, p, logp, H, c = _entropy_parts(U[:, :d, :], eps)
-    a1 = torch.cat([a, torch.ones(T, 1, dtype=dtype, device=dev)], dim=1)
-    at = a1.gather(1, A.j_idx)  # (T, m)
+    a, A_j, S, _, _, _, c = _entropy_parts(U[:, :d, :], eps)
     jj = A.j_idx.clamp_max(d - 1)
+    at = a.gather(1, jj)
     cj = c[jj] * wf
-    Aj = A_[jj]
-    q = u / at * wf  # (T, m)
-    N = T * m
-    qf, cf, Af, jf, tf = q.reshape(N), cj.reshape(N), Aj.reshape(N), A.j_idx.reshape(N), \
-        torch.arange(T, device=dev).unsqueeze(1).expand(T, m).reshape(N)
-    wff = wf.reshape(N)
-    same_j = (jf.unsqueeze(1) == jf.unsqueeze(0)).to(dtype) * wff.unsqueeze(1) * wff.unsqueeze(0)
-    Mm = -same_j / Af.unsqueeze(1) + 1.0 / S - cf.unsqueeze(1) - cf.unsqueeze(0)
-    qq = qf.unsqueeze(1) * qf.unsqueeze(0)
-    same_tj = same_j * (tf.unsqueeze(1) == tf.unsqueeze(0)).to(dtype)
-    atf = at.reshape(N)
-    He = qq * Mm / S + torch.diag(cf / atf) - same_tj * qq * (cf / atf).unsqueeze(1)
-    Hg = torch.block_diag(*Hm.unbind(0)) + beta_in * He
-    return A.scatter(robust_solve(Hg, g.reshape(N, 1)).reshape(T, m), U.shape)
+    q = A.gather(U) * wf / at  # dA_j / dW on each slot
+    ca = cj / at
+    Ej = ((A.j_idx.unsqueeze(2) == A.j_idx.unsqueeze(1)) & A.is_w.unsqueeze(2) & A.is_w.unsqueeze(1)).to(dtype)
+    B = Hm + beta_in * (torch.diag_embed(ca) - Ej * (q * ca).unsqueeze(2) * q.unsqueeze(1))
+
+    rows = torch.unique(jj[A.is_w])  # active feature rows
+    r = rows.numel() + 2
+    col = torch.zeros(d, dtype=torch.long, device=dev)
+    col[rows] = torch.arange(rows.numel(), device=dev)
+    V = torch.zeros(T, m, r, dtype=dtype, device=dev)
+    V.scatter_(2, col[jj].unsqueeze(2), q.unsqueeze(2))
+    V[:, :, -2], V[:, :, -1] = q, cj * q
+    C = torch.zeros(r, r, dtype=dtype, device=dev)
+    C[: r - 2, : r - 2] = torch.diag(-1.0 / (S * A_j[rows]))
+    C[-2, -2], C[-2, -1], C[-1, -2] = 1.0 / (S * S), -1.0 / S, -1.0 / S
+    C = beta_in * C
+
+    BiR = robust_solve(B, torch.cat([V, g.unsqueeze(2)], dim=2))
+    BiV, Big = BiR[:, :, :r], BiR[:, :, r]
+    cap = torch.eye(r, dtype=dtype, device=dev) + C @ torch.einsum("tmr,tms->rs", V, BiV)
+    try:
+        y = torch.linalg.solve(cap, C @ torch.einsum("tmr,tm->r", V, Big))
+    except RuntimeError:
+        return None
+    x = Big - BiV @ y
+    res = torch.bmm(B, x.unsqueeze(2)).squeeze(2) + V @ (C @ torch.einsum("tmr,tm->r", V, x)) - g
+    if not bool(torch.isfinite(x).all()) or float(res.norm()) > 10 * torch.finfo(dtype).eps ** 0.5 * float(g.norm()):
+        return None
+    return x
+
+
