@@ -34,7 +34,6 @@ from harness.algorithms.sparse_shared.solver import (
     DEFAULT_RHO,
     DEFAULT_TOL,
     _check_options,
-    _entropy_parts,
     _probs,
     _targets,
     head_dims,
@@ -43,10 +42,12 @@ from harness.algorithms.sparse_shared.solver import (
 )
 from harness.algorithms.sparse_shared.active_set import (
     GAUGE,
+    entropy_parts,
     ActiveSet,
     active_hessian,
     active_mask,
     compress,
+    coupled_solve,
     robust_solve,
 )
 
@@ -212,7 +213,7 @@ class _HVP:
             self.g_scale = torch.where(nr > 0, alpha_t.view(-1, 1, 1) / safe, torch.zeros_like(nr))
             self.g_dir = W / safe
         if beta_in:
-            a, A, S, p, logp, H, c = _entropy_parts(W, eps)
+            a, A, S, p, logp, H, c = entropy_parts(W, eps)
             self.ent = (a, A, S, p, logp, H, c)
 
     def __call__(self, V):
@@ -319,55 +320,5 @@ def _dense_solve(Za, P, U, A: ActiveSet, G, binary, alpha_t, rho, sparsity, beta
     g = A.gather(G)
     if not beta_in:
         return A.scatter(robust_solve(Hm, g.unsqueeze(-1), spd=True).squeeze(-1), U.shape)
-    x = _coupled_solve(Hm, A, U, g, beta_in, eps)
+    x = coupled_solve(Hm, A, U, g, beta_in, eps)
     return None if x is None else A.scatter(x, U.shape)
-
-
-def _coupled_solve(Hm, A: ActiveSet, U, g, beta_in, eps):
-    """Solve ``(blockdiag_t Hm_t + beta He) x = g``, He the entropy Hessian on the active set.
-
-    He splits into a per-task part (entries of the same task and feature row), which joins Hm_t,
-    and a low-rank part coupling the tasks: one rank-one term per active feature row j (its
-    entries in every task) and one rank-two term. Woodbury then needs T small factorisations and
-    one (rows + 2)-square system instead of one (T m)-square one. Returns None when the result
-    fails a residual check (near-singular blocks), so the caller can fall back to MINRES.
-    """
-    T, m = g.shape
-    d = U.shape[1] - 1
-    dtype, dev = g.dtype, g.device
-    wf = A.is_w.to(dtype)
-    a, A_j, S, _, _, _, c = _entropy_parts(U[:, :d, :], eps)
-    jj = A.j_idx.clamp_max(d - 1)
-    at = a.gather(1, jj)
-    cj = c[jj] * wf
-    q = A.gather(U) * wf / at  # dA_j / dW on each slot
-    ca = cj / at
-    Ej = ((A.j_idx.unsqueeze(2) == A.j_idx.unsqueeze(1)) & A.is_w.unsqueeze(2) & A.is_w.unsqueeze(1)).to(dtype)
-    B = Hm + beta_in * (torch.diag_embed(ca) - Ej * (q * ca).unsqueeze(2) * q.unsqueeze(1))
-
-    rows = torch.unique(jj[A.is_w])  # active feature rows
-    r = rows.numel() + 2
-    col = torch.zeros(d, dtype=torch.long, device=dev)
-    col[rows] = torch.arange(rows.numel(), device=dev)
-    V = torch.zeros(T, m, r, dtype=dtype, device=dev)
-    V.scatter_(2, col[jj].unsqueeze(2), q.unsqueeze(2))
-    V[:, :, -2], V[:, :, -1] = q, cj * q
-    C = torch.zeros(r, r, dtype=dtype, device=dev)
-    C[: r - 2, : r - 2] = torch.diag(-1.0 / (S * A_j[rows]))
-    C[-2, -2], C[-2, -1], C[-1, -2] = 1.0 / (S * S), -1.0 / S, -1.0 / S
-    C = beta_in * C
-
-    BiR = robust_solve(B, torch.cat([V, g.unsqueeze(2)], dim=2))
-    BiV, Big = BiR[:, :, :r], BiR[:, :, r]
-    cap = torch.eye(r, dtype=dtype, device=dev) + C @ torch.einsum("tmr,tms->rs", V, BiV)
-    try:
-        y = torch.linalg.solve(cap, C @ torch.einsum("tmr,tm->r", V, Big))
-    except RuntimeError:
-        return None
-    x = Big - BiV @ y
-    res = torch.bmm(B, x.unsqueeze(2)).squeeze(2) + V @ (C @ torch.einsum("tmr,tm->r", V, x)) - g
-    if not bool(torch.isfinite(x).all()) or float(res.norm()) > 10 * torch.finfo(dtype).eps ** 0.5 * float(g.norm()):
-        return None
-    return x
-
-

@@ -29,7 +29,14 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from harness.algorithms.sparse_shared.active_set import active_hessian, active_mask, compress, robust_solve
+from harness.algorithms.sparse_shared.active_set import (
+    entropy_parts,
+    active_hessian,
+    active_mask,
+    compress,
+    coupled_solve,
+    robust_solve,
+)
 __all__ = [
     "solve_heads",
     "lambda_max",
@@ -123,17 +130,6 @@ def prox(V: torch.Tensor, thr: torch.Tensor, sparsity: str) -> torch.Tensor:
 # --------------------------------------------------------------------------- #
 # entropy sharing term
 # --------------------------------------------------------------------------- #
-def _entropy_parts(W: torch.Tensor, eps: float):
-    a = torch.sqrt((W * W).sum(-1) + eps)  # (T, d)
-    A = a.sum(0)  # (d,)
-    S = A.sum()
-    p = A / S
-    logp = torch.log(p)
-    H = -(p * logp).sum()
-    c = (-logp - H) / S  # dH/dA_j
-    return a, A, S, p, logp, H, c
-
-
 def sharing_entropy(W: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
     """Differentiable H(p(W)) (scalar) for W of shape (T, d, K)."""
     a = torch.sqrt((W * W).sum(-1) + eps)
@@ -149,7 +145,7 @@ def feature_usage(W: torch.Tensor) -> torch.Tensor:
 
 def _entropy_grad(W: torch.Tensor, eps: float):
     """(H, dH/dW)."""
-    a, A, S, p, logp, H, c = _entropy_parts(W, eps)
+    a, A, S, p, logp, H, c = entropy_parts(W, eps)
     return H, c.view(1, -1, 1) * W / a.unsqueeze(-1)
 
 
@@ -388,11 +384,10 @@ def _fista_fixed(Z, Yt, W, b, binary, rho, alpha_t, L, sparsity, max_iter, tol):
                 continue
             ck_X, ck_Xb, ck_F = X, Xb, F
         if it % NEWTON_CHECK == 0:
-            pattern = torch.sign(X) if l1 else X.ne(0).any(dim=2).to(X.dtype)
-            if (last_pattern is not None and float((pattern != last_pattern).sum()) <= NEWTON_SETTLED * X.numel()
-                    and _newton_affordable(X, sparsity)):
-                # the support has (nearly) settled: finish with active-set Newton
-                X, Xb, kkt = _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol, eta_safe)
+            settled, pattern = _support_settled(X, last_pattern, sparsity)
+            if settled and _newton_affordable(X, sparsity):
+                X, Xb, kkt = _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol,
+                                            lambda X: (eta_safe, eta_safe.view(T, 1)))
                 if kkt <= tol:
                     break
                 Yw, Yb, tk = X, Xb, torch.ones_like(tk)
@@ -424,50 +419,70 @@ NEWTON_MAX_ELEMS = 2 ** 19  # largest number of Hessian entries (all tasks toget
 NEWTON_HALVINGS = 5  # step halvings tried per Newton step before a task keeps its iterate
 
 
-def _newton_affordable(X, sparsity):
-    """Whether the dense per-task Newton systems on the support of ``X`` are small enough."""
+def _newton_affordable(X, sparsity, coupled=False):
+    """Whether the dense Newton systems on the support of ``X`` are small enough."""
     T, d, K = X.shape
     nz = X.ne(0) if sparsity == "l1" else X.ne(0).any(dim=2, keepdim=True).expand(T, d, K)
     m = int(nz.sum(dim=(1, 2)).max()) + K
-    return m <= NEWTON_MAX and T * m * m <= NEWTON_MAX_ELEMS
+    return m <= NEWTON_MAX and T * m * (m + (d + 2 if coupled else 0)) <= NEWTON_MAX_ELEMS
 
 
-def _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol, eta_safe):
+def _support_settled(X, last, sparsity):
+    """(settled, pattern): whether at most NEWTON_SETTLED of the signs (rows for group) changed since ``last``."""
+    pattern = torch.sign(X) if sparsity == "l1" else X.ne(0).any(dim=2).to(X.dtype)
+    settled = last is not None and float((pattern != last).sum()) <= NEWTON_SETTLED * X.numel()
+    return settled, pattern
+
+
+def _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol, eta_of, beta_in=0.0, eps=DEFAULT_EPS):
     """Active-set Newton: rounds of one prox-gradient step, then one Newton step on its support.
 
-    The prox-gradient step (step ``eta_safe``) gives the KKT residual and the support (and, for l1,
-    the signs), adding every entry that violates optimality; on that support the objective is
-    smooth, with the Hessian the implicit backward solves with. Newton steps are projected back
-    onto the support's closure (an l1 entry that changes sign, or a group row that turns around,
-    becomes zero, so zeros stay exact) and each task takes the longest of the steps 1, 1/2, ...
-    that decreases its objective (Armijo), otherwise it keeps the prox-gradient point.
-    Returns (X, Xb, per-task objective, max KKT residual).
+    The prox-gradient step (steps ``eta_of(X) -> (eta_W, eta_b)``, those of the KKT residual) gives
+    the residual and the support (and, for l1, the signs), adding every entry that violates
+    optimality; on that support the objective is smooth, with the Hessian the implicit backward
+    solves with. Newton steps are projected back onto the support's closure (an l1 entry that
+    changes sign, or a group row that turns around, becomes zero, so zeros stay exact) and take the
+    longest of the steps 1, 1/2, ... that decreases the objective (Armijo), per task when tasks are
+    independent, for all together when the entropy (``beta_in > 0``) couples them.
+    Returns (X, Xb, max KKT residual).
     """
     T, n, d = Z.shape
     Za = torch.cat([Z, torch.ones(T, n, 1, dtype=Z.dtype, device=Z.device)], dim=2)
     Zat = Za.transpose(1, 2)
     slack = 4 * torch.finfo(Z.dtype).eps
     l1 = sparsity == "l1"
-    thr = eta_safe * alpha_t
 
-    def smooth_grad_aug(X, Xb):
+    def grad(X, Xb):
+        """(U, P, gradient of the smooth part on the augmented head)."""
         U = torch.cat([X, Xb.unsqueeze(1)], dim=1)
         P = _probs(torch.bmm(Za, U), binary)
         G = torch.bmm(Zat, P - Yt) / n
         G[:, :d] += rho * X
+        if beta_in:
+            G[:, :d] += beta_in * _entropy_grad(X, eps)[1]
         return U, P, G
+
+    def objective(X, Xb):
+        """Per task, (T,); one value for all, (1,), when the entropy couples the tasks."""
+        if not beta_in:
+            return _task_objective(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity)
+        f = smooth_grad(Z, Yt, X, Xb, binary, rho, beta_in, eps, need_value=True)[0]
+        return (f + penalty_value(X, alpha_t, sparsity)).view(1)
 
     kkt = float("inf")
     for rnd in range(NEWTON_STEPS + 1):
-        G = smooth_grad_aug(X, Xb)[2]
-        Xp = prox(X - eta_safe * G[:, :d], thr, sparsity)
-        kt = (((X - Xp) / eta_safe).square().sum(dim=(1, 2)) + G[:, d].square().sum(dim=1)).sqrt()
-        kkt = float(kt.max())
+        G = grad(X, Xb)[2]
+        eta, eta_b = eta_of(X)
+        Xp = prox(X - eta * G[:, :d], eta * alpha_t, sparsity)
+        kkt = float((((X - Xp) / eta).square().sum(dim=(1, 2)) + G[:, d].square().sum(dim=1)).sqrt().max())
         if kkt <= tol or rnd == NEWTON_STEPS:
             break
-        X, Xb = Xp, Xb - eta_safe.view(T, 1) * G[:, d]
-        obj = _task_objective(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity)
-        U, P, G = smooth_grad_aug(X, Xb)
+        Xpb = Xb - eta_b * G[:, d]
+        obj = objective(Xp, Xpb)
+        if beta_in and bool(obj > objective(X, Xb)):
+            break  # the coupled prox step is not a sure descent step: leave it to FISTA
+        X, Xb = Xp, Xpb
+        U, P, G = grad(X, Xb)
         if l1:
             pen = torch.sign(X)
         else:
@@ -477,20 +492,30 @@ def _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol, eta_safe):
         A = compress(active_mask(X, sparsity))
         g = A.gather(G)
         H = active_hessian(Za, P, U, A, binary, alpha_t, rho, sparsity)
-        step = -robust_solve(H, g.unsqueeze(-1), spd=True).squeeze(-1)
-        dec = (g * step).sum(dim=1)  # directional derivative, < 0
+        if beta_in:
+            step = coupled_solve(H, A, U, -g, beta_in, eps)
+            if step is None:
+                break
+        else:
+            step = -robust_solve(H, g.unsqueeze(-1), spd=True).squeeze(-1)
+        dec = (g * step).sum(dim=1)  # directional derivative per task
+        if beta_in:
+            dec = dec.sum().view(1)
+            if bool(dec >= 0):
+                break  # not a descent direction (the entropy makes the Hessian indefinite here)
         D = A.scatter(step, U.shape)
-        todo = torch.ones(T, dtype=torch.bool, device=Z.device)
+        todo = torch.ones_like(obj, dtype=torch.bool)
         t = 1.0
         for _ in range(NEWTON_HALVINGS):
             Un = U + t * D
             Wn, bn = Un[:, :d], Un[:, d]
             Wn = torch.where(Wn * X > 0, Wn, 0.0) if l1 else \
                 torch.where((Wn * X).sum(dim=2, keepdim=True) > 0, Wn, 0.0)
-            Fn = _task_objective(Z, Yt, Wn, bn, binary, rho, alpha_t, sparsity)
+            Fn = objective(Wn, bn)
             ok = todo & (Fn <= obj + 1e-4 * t * dec + slack * obj.abs())
-            X = torch.where(ok.view(T, 1, 1), Wn, X)
-            Xb = torch.where(ok.view(T, 1), bn, Xb)
+            okT = ok.expand(T)
+            X = torch.where(okT.view(T, 1, 1), Wn, X)
+            Xb = torch.where(okT.view(T, 1), bn, Xb)
             obj = torch.where(ok, Fn, obj)
             todo &= ~ok
             if not bool(todo.any()):
@@ -525,7 +550,7 @@ class _CoupledSmooth:
         else:
             logP = torch.log_softmax(S, dim=-1)
             ce = -(logP * self.Yt).sum()
-        ent = _entropy_parts(W, self.eps)
+        ent = entropy_parts(W, self.eps)
         f = ce * self.inv_n + 0.5 * self.rho * (W * W).sum() + self.beta_in * ent[5]
         return f, S, logP, ent
 
@@ -574,6 +599,7 @@ def _fista_backtracking(Z, Yt, W, b, binary, rho, beta_in, eps, alpha_t, L, spar
     it = 0
     next_check = 0
     has_mom = False
+    last_pattern = None
 
     for it in range(1, max_iter + 1):
         fY, GW, gb, Drow = smooth.grad(Yw, Yb)
@@ -620,6 +646,17 @@ def _fista_backtracking(Z, Yt, W, b, binary, rho, beta_in, eps, alpha_t, L, spar
         X, Xb, Fx = Xn, Xbn, Fn
         Yw = torch.addcmul(X, mom, stepW)
         Yb = torch.addcmul(Xb, mom.view(T, 1), stepb)
+        if it % NEWTON_CHECK == 0:
+            settled, pattern = _support_settled(X, last_pattern, sparsity)
+            if settled and _newton_affordable(X, sparsity, coupled=True):
+                X, Xb, kkt = _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol,
+                                            lambda X: _coupled_steps(X, beta_in, eps, L, Le), beta_in, eps)
+                if kkt <= tol:
+                    break
+                Yw, Yb, tk, has_mom = X, Xb, torch.ones_like(tk), False
+                Fx = smooth.value(X, Xb) + penalty_value(X, alpha_t, sparsity)
+                pattern = None  # wait for the support to settle again
+            last_pattern = pattern
         if it >= next_check:
             res2 = ((dW * Lrow).square().sum(dim=(1, 2)) + (db * Lb).square().sum(dim=1)).max()
             if float(res2) <= (0.5 * tol) ** 2:
@@ -635,7 +672,13 @@ def _fista_backtracking(Z, Yt, W, b, binary, rho, beta_in, eps, alpha_t, L, spar
     return X, Xb, it, kkt
 
 
+def _coupled_steps(X, beta_in, eps, L, Le):
+    """Steps of the coupled KKT residual: (T, d, 1) for W (with the row metric), (T, 1) for b."""
+    a, _, _, _, _, _, c = entropy_parts(X, eps)
+    T = X.shape[0]
+    return 1.0 / (L.view(T, 1, 1) + _row_metric(beta_in, a, c) + Le), (1.0 / (L + Le)).view(T, 1)
+
+
 def _coupled_kkt(Z, Yt, X, Xb, binary, rho, beta_in, eps, Lt, Le, alpha_t, sparsity):
-    a, A, S, p, logp, H, c = _entropy_parts(X, eps)
-    etak = 1.0 / (Lt + _row_metric(beta_in, a, c) + Le)
+    etak = _coupled_steps(X, beta_in, eps, Lt.reshape(-1), Le)[0]
     return _kkt(Z, Yt, X, Xb, binary, rho, beta_in, eps, etak, etak * alpha_t, sparsity)
