@@ -54,7 +54,8 @@ class SparseShared(Algorithm):
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item(), "inner_iters": float(info["iters"]), "kkt": float(info["kkt"]),
+        return {"loss": loss.item(), "inner_iters": float(info["iters"]),
+                "inner_newton_steps": float(info["newton_steps"]), "kkt": float(info["kkt"]),
                 "frac_zero": float(info["frac_zero"]), "entropy": entropy.item(), "scale": self.log_scale.exp().item()}
 
     @torch.no_grad()
@@ -84,4 +85,5 @@ class SparseShared(Algorithm):
         return {"usage": usage.cpu().tolist(), "probe_frac_zero": (W == 0).float().mean().item(),
                 "probe_features_used": int((usage.sum(0) > 0).sum()), "probe_entropy": H,
                 "probe_sharing": 1.0 - H / math.log(usage.shape[1]), "probe_inner_iters": info["iters"],
+                "probe_inner_newton_steps": info["newton_steps"],
                 "probe_kkt": info["kkt"]}

@@ -18,6 +18,9 @@ and a per-task step ``1 / L_t`` from a Lipschitz bound; when the entropy term is
 inside the inner problem a global backtracked curvature estimate is added to
 the step and a monotone (function-value) safeguard is used, because the smoothed
 entropy is non-convex and has no useful global Lipschitz bound for small ``eps``.
+Both finish with active-set Newton once the support has (nearly) stopped changing
+(:func:`_newton_polish`): FISTA identifies the support in tens of iterations but
+needs hundreds more to converge on it.
 
 Pure torch; works for float32/float64 on the device of ``Z``.
 """
@@ -252,7 +255,8 @@ def solve_heads(
             finite-difference checks); computed from (Z, Y) when None.
 
     Returns:
-        W (T, d, K), b (T, K), info dict with ``iters``, ``kkt``, ``frac_zero``.
+        W (T, d, K), b (T, K), info dict with ``iters`` (FISTA iterations), ``newton_steps``
+        (of the active-set Newton finish), ``kkt``, ``frac_zero``.
         For softmax heads b is centred (sum_k b_tk = 0), the intercept being
         defined only up to a constant shift.
         K = 1 for binary problems, n_classes otherwise.  W is a prox iterate,
@@ -288,12 +292,12 @@ def solve_heads(
         # monotone safeguard); float32 round-off makes them unreliable near the
         # optimum, so this branch always runs in (at least) float64.
         wd = torch.float64 if dtype in (torch.float16, torch.bfloat16, torch.float32) else dtype
-        W, b, it, kkt = _fista_backtracking(Z.to(wd), Yt.to(wd), W.to(wd), b.to(wd), binary, rho,
+        W, b, it, kkt, newton = _fista_backtracking(Z.to(wd), Yt.to(wd), W.to(wd), b.to(wd), binary, rho,
                                             beta_in, eps, alpha_t.to(wd), L.to(wd),
                                             sparsity, max_iter, tol)
         W, b = W.to(dtype), b.to(dtype)
     else:
-        W, b, it, kkt = _fista_fixed(Z, Yt, W, b, binary, rho, alpha_t, L, sparsity, max_iter, tol)
+        W, b, it, kkt, newton = _fista_fixed(Z, Yt, W, b, binary, rho, alpha_t, L, sparsity, max_iter, tol)
 
     if not binary:
         # softmax CE is invariant to b_t + c*1; fix the gauge sum_k b_tk = 0
@@ -301,6 +305,7 @@ def solve_heads(
 
     info = {
         "iters": int(it),
+        "newton_steps": int(newton),
         "kkt": float(kkt),
         "frac_zero": float((W == 0).to(torch.float64).mean().item()),
     }
@@ -325,6 +330,7 @@ def _fista_fixed(Z, Yt, W, b, binary, rho, alpha_t, L, sparsity, max_iter, tol):
     cut iterations by a third in benchmarks/bench_inner.py. Every ``STEP_CHECK`` iterations the
     objective of each task is compared with the last check; a task whose objective rose goes
     back to that point with its step halved, never below the always-safe ``1 / L_t``.
+    Every ``NEWTON_CHECK`` iterations, once the support has settled, :func:`_newton_polish`.
     """
     T, n, d = Z.shape
     Zt = Z.transpose(1, 2)
@@ -348,7 +354,7 @@ def _fista_fixed(Z, Yt, W, b, binary, rho, alpha_t, L, sparsity, max_iter, tol):
         return eta, eta.view(T, 1), eta * alpha_t
 
     eta, eta_b, thr = steps()
-    last_pattern = None
+    last_pattern, newton = None, 0
     for it in range(1, max_iter + 1):
         S = torch.baddbmm(Yb.unsqueeze(1), Z, Yw)
         R = (torch.sigmoid(S) if binary else torch.softmax(S, dim=-1)).sub_(Yt)
@@ -386,8 +392,9 @@ def _fista_fixed(Z, Yt, W, b, binary, rho, alpha_t, L, sparsity, max_iter, tol):
         if it % NEWTON_CHECK == 0:
             settled, pattern = _support_settled(X, last_pattern, sparsity)
             if settled and _newton_affordable(X, sparsity):
-                X, Xb, kkt = _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol,
-                                            lambda X: (eta_safe, eta_safe.view(T, 1)))
+                X, Xb, kkt, k = _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol,
+                                               lambda X: (eta_safe, eta_safe.view(T, 1)))
+                newton += k
                 if kkt <= tol:
                     break
                 Yw, Yb, tk = X, Xb, torch.ones_like(tk)
@@ -407,7 +414,7 @@ def _fista_fixed(Z, Yt, W, b, binary, rho, alpha_t, L, sparsity, max_iter, tol):
     else:
         kt = _kkt(Z, Yt, X, Xb, binary, rho, 0.0, 0.0, eta_safe, eta_safe * alpha_t, sparsity)
         kkt = float(kt.max())
-    return X, Xb, it, kkt
+    return X, Xb, it, kkt, newton
 
 
 NEWTON_CHECK = 5  # iterations between support comparisons
@@ -444,7 +451,7 @@ def _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol, eta_of, be
     changes sign, or a group row that turns around, becomes zero, so zeros stay exact) and take the
     longest of the steps 1, 1/2, ... that decreases the objective (Armijo), per task when tasks are
     independent, for all together when the entropy (``beta_in > 0``) couples them.
-    Returns (X, Xb, max KKT residual).
+    Returns (X, Xb, max KKT residual, Newton steps taken).
     """
     T, n, d = Z.shape
     Za = torch.cat([Z, torch.ones(T, n, 1, dtype=Z.dtype, device=Z.device)], dim=2)
@@ -470,6 +477,7 @@ def _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol, eta_of, be
         return (f + penalty_value(X, alpha_t, sparsity)).view(1)
 
     kkt = float("inf")
+    steps = 0
     for rnd in range(NEWTON_STEPS + 1):
         G = grad(X, Xb)[2]
         eta, eta_b = eta_of(X)
@@ -504,6 +512,7 @@ def _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol, eta_of, be
             if bool(dec >= 0):
                 break  # not a descent direction (the entropy makes the Hessian indefinite here)
         D = A.scatter(step, U.shape)
+        steps += 1
         todo = torch.ones_like(obj, dtype=torch.bool)
         t = 1.0
         for _ in range(NEWTON_HALVINGS):
@@ -521,7 +530,7 @@ def _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol, eta_of, be
             if not bool(todo.any()):
                 break
             t *= 0.5
-    return X, Xb, kkt
+    return X, Xb, kkt, steps
 
 
 # The coupled solver backtracks on a global scale of the per-task Lipschitz bounds as well as on Le:
@@ -583,6 +592,7 @@ def _fista_backtracking(Z, Yt, W, b, binary, rho, beta_in, eps, alpha_t, L, spar
     A monotone safeguard drops the momentum (and retries from the current
     iterate) whenever the full objective would increase.  Bias steps use
     ``1 / (L_t + Le)``.  ``L_t`` enters scaled by ``sL`` in [SCALE_MIN, 1], backtracked first.
+    As in :func:`_fista_fixed`, :func:`_newton_polish` once the support has settled.
     """
     T = Z.shape[0]
     slack = 10 * torch.finfo(Z.dtype).eps
@@ -599,7 +609,7 @@ def _fista_backtracking(Z, Yt, W, b, binary, rho, beta_in, eps, alpha_t, L, spar
     it = 0
     next_check = 0
     has_mom = False
-    last_pattern = None
+    last_pattern, newton = None, 0
 
     for it in range(1, max_iter + 1):
         fY, GW, gb, Drow = smooth.grad(Yw, Yb)
@@ -649,8 +659,9 @@ def _fista_backtracking(Z, Yt, W, b, binary, rho, beta_in, eps, alpha_t, L, spar
         if it % NEWTON_CHECK == 0:
             settled, pattern = _support_settled(X, last_pattern, sparsity)
             if settled and _newton_affordable(X, sparsity, coupled=True):
-                X, Xb, kkt = _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol,
-                                            lambda X: _coupled_steps(X, beta_in, eps, L, Le), beta_in, eps)
+                X, Xb, kkt, k = _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol,
+                                               lambda X: _coupled_steps(X, beta_in, eps, L, Le), beta_in, eps)
+                newton += k
                 if kkt <= tol:
                     break
                 Yw, Yb, tk, has_mom = X, Xb, torch.ones_like(tk), False
@@ -669,7 +680,7 @@ def _fista_backtracking(Z, Yt, W, b, binary, rho, beta_in, eps, alpha_t, L, spar
         sL = max(s_min, SCALE_DECAY * sL)
     else:
         kkt = float(_coupled_kkt(Z, Yt, X, Xb, binary, rho, beta_in, eps, Lt, Le, alpha_t, sparsity).max())
-    return X, Xb, it, kkt
+    return X, Xb, it, kkt, newton
 
 
 def _coupled_steps(X, beta_in, eps, L, Le):
