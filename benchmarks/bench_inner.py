@@ -97,7 +97,8 @@ def main():
     n = 50
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, dtype {args.dtype}, "
           f"alpha {args.alpha}, n_support {n}, median of {args.repeats}")
-    hdr = f"{'config':<44}{'ridge ms':>10}{'sparse ms':>11}{'(fwd ms)':>10}{'ratio':>8}{'iters':>7}{'zero%':>7}"
+    hdr = (f"{'config':<44}{'ridge ms':>10}{'sparse ms':>11}{'(fwd ms)':>10}{'ratio':>8}{'iters':>7}{'newton':>8}"
+           f"{'zero%':>7}")
     print(hdr)
     print("-" * len(hdr))
 
@@ -105,7 +106,7 @@ def main():
         opts = dict(base, **over)
         tr, ts, tf, info = bench(T, n, d, C, opts, dtype, args.repeats)
         print(f"{name:<44}{tr * 1e3:>10.2f}{ts * 1e3:>11.2f}{tf * 1e3:>10.2f}{ts / tr:>8.1f}"
-              f"{info['iters']:>7d}{100 * info['frac_zero']:>7.1f}", flush=True)
+              f"{info['iters']:>7d}{info['newton_steps']:>8d}{100 * info['frac_zero']:>7.1f}", flush=True)
 
     row("MAIN T=16 d=64 C=5 l1 (sharing outer)", 16, 64, 5)
     row("MAIN T=16 d=64 C=5 group (sharing outer)", 16, 64, 5, sparsity="group")

@@ -4,7 +4,7 @@
 
 SparseShared's batch is T tasks x (support + query) images; ERM's is one minibatch of the same
 number of images (split over as many environments). Prints the median time of ``update`` for
-both and their ratio, per backbone and episode shape; the issue's goal is a ratio of at most 1.5.
+both and the median ratio of alternating runs, per backbone and episode shape; the issue's goal is a ratio of at most 1.5.
 """
 from __future__ import annotations
 
@@ -23,23 +23,28 @@ from harness.hparams import resolve  # noqa: E402
 from harness.registry import ALGORITHMS  # noqa: E402
 
 
-def median_time(fn, repeats: int, warmup: int = 2, device: str = "cpu") -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
+def paired_times(fn_a, fn_b, repeats: int, warmup: int = 2, device: str = "cpu") -> tuple[float, float, float]:
+    """Median times of ``fn_a`` and ``fn_b`` run alternately, and the median of the per-pair ratios a/b.
+
+    Alternating keeps a shared machine's changing load from landing on one side of the ratio."""
+    def timed(fn) -> float:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         fn()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        return time.perf_counter() - t0
+
+    for _ in range(warmup):
+        fn_a(), fn_b()
+    pairs = [(timed(fn_a), timed(fn_b)) for _ in range(repeats)]
+    return (statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs),
+            statistics.median(a / b for a, b in pairs))
 
 
 def bench(dataset: str, input_shape, n_classes: int, T: int, S: int, Q: int, d: int, device: str, repeats: int,
-          **over) -> tuple[float, float, dict]:
+          **over) -> tuple[float, float, float, dict]:
     g = torch.Generator().manual_seed(0)
     n = T * (S + Q)
     x = torch.randn(T, S + Q, *input_shape, generator=g).to(device)
@@ -51,10 +56,9 @@ def bench(dataset: str, input_shape, n_classes: int, T: int, S: int, Q: int, d: 
     xs, ys = x.flatten(0, 1), y.flatten(0, 1)
     minibatches = [(xs[i::3], ys[i::3]) for i in range(3)]  # n images over 3 environments
     logs = {}
-    t_sparse = median_time(lambda: logs.update(sparse.update(tasks)), repeats, device=device)
-    t_erm = median_time(lambda: erm.update(minibatches), repeats, device=device)
     assert n == sum(len(b[0]) for b in minibatches)
-    return t_sparse, t_erm, logs
+    return (*paired_times(lambda: logs.update(sparse.update(tasks)), lambda: erm.update(minibatches), repeats,
+                          device=device), logs)
 
 
 def main() -> None:
@@ -63,7 +67,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, median of {args.repeats}")
-    header = f"{'backbone / episode':<46}{'images':>7}{'ERM ms':>9}{'Sparse ms':>11}{'ratio':>7}{'iters':>7}"
+    header = (f"{'backbone / episode':<46}{'images':>7}{'ERM ms':>9}{'Sparse ms':>11}{'ratio':>7}{'iters':>7}"
+              f"{'newton':>8}")
     print(header + "\n" + "-" * len(header))
     configs = [
         ("MLP d=10, binary, T=16 S=Q=50", "SyntheticLinear", (10,), 2, 16, 50, 50, 10, {}),
@@ -73,9 +78,9 @@ def main() -> None:
         ("SmallCNN 3x64x64 d=32, binary, T=16 S=Q=50", "Sprites", (3, 64, 64), 2, 16, 50, 50, 32, {}),
     ]
     for name, dataset, shape, C, T, S, Q, d, over in configs:
-        ts, te, logs = bench(dataset, shape, C, T, S, Q, d, args.device, args.repeats, **over)
-        print(f"{name:<46}{T * (S + Q):>7}{te * 1e3:>9.1f}{ts * 1e3:>11.1f}{ts / te:>7.2f}{logs['inner_iters']:>7.0f}",
-              flush=True)
+        ts, te, ratio, logs = bench(dataset, shape, C, T, S, Q, d, args.device, args.repeats, **over)
+        print(f"{name:<46}{T * (S + Q):>7}{te * 1e3:>9.1f}{ts * 1e3:>11.1f}{ratio:>7.2f}{logs['inner_iters']:>7.0f}"
+              f"{logs['inner_newton_steps']:>8.0f}", flush=True)
 
 
 if __name__ == "__main__":
