@@ -15,12 +15,14 @@ Internally the head is handled as an augmented matrix ``U = [W; b]`` of shape
 (T, d+1, K) whose last row is the (never penalised) bias, paired with the
 augmented features ``[Z, 1]``.
 
-``H v = g`` is solved by a dense (batched) solve on the compressed active set
-when it is small, otherwise matrix-free with (batched) MINRES using analytic
-Hessian-vector products.  H is symmetric; it is positive definite without the
-entropy term, possibly indefinite with it (hence LU / least-squares and MINRES
-rather than Cholesky / CG).  Tasks decouple (block-diagonal H) unless the
-entropy term is in the inner problem.
+``H v = g`` is solved on the compressed active set when it is small, otherwise
+matrix-free with (batched) MINRES using analytic Hessian-vector products.  H is
+symmetric.  Without the entropy term the tasks decouple and H is block-diagonal
+and positive definite (batched Cholesky); with it H is possibly indefinite and
+couples the tasks, but only through a low-rank term (one rank-one term per
+active feature row plus a rank-two term), so it is solved by Woodbury on the
+per-task blocks (:func:`~harness.algorithms.sparse_shared.active_set.coupled_solve`),
+with MINRES as the fallback.
 """
 from __future__ import annotations
 
@@ -28,6 +30,16 @@ from typing import Optional, Tuple
 
 import torch
 
+from harness.algorithms.sparse_shared.active_set import (
+    GAUGE,
+    ActiveSet,
+    active_hessian,
+    active_mask,
+    compress,
+    coupled_solve,
+    entropy_parts,
+    robust_solve,
+)
 from harness.algorithms.sparse_shared.solver import (
     DEFAULT_EPS,
     DEFAULT_MAX_ITER,
@@ -39,16 +51,6 @@ from harness.algorithms.sparse_shared.solver import (
     head_dims,
     lambda_max,
     solve_heads,
-)
-from harness.algorithms.sparse_shared.active_set import (
-    GAUGE,
-    entropy_parts,
-    ActiveSet,
-    active_hessian,
-    active_mask,
-    compress,
-    coupled_solve,
-    robust_solve,
 )
 
 __all__ = ["sparse_heads", "implicit_grad_Z", "DENSE_MAX"]
