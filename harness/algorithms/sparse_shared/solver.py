@@ -18,9 +18,9 @@ and a per-task step ``1 / L_t`` from a Lipschitz bound; when the entropy term is
 inside the inner problem a global backtracked curvature estimate is added to
 the step and a monotone (function-value) safeguard is used, because the smoothed
 entropy is non-convex and has no useful global Lipschitz bound for small ``eps``.
-Both finish with active-set Newton once the support has (nearly) stopped changing
-(:func:`_newton_polish`): FISTA identifies the support in tens of iterations but
-needs hundreds more to converge on it.
+Without the entropy inside, the solver finishes with active-set Newton once the
+support has (nearly) stopped changing (:func:`_newton_polish`): FISTA identifies
+the support in tens of iterations but needs hundreds more to converge on it.
 
 Pure torch; works for float32/float64 on the device of ``Z``.
 """
@@ -37,7 +37,6 @@ from harness.algorithms.sparse_shared.active_set import (
     active_hessian,
     active_mask,
     compress,
-    coupled_solve,
     robust_solve,
 )
 __all__ = [
@@ -392,8 +391,7 @@ def _fista_fixed(Z, Yt, W, b, binary, rho, alpha_t, L, sparsity, max_iter, tol):
         if it % NEWTON_CHECK == 0:
             settled, pattern = _support_settled(X, last_pattern, sparsity)
             if settled and _newton_affordable(X, sparsity):
-                X, Xb, kkt, k = _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol,
-                                               lambda X: (eta_safe, eta_safe.view(T, 1)))
+                X, Xb, kkt, k = _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol, eta_safe)
                 newton += k
                 if kkt <= tol:
                     break
@@ -426,12 +424,12 @@ NEWTON_MAX_ELEMS = 2 ** 19  # largest number of Hessian entries (all tasks toget
 NEWTON_HALVINGS = 5  # step halvings tried per Newton step before a task keeps its iterate
 
 
-def _newton_affordable(X, sparsity, coupled=False):
-    """Whether the dense Newton systems on the support of ``X`` are small enough."""
+def _newton_affordable(X, sparsity):
+    """Whether the dense per-task Newton systems on the support of ``X`` are small enough."""
     T, d, K = X.shape
     nz = X.ne(0) if sparsity == "l1" else X.ne(0).any(dim=2, keepdim=True).expand(T, d, K)
     m = int(nz.sum(dim=(1, 2)).max()) + K
-    return m <= NEWTON_MAX and T * m * (m + (d + 2 if coupled else 0)) <= NEWTON_MAX_ELEMS
+    return m <= NEWTON_MAX and T * m * m <= NEWTON_MAX_ELEMS
 
 
 def _support_settled(X, last, sparsity):
@@ -441,16 +439,15 @@ def _support_settled(X, last, sparsity):
     return settled, pattern
 
 
-def _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol, eta_of, beta_in=0.0, eps=DEFAULT_EPS):
+def _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol, eta_safe):
     """Active-set Newton: rounds of one prox-gradient step, then one Newton step on its support.
 
-    The prox-gradient step (steps ``eta_of(X) -> (eta_W, eta_b)``, those of the KKT residual) gives
-    the residual and the support (and, for l1, the signs), adding every entry that violates
-    optimality; on that support the objective is smooth, with the Hessian the implicit backward
-    solves with. Newton steps are projected back onto the support's closure (an l1 entry that
-    changes sign, or a group row that turns around, becomes zero, so zeros stay exact) and take the
-    longest of the steps 1, 1/2, ... that decreases the objective (Armijo), per task when tasks are
-    independent, for all together when the entropy (``beta_in > 0``) couples them.
+    The prox-gradient step (step ``eta_safe``, that of the KKT residual) gives the residual and the
+    support (and, for l1, the signs), adding every entry that violates optimality; on that support
+    the objective is smooth, with the Hessian the implicit backward solves with. Newton steps are
+    projected back onto the support's closure (an l1 entry that changes sign, or a group row that
+    turns around, becomes zero, so zeros stay exact); each task takes the longest of the steps
+    1, 1/2, ... that decreases its objective (Armijo), otherwise it keeps the prox-gradient point.
     Returns (X, Xb, max KKT residual, Newton steps taken).
     """
     T, n, d = Z.shape
@@ -465,31 +462,18 @@ def _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol, eta_of, be
         P = _probs(torch.bmm(Za, U), binary)
         G = torch.bmm(Zat, P - Yt) / n
         G[:, :d] += rho * X
-        if beta_in:
-            G[:, :d] += beta_in * _entropy_grad(X, eps)[1]
         return U, P, G
-
-    def objective(X, Xb):
-        """Per task, (T,); one value for all, (1,), when the entropy couples the tasks."""
-        if not beta_in:
-            return _task_objective(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity)
-        f = smooth_grad(Z, Yt, X, Xb, binary, rho, beta_in, eps, need_value=True)[0]
-        return (f + penalty_value(X, alpha_t, sparsity)).view(1)
 
     kkt = float("inf")
     steps = 0
     for rnd in range(NEWTON_STEPS + 1):
         G = grad(X, Xb)[2]
-        eta, eta_b = eta_of(X)
-        Xp = prox(X - eta * G[:, :d], eta * alpha_t, sparsity)
-        kkt = float((((X - Xp) / eta).square().sum(dim=(1, 2)) + G[:, d].square().sum(dim=1)).sqrt().max())
+        Xp = prox(X - eta_safe * G[:, :d], eta_safe * alpha_t, sparsity)
+        kkt = float((((X - Xp) / eta_safe).square().sum(dim=(1, 2)) + G[:, d].square().sum(dim=1)).sqrt().max())
         if kkt <= tol or rnd == NEWTON_STEPS:
             break
-        Xpb = Xb - eta_b * G[:, d]
-        obj = objective(Xp, Xpb)
-        if beta_in and bool(obj > objective(X, Xb)):
-            break  # the coupled prox step is not a sure descent step: leave it to FISTA
-        X, Xb = Xp, Xpb
+        X, Xb = Xp, Xb - eta_safe.view(T, 1) * G[:, d]
+        obj = _task_objective(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity)
         U, P, G = grad(X, Xb)
         if l1:
             pen = torch.sign(X)
@@ -500,31 +484,21 @@ def _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol, eta_of, be
         A = compress(active_mask(X, sparsity))
         g = A.gather(G)
         H = active_hessian(Za, P, U, A, binary, alpha_t, rho, sparsity)
-        if beta_in:
-            step = coupled_solve(H, A, U, -g, beta_in, eps)
-            if step is None:
-                break
-        else:
-            step = -robust_solve(H, g.unsqueeze(-1), spd=True).squeeze(-1)
-        dec = (g * step).sum(dim=1)  # directional derivative per task
-        if beta_in:
-            dec = dec.sum().view(1)
-            if bool(dec >= 0):
-                break  # not a descent direction (the entropy makes the Hessian indefinite here)
+        step = -robust_solve(H, g.unsqueeze(-1), spd=True).squeeze(-1)
+        dec = (g * step).sum(dim=1)  # directional derivative per task, < 0
         D = A.scatter(step, U.shape)
         steps += 1
-        todo = torch.ones_like(obj, dtype=torch.bool)
+        todo = torch.ones(T, dtype=torch.bool, device=Z.device)
         t = 1.0
         for _ in range(NEWTON_HALVINGS):
             Un = U + t * D
             Wn, bn = Un[:, :d], Un[:, d]
             Wn = torch.where(Wn * X > 0, Wn, 0.0) if l1 else \
                 torch.where((Wn * X).sum(dim=2, keepdim=True) > 0, Wn, 0.0)
-            Fn = objective(Wn, bn)
+            Fn = _task_objective(Z, Yt, Wn, bn, binary, rho, alpha_t, sparsity)
             ok = todo & (Fn <= obj + 1e-4 * t * dec + slack * obj.abs())
-            okT = ok.expand(T)
-            X = torch.where(okT.view(T, 1, 1), Wn, X)
-            Xb = torch.where(okT.view(T, 1), bn, Xb)
+            X = torch.where(ok.view(T, 1, 1), Wn, X)
+            Xb = torch.where(ok.view(T, 1), bn, Xb)
             obj = torch.where(ok, Fn, obj)
             todo &= ~ok
             if not bool(todo.any()):
@@ -592,7 +566,10 @@ def _fista_backtracking(Z, Yt, W, b, binary, rho, beta_in, eps, alpha_t, L, spar
     A monotone safeguard drops the momentum (and retries from the current
     iterate) whenever the full objective would increase.  Bias steps use
     ``1 / (L_t + Le)``.  ``L_t`` enters scaled by ``sL`` in [SCALE_MIN, 1], backtracked first.
-    As in :func:`_fista_fixed`, :func:`_newton_polish` once the support has settled.
+    No Newton finish here: on the SparseShared training steps of benchmarks/bench_step.py the
+    Hessian on the support was often indefinite before convergence (entries near zero give the
+    smoothed importances curvature ~ 1/sqrt(eps) of either sign), and the finish cost more time
+    than it saved.
     """
     T = Z.shape[0]
     slack = 10 * torch.finfo(Z.dtype).eps
@@ -609,7 +586,6 @@ def _fista_backtracking(Z, Yt, W, b, binary, rho, beta_in, eps, alpha_t, L, spar
     it = 0
     next_check = 0
     has_mom = False
-    last_pattern, newton = None, 0
 
     for it in range(1, max_iter + 1):
         fY, GW, gb, Drow = smooth.grad(Yw, Yb)
@@ -656,18 +632,6 @@ def _fista_backtracking(Z, Yt, W, b, binary, rho, beta_in, eps, alpha_t, L, spar
         X, Xb, Fx = Xn, Xbn, Fn
         Yw = torch.addcmul(X, mom, stepW)
         Yb = torch.addcmul(Xb, mom.view(T, 1), stepb)
-        if it % NEWTON_CHECK == 0:
-            settled, pattern = _support_settled(X, last_pattern, sparsity)
-            if settled and _newton_affordable(X, sparsity, coupled=True):
-                X, Xb, kkt, k = _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol,
-                                               lambda X: _coupled_steps(X, beta_in, eps, L, Le), beta_in, eps)
-                newton += k
-                if kkt <= tol:
-                    break
-                Yw, Yb, tk, has_mom = X, Xb, torch.ones_like(tk), False
-                Fx = smooth.value(X, Xb) + penalty_value(X, alpha_t, sparsity)
-                pattern = None  # wait for the support to settle again
-            last_pattern = pattern
         if it >= next_check:
             res2 = ((dW * Lrow).square().sum(dim=(1, 2)) + (db * Lb).square().sum(dim=1)).max()
             if float(res2) <= (0.5 * tol) ** 2:
@@ -680,16 +644,10 @@ def _fista_backtracking(Z, Yt, W, b, binary, rho, beta_in, eps, alpha_t, L, spar
         sL = max(s_min, SCALE_DECAY * sL)
     else:
         kkt = float(_coupled_kkt(Z, Yt, X, Xb, binary, rho, beta_in, eps, Lt, Le, alpha_t, sparsity).max())
-    return X, Xb, it, kkt, newton
-
-
-def _coupled_steps(X, beta_in, eps, L, Le):
-    """Steps of the coupled KKT residual: (T, d, 1) for W (with the row metric), (T, 1) for b."""
-    a, _, _, _, _, _, c = entropy_parts(X, eps)
-    T = X.shape[0]
-    return 1.0 / (L.view(T, 1, 1) + _row_metric(beta_in, a, c) + Le), (1.0 / (L + Le)).view(T, 1)
+    return X, Xb, it, kkt, 0
 
 
 def _coupled_kkt(Z, Yt, X, Xb, binary, rho, beta_in, eps, Lt, Le, alpha_t, sparsity):
-    etak = _coupled_steps(X, beta_in, eps, Lt.reshape(-1), Le)[0]
+    a, A, S, p, logp, H, c = entropy_parts(X, eps)
+    etak = 1.0 / (Lt + _row_metric(beta_in, a, c) + Le)
     return _kkt(Z, Yt, X, Xb, binary, rho, beta_in, eps, etak, etak * alpha_t, sparsity)
