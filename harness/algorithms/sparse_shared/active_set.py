@@ -6,8 +6,10 @@ the non-zero entries of W (l1) or its non-zero rows (group), plus every bias ent
 compressed per task to its first ``m`` slots (``m`` the largest count over tasks, the rest padding).
 
 On the active set the uncoupled objective CE + rho/2 ||W||^2 + alpha_t R(W) is smooth, and its
-Hessian is what both Newton's method (:func:`harness.algorithms.sparse_shared.solver.solve_heads`)
-and implicit differentiation (:mod:`harness.algorithms.sparse_shared.implicit`) solve with.
+Hessian (:func:`active_hessian`) is what both the solver's Newton finish
+(:func:`harness.algorithms.sparse_shared.solver._newton_polish`) and implicit differentiation
+(:mod:`harness.algorithms.sparse_shared.implicit`) solve with; :func:`coupled_solve` adds the
+entropy's Hessian, which couples the tasks, for the backward of the entropy-inside problem.
 """
 from __future__ import annotations
 

@@ -33,12 +33,13 @@ import torch
 import torch.nn.functional as F
 
 from harness.algorithms.sparse_shared.active_set import (
-    entropy_parts,
     active_hessian,
     active_mask,
     compress,
+    entropy_parts,
     robust_solve,
 )
+
 __all__ = [
     "solve_heads",
     "lambda_max",
@@ -258,8 +259,8 @@ def solve_heads(
         (of the active-set Newton finish), ``kkt``, ``frac_zero``.
         For softmax heads b is centred (sum_k b_tk = 0), the intercept being
         defined only up to a constant shift.
-        K = 1 for binary problems, n_classes otherwise.  W is a prox iterate,
-        so zeros are exact.
+        K = 1 for binary problems, n_classes otherwise.  Zeros in W are exact (W is a
+        prox iterate or a Newton step projected onto the support).
     """
     _check_options(sparsity, sharing, sharing_in)
     Z = Z.detach()
@@ -292,8 +293,8 @@ def solve_heads(
         # optimum, so this branch always runs in (at least) float64.
         wd = torch.float64 if dtype in (torch.float16, torch.bfloat16, torch.float32) else dtype
         W, b, it, kkt, newton = _fista_backtracking(Z.to(wd), Yt.to(wd), W.to(wd), b.to(wd), binary, rho,
-                                            beta_in, eps, alpha_t.to(wd), L.to(wd),
-                                            sparsity, max_iter, tol)
+                                                    beta_in, eps, alpha_t.to(wd), L.to(wd),
+                                                    sparsity, max_iter, tol)
         W, b = W.to(dtype), b.to(dtype)
     else:
         W, b, it, kkt, newton = _fista_fixed(Z, Yt, W, b, binary, rho, alpha_t, L, sparsity, max_iter, tol)
@@ -425,7 +426,10 @@ NEWTON_HALVINGS = 5  # step halvings tried per Newton step before a task keeps i
 
 
 def _newton_affordable(X, sparsity):
-    """Whether the dense per-task Newton systems on the support of ``X`` are small enough."""
+    """Whether the dense per-task Newton systems on the support of ``X`` are small enough (and in
+    a dtype the Cholesky factorisation supports)."""
+    if X.dtype not in (torch.float32, torch.float64):
+        return False
     T, d, K = X.shape
     nz = X.ne(0) if sparsity == "l1" else X.ne(0).any(dim=2, keepdim=True).expand(T, d, K)
     m = int(nz.sum(dim=(1, 2)).max()) + K
