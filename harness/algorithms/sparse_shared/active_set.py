@@ -87,6 +87,8 @@ def active_hessian(Za, P, U, A: ActiveSet, binary: bool, alpha_t, rho: float, sp
     T, n, d1 = Za.shape
     d = d1 - 1
     K = U.shape[2]
+    if sparsity == "group" and K > 1:
+        return _group_hessian(Za, P, U, A, alpha_t, rho)
     dtype = Za.dtype
     m = A.m
     vf, wf = A.valid.to(dtype), A.is_w.to(dtype)
@@ -114,6 +116,36 @@ def active_hessian(Za, P, U, A: ActiveSet, binary: bool, alpha_t, rho: float, sp
     if not binary:
         isb = ((A.j_idx == d) & A.valid).to(dtype)
         Hm = Hm + (GAUGE / K) * isb.unsqueeze(2) * isb.unsqueeze(1)
+    return Hm
+
+
+def _group_hessian(Za, P, U, A: ActiveSet, alpha_t, rho: float):
+    """:func:`active_hessian` for group sparsity with softmax heads, built from its block structure.
+
+    The active set is whole rows (K consecutive slots each), so the CE Hessian is
+    sum_i (z_i z_i^T) kron (diag(p_i) - p_i p_i^T) on the active rows, and the penalty, ridge,
+    gauge and padding terms are K x K blocks on the diagonal: no (m x m) index masks.
+    """
+    T, n, d1 = Za.shape
+    K = U.shape[2]
+    r = A.m // K
+    dtype, dev = Za.dtype, Za.device
+    rows, rvalid, rw = A.j_idx[:, ::K], A.valid[:, ::K], A.is_w[:, ::K]  # (T, r)
+    Zr = Za.gather(2, rows.unsqueeze(1).expand(T, n, r)) * rvalid.to(dtype).unsqueeze(1)  # (T, n, r)
+    ZP = (Zr.unsqueeze(3) * P.unsqueeze(2)).reshape(T, n, r * K)
+    eye = torch.eye(K, dtype=dtype, device=dev)
+    H1 = torch.bmm(ZP.transpose(1, 2), Zr).view(T, r, K, r, 1) * eye.view(1, 1, K, 1, K)
+    Hm = (H1.reshape(T, r * K, r * K) - torch.bmm(ZP.transpose(1, 2), ZP)) / n
+    Ur = U.gather(1, rows.unsqueeze(2).expand(T, r, K))  # (T, r, K)
+    nr = torch.linalg.vector_norm(Ur, dim=2, keepdim=True)
+    u = Ur / torch.where(rw.unsqueeze(2), nr, torch.ones_like(nr))
+    sc = torch.where(rw.unsqueeze(2), alpha_t.reshape(T, 1, 1) / nr, torch.zeros_like(nr)).unsqueeze(3)
+    # diagonal blocks: rho I + alpha_t / ||W_j|| (I - u u^T) on W rows, the gauge on the bias row, I on padding
+    block = torch.where(rw.view(T, r, 1, 1), rho * eye + sc * (eye - u.unsqueeze(3) * u.unsqueeze(2)),
+                        torch.where(rvalid.view(T, r, 1, 1), torch.full_like(eye, GAUGE / K), eye))
+    ar = torch.arange(r, device=dev)
+    Hv = Hm.view(T, r, K, r, K)
+    Hv[:, ar, :, ar, :] += block.permute(1, 0, 2, 3)
     return Hm
 
 

@@ -420,8 +420,8 @@ NEWTON_CHECK = 5  # iterations between support comparisons
 NEWTON_SETTLED = 0.002  # fraction of entries whose sign may change between comparisons for Newton to start
 NEWTON_STEPS = 6  # prox-gradient + Newton rounds per polish
 NEWTON_MAX = 1024  # largest active set (per task) solved by Newton; FISTA alone beyond
-NEWTON_MAX_ELEMS = 2 ** 19  # largest number of Hessian entries (all tasks together); beyond, building
-# the Hessian costs more than the FISTA iterations it saves (group, T=16, d=64, 5-way: 16 x 240^2)
+NEWTON_MAX_ELEMS = 2 ** 20  # largest number of Hessian entries (all tasks together); 2^21 gave nothing
+# more on bench_inner's shapes (l1 T=16 C=20: 16 x 340^2 entries stays with FISTA at every limit tried)
 NEWTON_HALVINGS = 5  # step halvings tried per Newton step before a task keeps its iterate
 
 
