@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,3 +29,35 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None, timeout: fl
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def require(reason: str | None, env: str) -> None:
+    """Skip the test when ``reason`` (why a system dependency is missing) is set, or fail when ``env=1``.
+
+    ``.ci/run`` installs every such dependency and sets the ``HARNESS_REQUIRE_*`` variables, so in CI a
+    missing dependency is a failure, never a silent skip."""
+    if reason is None:
+        return
+    if os.environ.get(env) == "1":
+        pytest.fail(f"{env}=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+SLURM_PARTITION = "debug"
+
+
+def slurm_unavailable_reason() -> str | None:
+    """Why Slurm can't be used here (None if ``sinfo`` answers for the test partition)."""
+    sinfo = shutil.which("sinfo")
+    if sinfo is None:
+        return "Slurm not available: sinfo not found on PATH (start it with .ci/start-slurm.sh)"
+    try:
+        proc = subprocess.run([sinfo, "-h", "-p", SLURM_PARTITION, "-o", "%P %a %D %T"],
+                              capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"Slurm not available: sinfo did not answer: {exc!r}"
+    if proc.returncode != 0:
+        return f"Slurm not available: sinfo failed (rc={proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
+    if not proc.stdout.strip():
+        return f"Slurm not available: sinfo shows no partition {SLURM_PARTITION!r}"
+    return None

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import require
 
 from harness import selection as sel
 from harness.collect_results import (Cell, LoadStats, Table, build_tables, latex_escape, load_records,
@@ -174,8 +175,8 @@ def test_latex_escapes_specials():
 
 
 def test_latex_compiles(tmp_path):
-    if not shutil.which("pdflatex"):
-        pytest.skip("pdflatex not installed (apt-get install texlive-latex-base texlive-latex-recommended)")
+    require(None if shutil.which("pdflatex") else
+            "pdflatex not installed (apt-get install texlive-latex-base texlive-latex-recommended)", "HARNESS_REQUIRE_LATEX")
     shutil.copy(GOLDEN / "expected.tex", tmp_path / "tables.tex")
     proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "tables.tex"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)

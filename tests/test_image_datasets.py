@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import pickle
 import shutil
 import struct
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 import torch
 from PIL import Image
 
@@ -459,11 +459,10 @@ def test_rotated_fashion_mnist_end_to_end_real_files(cli, tmp_path, algorithm):
 
     try:  # the system copy (Debian's dataset-fashion-mnist), or HARNESS_FMNIST_DIRS
         rotated_fmnist.find_fmnist_dir(None)
+        missing = None
     except UserError:
-        msg = f"real Fashion-MNIST not installed in {rotated_fmnist.SYSTEM_DIRS[0]} (apt-get install dataset-fashion-mnist)"
-        if os.environ.get("HARNESS_REQUIRE_FMNIST") == "1":
-            pytest.fail(msg + " but HARNESS_REQUIRE_FMNIST=1")
-        pytest.skip(msg)
+        missing = f"real Fashion-MNIST not installed in {rotated_fmnist.SYSTEM_DIRS[0]} (apt-get install dataset-fashion-mnist)"
+    require(missing, "HARNESS_REQUIRE_FMNIST")
     hparams, min_heldout, min_train_domain = FMNIST_RUNS[algorithm]
     out = tmp_path / "run"
     cli("harness.train", "--dataset", "RotatedFashionMNIST", "--algorithm", algorithm, "--test_envs", "0",

@@ -7,37 +7,15 @@ test is skipped, unless ``HARNESS_REQUIRE_SLURM=1`` is set, in which case it fai
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import subprocess
 import time
 import warnings
 
 import pytest
+from conftest import SLURM_PARTITION as PARTITION, require, slurm_unavailable_reason
 
-PARTITION = "debug"
 DEADLINE_S = 240  # whole array must finish within this
-
-
-def _slurm_unavailable_reason() -> str | None:
-    """Return why Slurm can't be used here, or None if ``sinfo`` answers."""
-    sinfo = shutil.which("sinfo")
-    if sinfo is None:
-        return "sinfo not found on PATH"
-    try:
-        proc = subprocess.run(
-            [sinfo, "-h", "-p", PARTITION, "-o", "%P %a %D %T"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"sinfo did not answer: {exc!r}"
-    if proc.returncode != 0:
-        return f"sinfo failed (rc={proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
-    if not proc.stdout.strip():
-        return f"sinfo shows no partition {PARTITION!r}"
-    return None
 
 
 def _accounting_enabled() -> bool:
@@ -52,20 +30,10 @@ def _accounting_enabled() -> bool:
     return proc.returncode == 0
 
 
-def _require_slurm() -> None:
-    reason = _slurm_unavailable_reason()
-    if reason is None:
-        return
-    msg = f"Slurm not available: {reason} (start it with .ci/start-slurm.sh)"
-    if os.environ.get("HARNESS_REQUIRE_SLURM") == "1":
-        pytest.fail(f"HARNESS_REQUIRE_SLURM=1 but {msg}", pytrace=False)
-    pytest.skip(msg)
-
-
 @pytest.mark.slurm
 def test_submitit_job_array_runs_on_slurm(tmp_path):
-    _require_slurm()
-    submitit = pytest.importorskip("submitit")
+    require(slurm_unavailable_reason(), "HARNESS_REQUIRE_SLURM")
+    import submitit  # a test dependency (setup.cfg [test]): missing is a failure, not a skip
 
     executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
     executor.update_parameters(

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import require, slurm_unavailable_reason
 
 from harness.lock import RunLock
 from harness.sweep import Job
@@ -73,18 +74,9 @@ def test_killed_sweep_relaunch_runs_only_unfinished(tmp_path):
         assert [r["step"] for r in records] == [20, 40]
 
 
-def _slurm_available() -> bool:
-    import shutil
-
-    return shutil.which("sinfo") is not None and subprocess.run(["sinfo"], capture_output=True).returncode == 0
-
-
 @pytest.mark.slurm
 def test_slurm_launcher_runs_every_job(cli, tmp_path):
-    if not _slurm_available():
-        if os.environ.get("HARNESS_REQUIRE_SLURM") == "1":
-            pytest.fail("HARNESS_REQUIRE_SLURM=1 but no Slurm answers (run .ci/start-slurm.sh)")
-        pytest.skip("no Slurm here (CI starts one with .ci/start-slurm.sh)")
+    require(slurm_unavailable_reason(), "HARNESS_REQUIRE_SLURM")
     out = tmp_path / "sweep"
     cli("harness.sweep", "launch", *FAST, "--n_hparams", "2", "--output_dir", str(out), "--launcher", "slurm",
         "--slurm_partition", "debug", "--slurm_cpus", "1", "--slurm_mem_gb", "2", "--slurm_time", "10",

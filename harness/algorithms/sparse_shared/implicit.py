@@ -160,14 +160,15 @@ def implicit_grad_Z(Z, Y, n_classes, W, b, gW, gb, alpha, lam=None, beta_in=0.0,
     G = torch.cat([gW, gb.unsqueeze(1)], dim=1).to(dtype) * M
 
     coupled = beta_in > 0
-    m = int(M.reshape(T, -1).sum(dim=1).max())
+    A = compress(M)
+    m = A.m
     if backward == "auto":
         # coupled: per-task blocks plus T * m * (rows + 2) for the Woodbury factors
         dense = m <= DENSE_MAX and T * m * (m + (d + 2 if coupled else 0)) <= DENSE_MAX_ELEMS
     else:
         dense = backward == "dense"
 
-    V = _dense_solve(Za, P, U, compress(M), G, binary, alpha_t, rho, sparsity, beta_in, eps) if dense else None
+    V = _dense_solve(Za, P, U, A, G, binary, alpha_t, rho, sparsity, beta_in, eps) if dense else None
     if V is None:
         if backward_tol is None:
             backward_tol = 1e-10 if dtype == torch.float64 else 1e-6

@@ -135,10 +135,7 @@ def prox(V: torch.Tensor, thr: torch.Tensor, sparsity: str) -> torch.Tensor:
 # --------------------------------------------------------------------------- #
 def sharing_entropy(W: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
     """Differentiable H(p(W)) (scalar) for W of shape (T, d, K)."""
-    a = torch.sqrt((W * W).sum(-1) + eps)
-    A = a.sum(0)
-    p = A / A.sum()
-    return -(p * torch.log(p)).sum()
+    return entropy_parts(W, eps)[5]
 
 
 def feature_usage(W: torch.Tensor) -> torch.Tensor:
