@@ -27,7 +27,7 @@ Pure torch; works for float32/float64 on the device of ``Z``.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +46,6 @@ __all__ = [
     "sharing_entropy",
     "feature_usage",
     "prox",
-    "smooth_grad",
     "penalty_value",
     "head_dims",
     "DEFAULT_TOL",
@@ -92,11 +91,40 @@ def _probs(S: torch.Tensor, binary: bool) -> torch.Tensor:
     return torch.sigmoid(S) if binary else torch.softmax(S, dim=-1)
 
 
-def _ce_per_task(S: torch.Tensor, Yt: torch.Tensor, binary: bool) -> torch.Tensor:
-    """Mean CE per task, (T,)."""
-    if binary:
-        return (F.softplus(S) - Yt * S).mean(dim=(1, 2))
-    return (torch.logsumexp(S, dim=-1) - (S * Yt).sum(-1)).mean(dim=1)
+class _Data(NamedTuple):
+    """The supports in the solvers' layout: scores and residuals are (T, K, n), classes before
+    samples, because PyTorch's CPU softmax over a last dimension of a few classes is ~7x slower
+    than over dimension 1 at the benchmark's shapes (55 vs 8 us at 16 x 50 x 5)."""
+
+    Zt: torch.Tensor  # (T, d, n) features, transposed and contiguous
+    Yk: torch.Tensor  # (T, K, n) targets
+    binary: bool
+
+    @staticmethod
+    def of(Z: torch.Tensor, Yt: torch.Tensor, binary: bool) -> "_Data":
+        """From (T, n, d) features and (T, n, K) targets."""
+        return _Data(Z.transpose(1, 2).contiguous(), Yt.transpose(1, 2).contiguous(), binary)
+
+    def scores(self, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(T, K, n) logits of the heads (W, b)."""
+        return torch.baddbmm(b.unsqueeze(2), W.transpose(1, 2), self.Zt)
+
+    def probs(self, S: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(S) if self.binary else torch.softmax(S, dim=1)
+
+    def residual(self, S: torch.Tensor) -> torch.Tensor:
+        """dCE/dS per sample (probabilities minus targets), (T, K, n)."""
+        return self.probs(S).sub_(self.Yk)
+
+    def ce(self, S: torch.Tensor) -> torch.Tensor:
+        """Mean CE per task, (T,)."""
+        if self.binary:
+            return (F.softplus(S) - self.Yk * S).sum(dim=(1, 2)) / S.shape[2]
+        return (torch.log_softmax(S, dim=1) * self.Yk).sum(dim=(1, 2)) / -S.shape[2]
+
+    def grad_w(self, W: torch.Tensor, R: torch.Tensor, rho: float) -> torch.Tensor:
+        """Gradient of mean CE + rho/2 ||W||^2 w.r.t. W from the residual R, (T, d, K)."""
+        return torch.baddbmm(W, self.Zt, R.transpose(1, 2), beta=rho, alpha=1.0 / R.shape[2])
 
 
 def _intercept_at_zero(Yt: torch.Tensor, binary: bool) -> torch.Tensor:
@@ -188,35 +216,22 @@ def _lipschitz(Z: torch.Tensor, binary: bool) -> torch.Tensor:
     return (0.25 if binary else 0.5) * lam / n
 
 
-def smooth_grad(Z, Yt, W, b, binary, rho, beta_in, eps, need_value=False):
-    """Gradient (and optionally value) of the smooth part of the inner objective.
-
-    Returns (f or None, GW, gb).  ``beta_in`` is the entropy weight inside the
-    inner problem (0 disables it).
-    """
-    n = Z.shape[1]
-    S = torch.baddbmm(b.unsqueeze(1), Z, W)
-    P = _probs(S, binary)
-    R = P - Yt
-    GW = torch.baddbmm(W, Z.transpose(1, 2), R, beta=rho, alpha=1.0 / n)
-    gb = R.mean(dim=1)
-    f = None
-    if need_value:
-        f = _ce_per_task(S, Yt, binary).sum() + 0.5 * rho * (W * W).sum()
+def _smooth_grad(D: _Data, W, b, rho, beta_in, eps):
+    """(dF/dW, dF/db) of the smooth part F of the inner objective; ``beta_in`` is the entropy
+    weight inside the inner problem (0 disables it)."""
+    R = D.residual(D.scores(W, b))
+    GW = D.grad_w(W, R, rho)
     if beta_in:
-        H, gH = _entropy_grad(W, eps)
-        GW = GW + beta_in * gH
-        if need_value:
-            f = f + beta_in * H
-    return f, GW, gb
+        GW = GW + beta_in * _entropy_grad(W, eps)[1]
+    return GW, R.mean(dim=2)
 
 
 # --------------------------------------------------------------------------- #
 # the solver
 # --------------------------------------------------------------------------- #
-def _kkt(Z, Yt, W, b, binary, rho, beta_in, eps, eta, thr, sparsity):
+def _kkt(D: _Data, W, b, rho, beta_in, eps, eta, thr, sparsity):
     """Per-task KKT residual: ||(W - prox(W - eta g))/eta|| combined with ||g_b||."""
-    _, GW, gb = smooth_grad(Z, Yt, W, b, binary, rho, beta_in, eps)
+    GW, gb = _smooth_grad(D, W, b, rho, beta_in, eps)
     Gm = (W - prox(W - eta * GW, thr, sparsity)) / eta
     return torch.sqrt((Gm * Gm).sum(dim=(1, 2)) + (gb * gb).sum(dim=1))
 
@@ -289,12 +304,13 @@ def solve_heads(
         # monotone safeguard); float32 round-off makes them unreliable near the
         # optimum, so this branch always runs in (at least) float64.
         wd = torch.float64 if dtype in (torch.float16, torch.bfloat16, torch.float32) else dtype
-        W, b, it, kkt, newton = _fista_backtracking(Z.to(wd), Yt.to(wd), W.to(wd), b.to(wd), binary, rho,
-                                                    beta_in, eps, alpha_t.to(wd), L.to(wd),
+        W, b, it, kkt, newton = _fista_backtracking(_Data.of(Z.to(wd), Yt.to(wd), binary), W.to(wd), b.to(wd),
+                                                    rho, beta_in, eps, alpha_t.to(wd), L.to(wd),
                                                     sparsity, max_iter, tol)
         W, b = W.to(dtype), b.to(dtype)
     else:
-        W, b, it, kkt, newton = _fista_fixed(Z, Yt, W, b, binary, rho, alpha_t, L, sparsity, max_iter, tol)
+        W, b, it, kkt, newton = _fista_fixed(_Data.of(Z, Yt, binary), W, b, rho, alpha_t, L, sparsity, max_iter,
+                                             tol)
 
     if not binary:
         # softmax CE is invariant to b_t + c*1; fix the gauge sum_k b_tk = 0
@@ -313,14 +329,13 @@ STEP_GROWTH = 2.0  # first try steps STEP_GROWTH / L_t; halved (down to 1 / L_t)
 STEP_CHECK = 10  # iterations between objective checks
 
 
-def _task_objective(Z, Yt, W, b, binary, rho, alpha_t, sparsity):
+def _task_objective(D: _Data, W, b, rho, alpha_t, sparsity):
     """Per-task inner objective (T,): CE + rho/2 ||W_t||^2 + alpha_t R(W_t)."""
-    S = torch.baddbmm(b.unsqueeze(1), Z, W)
-    return (_ce_per_task(S, Yt, binary) + 0.5 * rho * (W * W).sum(dim=(1, 2))
+    return (D.ce(D.scores(W, b)) + 0.5 * rho * (W * W).sum(dim=(1, 2))
             + alpha_t.reshape(-1) * _penalty_rows(W, sparsity))
 
 
-def _fista_fixed(Z, Yt, W, b, binary, rho, alpha_t, L, sparsity, max_iter, tol):
+def _fista_fixed(D: _Data, W, b, rho, alpha_t, L, sparsity, max_iter, tol):
     """FISTA with per-task steps and gradient adaptive restart.
 
     Steps start at ``STEP_GROWTH / L_t``: the Lipschitz bound is worst-case, and a 2x longer step
@@ -329,14 +344,12 @@ def _fista_fixed(Z, Yt, W, b, binary, rho, alpha_t, L, sparsity, max_iter, tol):
     back to that point with its step halved, never below the always-safe ``1 / L_t``.
     Every ``NEWTON_CHECK`` iterations, once the support has settled, :func:`_newton_polish`.
     """
-    T, n, d = Z.shape
-    Zt = Z.transpose(1, 2)
+    T = W.shape[0]
     Lv = L.view(T, 1, 1)
-    growth = torch.full((T, 1, 1), STEP_GROWTH, dtype=Z.dtype, device=Z.device)
-    inv_n = 1.0 / n
+    growth = torch.full((T, 1, 1), STEP_GROWTH, dtype=W.dtype, device=W.device)
     X, Xb = W, b
     Yw, Yb = W, b
-    tk = torch.ones(T, 1, 1, dtype=Z.dtype, device=Z.device)
+    tk = torch.ones(T, 1, 1, dtype=W.dtype, device=W.device)
     kkt = float("inf")
     it = 0
     proxy_tol2 = (0.5 * tol) ** 2
@@ -344,7 +357,7 @@ def _fista_fixed(Z, Yt, W, b, binary, rho, alpha_t, L, sparsity, max_iter, tol):
     l1 = sparsity == "l1"
     eta_safe = 1.0 / Lv
     ck_X, ck_Xb = X, Xb
-    ck_F = _task_objective(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity)
+    ck_F = _task_objective(D, X, Xb, rho, alpha_t, sparsity)
 
     def steps():
         eta = growth / Lv
@@ -353,16 +366,15 @@ def _fista_fixed(Z, Yt, W, b, binary, rho, alpha_t, L, sparsity, max_iter, tol):
     eta, eta_b, thr = steps()
     last_pattern, newton = None, 0
     for it in range(1, max_iter + 1):
-        S = torch.baddbmm(Yb.unsqueeze(1), Z, Yw)
-        R = (torch.sigmoid(S) if binary else torch.softmax(S, dim=-1)).sub_(Yt)
-        GW = torch.baddbmm(Yw, Zt, R, beta=rho, alpha=inv_n)
+        R = D.residual(D.scores(Yw, Yb))
+        GW = D.grad_w(Yw, R, rho)
         V = torch.addcmul(Yw, eta, GW, value=-1.0)
         if l1:
             Xn = torch.sign(V).mul_(torch.clamp_min_(V.abs().sub_(thr), 0))
         else:
             nrm = torch.linalg.vector_norm(V, dim=2, keepdim=True)
             Xn = V * torch.clamp_min_(1 - thr / nrm.clamp_min(1e-300 if V.dtype == torch.float64 else 1e-30), 0)
-        Xbn = torch.addcmul(Yb, eta_b, R.mean(dim=1), value=-1.0)
+        Xbn = torch.addcmul(Yb, eta_b, R.mean(dim=2), value=-1.0)
         dW = Yw - Xn
         db = Yb - Xbn
         stepW = Xn - X
@@ -376,7 +388,7 @@ def _fista_fixed(Z, Yt, W, b, binary, rho, alpha_t, L, sparsity, max_iter, tol):
         Yw = torch.addcmul(Xn, mom, stepW)
         Yb = torch.addcmul(Xbn, mom.view(T, 1), stepb)
         if it % STEP_CHECK == 0 and bool((growth > 1).any()):
-            F = _task_objective(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity)
+            F = _task_objective(D, X, Xb, rho, alpha_t, sparsity)
             rose = ((F > ck_F * (1 + 1e-6) + 1e-12) & (growth.view(T) > 1)).view(T, 1, 1)
             if bool(rose.any()):  # back to the last check with half the step, momentum reset
                 growth = torch.where(rose, (growth / 2).clamp_min(1.0), growth)
@@ -389,26 +401,26 @@ def _fista_fixed(Z, Yt, W, b, binary, rho, alpha_t, L, sparsity, max_iter, tol):
         if it % NEWTON_CHECK == 0:
             settled, pattern = _support_settled(X, last_pattern, sparsity)
             if settled and _newton_affordable(X, sparsity):
-                X, Xb, kkt, k = _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol, eta_safe)
+                X, Xb, kkt, k = _newton_polish(D, X, Xb, rho, alpha_t, sparsity, tol, eta_safe)
                 newton += k
                 if kkt <= tol:
                     break
                 Yw, Yb, tk = X, Xb, torch.ones_like(tk)
                 ck_X, ck_Xb = X, Xb
-                ck_F = _task_objective(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity)
+                ck_F = _task_objective(D, X, Xb, rho, alpha_t, sparsity)
                 pattern = None  # wait for the support to settle again
             last_pattern = pattern
         if it >= next_check:
             # cheap proxy: prox-gradient mapping at the extrapolated point
             res2 = ((dW * dW).sum(dim=(1, 2)) + (db * db).sum(dim=1)) / (eta.view(T) ** 2)
             if float(res2.max()) <= proxy_tol2:
-                kt = _kkt(Z, Yt, X, Xb, binary, rho, 0.0, 0.0, eta_safe, eta_safe * alpha_t, sparsity)
+                kt = _kkt(D, X, Xb, rho, 0.0, 0.0, eta_safe, eta_safe * alpha_t, sparsity)
                 kkt = float(kt.max())
                 if kkt <= tol:
                     break
                 next_check = it + 5
     else:
-        kt = _kkt(Z, Yt, X, Xb, binary, rho, 0.0, 0.0, eta_safe, eta_safe * alpha_t, sparsity)
+        kt = _kkt(D, X, Xb, rho, 0.0, 0.0, eta_safe, eta_safe * alpha_t, sparsity)
         kkt = float(kt.max())
     return X, Xb, it, kkt, newton
 
@@ -440,7 +452,7 @@ def _support_settled(X, last, sparsity):
     return settled, pattern
 
 
-def _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol, eta_safe):
+def _newton_polish(D: _Data, X, Xb, rho, alpha_t, sparsity, tol, eta_safe):
     """Active-set Newton: rounds of one prox-gradient step, then one Newton step on its support.
 
     The prox-gradient step (step ``eta_safe``, that of the KKT residual) gives the residual and the
@@ -451,19 +463,19 @@ def _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol, eta_safe):
     1, 1/2, ... that decreases its objective (Armijo), otherwise it keeps the prox-gradient point.
     Returns (X, Xb, max KKT residual, Newton steps taken).
     """
-    T, n, d = Z.shape
-    Za = torch.cat([Z, torch.ones(T, n, 1, dtype=Z.dtype, device=Z.device)], dim=2)
-    Zat = Za.transpose(1, 2)
-    slack = 4 * torch.finfo(Z.dtype).eps
+    T, d, n = D.Zt.shape
+    Zat = torch.cat([D.Zt, torch.ones(T, 1, n, dtype=X.dtype, device=X.device)], dim=1)  # (T, d+1, n)
+    Za = Zat.transpose(1, 2)
+    slack = 4 * torch.finfo(X.dtype).eps
     l1 = sparsity == "l1"
 
     def grad(X, Xb):
-        """(U, P, gradient of the smooth part on the augmented head)."""
+        """(U, P (T, n, K), gradient of the smooth part on the augmented head)."""
         U = torch.cat([X, Xb.unsqueeze(1)], dim=1)
-        P = _probs(torch.bmm(Za, U), binary)
-        G = torch.bmm(Zat, P - Yt) / n
+        P = D.probs(torch.bmm(U.transpose(1, 2), Zat))
+        G = torch.bmm(Zat, (P - D.Yk).transpose(1, 2)) / n
         G[:, :d] += rho * X
-        return U, P, G
+        return U, P.transpose(1, 2), G
 
     kkt = float("inf")
     steps = 0
@@ -474,7 +486,7 @@ def _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol, eta_safe):
         if kkt <= tol or rnd == NEWTON_STEPS:
             break
         X, Xb = Xp, Xb - eta_safe.view(T, 1) * G[:, d]
-        obj = _task_objective(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity)
+        obj = _task_objective(D, X, Xb, rho, alpha_t, sparsity)
         U, P, G = grad(X, Xb)
         if l1:
             pen = torch.sign(X)
@@ -484,19 +496,19 @@ def _newton_polish(Z, Yt, X, Xb, binary, rho, alpha_t, sparsity, tol, eta_safe):
         G[:, :d] += alpha_t * pen
         A = compress(active_mask(X, sparsity))
         g = A.gather(G)
-        H = active_hessian(Za, P, U, A, binary, alpha_t, rho, sparsity)
+        H = active_hessian(Za, P, U, A, D.binary, alpha_t, rho, sparsity)
         step = -robust_solve(H, g.unsqueeze(-1), spd=True).squeeze(-1)
         dec = (g * step).sum(dim=1)  # directional derivative per task, < 0
-        D = A.scatter(step, U.shape)
+        dU = A.scatter(step, U.shape)
         steps += 1
-        todo = torch.ones(T, dtype=torch.bool, device=Z.device)
+        todo = torch.ones(T, dtype=torch.bool, device=X.device)
         t = 1.0
         for _ in range(NEWTON_HALVINGS):
-            Un = U + t * D
+            Un = U + t * dU
             Wn, bn = Un[:, :d], Un[:, d]
             Wn = torch.where(Wn * X > 0, Wn, 0.0) if l1 else \
                 torch.where((Wn * X).sum(dim=2, keepdim=True) > 0, Wn, 0.0)
-            Fn = _task_objective(Z, Yt, Wn, bn, binary, rho, alpha_t, sparsity)
+            Fn = _task_objective(D, Wn, bn, rho, alpha_t, sparsity)
             ok = todo & (Fn <= obj + 1e-4 * t * dec + slack * obj.abs())
             X = torch.where(ok.view(T, 1, 1), Wn, X)
             Xb = torch.where(ok.view(T, 1), bn, Xb)
@@ -523,17 +535,17 @@ class _CoupledSmooth:
     dF/dW, dF/db and the row metric ``beta * max(c_j, 0) / a_tj`` of ``_fista_backtracking``.
     """
 
-    def __init__(self, Z, Yt, binary, rho, beta_in, eps):
-        self.Z, self.Zt, self.Yt, self.binary = Z, Z.transpose(1, 2), Yt, binary
-        self.inv_n, self.rho, self.beta_in, self.eps = 1.0 / Z.shape[1], rho, beta_in, eps
+    def __init__(self, D: _Data, rho, beta_in, eps):
+        self.D, self.binary = D, D.binary
+        self.inv_n, self.rho, self.beta_in, self.eps = 1.0 / D.Zt.shape[2], rho, beta_in, eps
 
     def _parts(self, W, b):
-        S = torch.baddbmm(b.unsqueeze(1), self.Z, W)
+        S = self.D.scores(W, b)
         if self.binary:
-            logP, ce = None, (F.softplus(S) - self.Yt * S).sum()
+            logP, ce = None, (F.softplus(S) - self.D.Yk * S).sum()
         else:
-            logP = torch.log_softmax(S, dim=-1)
-            ce = -(logP * self.Yt).sum()
+            logP = torch.log_softmax(S, dim=1)
+            ce = -(logP * self.D.Yk).sum()
         ent = entropy_parts(W, self.eps)
         f = ce * self.inv_n + 0.5 * self.rho * (W * W).sum() + self.beta_in * ent[5]
         return f, S, logP, ent
@@ -543,10 +555,10 @@ class _CoupledSmooth:
 
     def grad(self, W, b):
         f, S, logP, (a, A, tot, p, logp, H, c) = self._parts(W, b)
-        R = (torch.sigmoid(S) if self.binary else logP.exp()).sub_(self.Yt)
-        GW = torch.baddbmm(W, self.Zt, R, beta=self.rho, alpha=self.inv_n)
+        R = (torch.sigmoid(S) if self.binary else logP.exp()).sub_(self.D.Yk)
+        GW = self.D.grad_w(W, R, self.rho)
         GW = GW.addcmul_((self.beta_in * c / a).unsqueeze(-1), W)
-        return f, GW, R.mean(dim=1), _row_metric(self.beta_in, a, c)
+        return f, GW, R.mean(dim=2), _row_metric(self.beta_in, a, c)
 
 
 def _row_metric(beta_in, a, c):
@@ -554,7 +566,7 @@ def _row_metric(beta_in, a, c):
     return (beta_in * c.clamp_min(0) / a).unsqueeze(-1)
 
 
-def _fista_backtracking(Z, Yt, W, b, binary, rho, beta_in, eps, alpha_t, L, sparsity, max_iter, tol):
+def _fista_backtracking(D: _Data, W, b, rho, beta_in, eps, alpha_t, L, sparsity, max_iter, tol):
     """FISTA for the coupled (entropy-in-the-loop) problem.
 
     Variable (per task and feature row) metric: the step for row j of task t is
@@ -572,13 +584,13 @@ def _fista_backtracking(Z, Yt, W, b, binary, rho, beta_in, eps, alpha_t, L, spar
     smoothed importances curvature ~ 1/sqrt(eps) of either sign), and the finish cost more time
     than it saved.
     """
-    T = Z.shape[0]
-    slack = 10 * torch.finfo(Z.dtype).eps
-    smooth = _CoupledSmooth(Z, Yt, binary, rho, beta_in, eps)
+    T = W.shape[0]
+    slack = 10 * torch.finfo(W.dtype).eps
+    smooth = _CoupledSmooth(D, rho, beta_in, eps)
     X, Xb = W, b
     Fx = smooth.value(X, Xb) + penalty_value(X, alpha_t, sparsity)
     Yw, Yb = X, Xb
-    tk = torch.ones(T, 1, 1, dtype=Z.dtype, device=Z.device)
+    tk = torch.ones(T, 1, 1, dtype=W.dtype, device=W.device)
     Lmax = float(L.max())
     Lt = L.view(T, 1, 1)
     Le = 0.0
@@ -636,7 +648,7 @@ def _fista_backtracking(Z, Yt, W, b, binary, rho, beta_in, eps, alpha_t, L, spar
         if it >= next_check:
             res2 = ((dW * Lrow).square().sum(dim=(1, 2)) + (db * Lb).square().sum(dim=1)).max()
             if float(res2) <= (0.5 * tol) ** 2:
-                kt = _coupled_kkt(Z, Yt, X, Xb, binary, rho, beta_in, eps, Lt, Le, alpha_t, sparsity)
+                kt = _coupled_kkt(D, X, Xb, rho, beta_in, eps, Lt, Le, alpha_t, sparsity)
                 kkt = float(kt.max())
                 if kkt <= tol:
                     break
@@ -644,11 +656,11 @@ def _fista_backtracking(Z, Yt, W, b, binary, rho, beta_in, eps, alpha_t, L, spar
         Le *= 0.8  # let the step grow again
         sL = max(s_min, SCALE_DECAY * sL)
     else:
-        kkt = float(_coupled_kkt(Z, Yt, X, Xb, binary, rho, beta_in, eps, Lt, Le, alpha_t, sparsity).max())
+        kkt = float(_coupled_kkt(D, X, Xb, rho, beta_in, eps, Lt, Le, alpha_t, sparsity).max())
     return X, Xb, it, kkt, 0
 
 
-def _coupled_kkt(Z, Yt, X, Xb, binary, rho, beta_in, eps, Lt, Le, alpha_t, sparsity):
+def _coupled_kkt(D: _Data, X, Xb, rho, beta_in, eps, Lt, Le, alpha_t, sparsity):
     a, A, S, p, logp, H, c = entropy_parts(X, eps)
     etak = 1.0 / (Lt + _row_metric(beta_in, a, c) + Le)
-    return _kkt(Z, Yt, X, Xb, binary, rho, beta_in, eps, etak, etak * alpha_t, sparsity)
+    return _kkt(D, X, Xb, rho, beta_in, eps, etak, etak * alpha_t, sparsity)
