@@ -529,41 +529,63 @@ SCALE_DECAY = 0.9
 
 
 class _CoupledSmooth:
-    """Smooth part of the coupled objective, its gradient and the IRLS row metric, in few ops.
+    """Smooth part of the coupled objective on the augmented head ``U = [W; b]``, (T, d+1, K).
 
-    ``value(W, b)`` is CE + rho/2 ||W||^2 + beta H(p(W)) (scalar); ``grad(W, b)`` also returns
-    dF/dW, dF/db and the row metric ``beta * max(c_j, 0) / a_tj`` of ``_fista_backtracking``.
+    ``value(U)`` is CE + rho/2 ||W||^2 + beta H(p(W)) (scalar); ``grad(U)`` also returns its
+    gradient and the IRLS row metric ``beta * max(c_j, 0) / a_tj`` of ``_fista_backtracking``
+    (zero on the bias row). Written for few tensor operations: at the benchmark's shapes every
+    one costs a few microseconds, far more than its arithmetic.
     """
 
     def __init__(self, D: _Data, rho, beta_in, eps):
-        self.D, self.binary = D, D.binary
-        self.inv_n, self.rho, self.beta_in, self.eps = 1.0 / D.Zt.shape[2], rho, beta_in, eps
+        T, d, n = D.Zt.shape
+        self.Zat = torch.cat([D.Zt, torch.ones(T, 1, n, dtype=D.Zt.dtype, device=D.Zt.device)], dim=1)
+        self.D, self.d, self.inv_n, self.rho, self.beta_in, self.eps = D, d, 1.0 / n, rho, beta_in, eps
+        self.ridge = torch.full((1, d + 1, 1), rho, dtype=D.Zt.dtype, device=D.Zt.device)
+        self.ridge[:, d] = 0.0
 
-    def _parts(self, W, b):
-        S = self.D.scores(W, b)
-        if self.binary:
+    def _parts(self, U):
+        S = torch.bmm(U.transpose(1, 2), self.Zat)  # (T, K, n)
+        if self.D.binary:
             logP, ce = None, (F.softplus(S) - self.D.Yk * S).sum()
         else:
             logP = torch.log_softmax(S, dim=1)
-            ce = -(logP * self.D.Yk).sum()
-        ent = entropy_parts(W, self.eps)
-        f = ce * self.inv_n + 0.5 * self.rho * (W * W).sum() + self.beta_in * ent[5]
-        return f, S, logP, ent
+            ce = -torch.dot(logP.view(-1), self.D.Yk.view(-1))
+        sq = U[:, : self.d].square().sum(-1)  # (T, d)
+        a = sq.add(self.eps).sqrt_()
+        A = a.sum(0)
+        tot = A.sum()
+        logp = torch.log(A / tot)
+        H = -torch.dot(A, logp) / tot
+        f = ce * self.inv_n + (0.5 * self.rho) * sq.sum() + self.beta_in * H
+        return f, S, logP, a, tot, logp, H
 
-    def value(self, W, b):
-        return self._parts(W, b)[0]
+    def value(self, U):
+        return self._parts(U)[0]
 
-    def grad(self, W, b):
-        f, S, logP, (a, A, tot, p, logp, H, c) = self._parts(W, b)
-        R = (torch.sigmoid(S) if self.binary else logP.exp()).sub_(self.D.Yk)
-        GW = self.D.grad_w(W, R, self.rho)
-        GW = GW.addcmul_((self.beta_in * c / a).unsqueeze(-1), W)
-        return f, GW, R.mean(dim=2), _row_metric(self.beta_in, a, c)
+    def grad(self, U):
+        f, S, logP, a, tot, logp, H = self._parts(U)
+        bc = (logp + H).div_(-tot / self.beta_in)  # beta * dH/dA_j
+        R = (torch.sigmoid(S) if self.D.binary else logP.exp()).sub_(self.D.Yk)
+        G = torch.baddbmm(U * self.ridge, self.Zat, R.transpose(1, 2), alpha=self.inv_n)
+        G[:, : self.d].addcmul_((bc / a).unsqueeze(-1), U[:, : self.d])
+        metric = F.pad((bc.clamp_min(0) / a).unsqueeze(-1), (0, 0, 0, 1))  # (T, d+1, 1)
+        return f, G, metric
 
 
 def _row_metric(beta_in, a, c):
     """IRLS majoriser of beta * c_j * a_tj per (task, row): beta * max(c_j, 0) / a_tj, (T, d, 1)."""
     return (beta_in * c.clamp_min(0) / a).unsqueeze(-1)
+
+
+def _momentum_table(n: int, dtype, device) -> torch.Tensor:
+    """FISTA's momentum (t_k - 1) / t_{k+1} after k steps since the last restart (t_0 = 1)."""
+    t, out = 1.0, []
+    for _ in range(n):
+        tn = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+        out.append((t - 1.0) / tn)
+        t = tn
+    return torch.tensor(out, dtype=dtype, device=device)
 
 
 def _fista_backtracking(D: _Data, W, b, rho, beta_in, eps, alpha_t, L, sparsity, max_iter, tol):
@@ -579,18 +601,23 @@ def _fista_backtracking(D: _Data, W, b, rho, beta_in, eps, alpha_t, L, sparsity,
     A monotone safeguard drops the momentum (and retries from the current
     iterate) whenever the full objective would increase.  Bias steps use
     ``1 / (L_t + Le)``.  ``L_t`` enters scaled by ``sL`` in [SCALE_MIN, 1], backtracked first.
+    The head is iterated as ``U = [W; b]`` (the bias row has no penalty, ridge or entropy), and the
+    scalars of each test come to Python in one transfer.
     No Newton finish here: on the SparseShared training steps of benchmarks/bench_step.py the
     Hessian on the support was often indefinite before convergence (entries near zero give the
     smoothed importances curvature ~ 1/sqrt(eps) of either sign), and the finish cost more time
     than it saved.
     """
-    T = W.shape[0]
+    T, d, K = W.shape
     slack = 10 * torch.finfo(W.dtype).eps
     smooth = _CoupledSmooth(D, rho, beta_in, eps)
-    X, Xb = W, b
-    Fx = smooth.value(X, Xb) + penalty_value(X, alpha_t, sparsity)
-    Yw, Yb = X, Xb
-    tk = torch.ones(T, 1, 1, dtype=W.dtype, device=W.device)
+    pen = torch.cat([alpha_t.expand(T, d, 1), alpha_t.new_zeros(T, 1, 1)], dim=1)  # (T, d+1, 1)
+    X = torch.cat([W, b.unsqueeze(1)], dim=1)
+    Fx = float(smooth.value(X) + (X.abs() * pen).sum()) if sparsity == "l1" else \
+        float(smooth.value(X) + penalty_value(W, alpha_t, sparsity))
+    Yu = X
+    momentum = _momentum_table(max_iter + 1, W.dtype, W.device)
+    since = torch.zeros(T, 1, 1, dtype=torch.long, device=W.device)  # steps since each task's restart
     Lmax = float(L.max())
     Lt = L.view(T, 1, 1)
     Le = 0.0
@@ -600,26 +627,31 @@ def _fista_backtracking(D: _Data, W, b, rho, beta_in, eps, alpha_t, L, sparsity,
     next_check = 0
     has_mom = False
 
+    def split(U):
+        return U[:, :d], U[:, d]
+
     for it in range(1, max_iter + 1):
-        fY, GW, gb, Drow = smooth.grad(Yw, Yb)
-        fY_slack = slack * (fY.abs() + 1.0)
+        fY, G, metric = smooth.grad(Yu)
+        fY = float(fY)
+        fY_slack = slack * (abs(fY) + 1.0)
         while True:
-            Lrow = sL * Lt + Drow + Le  # (T, d, 1)
-            Lb = (sL * L + Le).view(T, 1)
-            eta = 1.0 / Lrow
-            Xn = prox(Yw - eta * GW, eta * alpha_t, sparsity)
-            Xbn = Yb - gb / Lb
-            dW = Xn - Yw
-            db = Xbn - Yb
-            curv = 0.5 * ((dW * Lrow * dW).sum() + (db * Lb * db).sum())
-            if sL < 1.0 and bool(curv <= 1e3 * fY_slack):
+            Lrow = metric + (sL * Lt + Le)  # (T, d+1, 1)
+            eta = Lrow.reciprocal()
+            Xn = prox(torch.addcmul(Yu, eta, G, value=-1.0), eta * pen, sparsity)
+            dU = Xn - Yu
+            fX = smooth.value(Xn)
+            penX = (Xn.abs() * pen).sum() if sparsity == "l1" else \
+                (torch.linalg.vector_norm(Xn, dim=2, keepdim=True) * pen).sum()
+            dL = dU * Lrow
+            sc = torch.stack([fX, torch.dot(dU.view(-1), G.view(-1)), torch.dot(dL.view(-1), dU.view(-1)),
+                              penX, dL.square().sum(dim=(1, 2)).max()]).tolist()
+            fX, lin, curv, res2 = sc[0], sc[1], 0.5 * sc[2], sc[4]
+            if sL < 1.0 and curv <= 1e3 * fY_slack:
                 # steps at round-off level: the test below cannot vouch for a scaled-down bound,
                 # so from here on use the safe one
                 s_min = sL = 1.0
                 continue
-            quad = fY + (dW * GW).sum() + (db * gb).sum() + curv
-            fX = smooth.value(Xn, Xbn)
-            if bool(fX <= quad + fY_slack):
+            if fX <= fY + lin + curv + fY_slack:
                 break
             if sL < 1.0:
                 sL = min(1.0, 2.0 * sL)
@@ -627,37 +659,32 @@ def _fista_backtracking(D: _Data, W, b, rho, beta_in, eps, alpha_t, L, sparsity,
             Le = max(2.0 * Le, 1e-3 * Lmax, 1e-12)
             if Le > 1e30:
                 break
-        Fn = fX + penalty_value(Xn, alpha_t, sparsity)
-        if has_mom and bool(Fn > Fx + slack * (Fx.abs() + 1.0)):
+        Fn = fX + sc[3]
+        if has_mom and Fn > Fx + slack * (abs(Fx) + 1.0):
             # monotone safeguard: drop momentum, retry from the current iterate
-            Yw, Yb = X, Xb
-            tk = torch.ones_like(tk)
+            Yu = X
+            since.zero_()
             has_mom = False
             continue
-        stepW = Xn - X
-        stepb = Xbn - Xb
-        rs = -(dW * stepW).sum(dim=(1, 2), keepdim=True) - (db * stepb).sum(dim=1).view(T, 1, 1)
-        tn = 0.5 * (1 + torch.sqrt(1 + 4 * tk * tk))
-        restart = rs > 0
-        mom = torch.where(restart, 0.0, (tk - 1) / tn)
-        tk = torch.where(restart, 1.0, tn)
-        has_mom = bool((mom > 0).any())
-        X, Xb, Fx = Xn, Xbn, Fn
-        Yw = torch.addcmul(X, mom, stepW)
-        Yb = torch.addcmul(Xb, mom.view(T, 1), stepb)
-        if it >= next_check:
-            res2 = ((dW * Lrow).square().sum(dim=(1, 2)) + (db * Lb).square().sum(dim=1)).max()
-            if float(res2) <= (0.5 * tol) ** 2:
-                kt = _coupled_kkt(D, X, Xb, rho, beta_in, eps, Lt, Le, alpha_t, sparsity)
-                kkt = float(kt.max())
-                if kkt <= tol:
-                    break
-                next_check = it + 5
+        stepU = Xn - X
+        keep = (dU * stepU).sum(dim=(1, 2), keepdim=True) >= 0  # gradient restart where this is < 0
+        mom = torch.take(momentum, since) * keep
+        since = (since + 1) * keep
+        has_mom = int(since.max()) >= 2  # momentum[k] > 0 for k >= 1
+        X, Fx = Xn, Fn
+        Yu = torch.addcmul(X, mom, stepU)
+        if it >= next_check and res2 <= (0.5 * tol) ** 2:
+            kt = _coupled_kkt(D, *split(X), rho, beta_in, eps, Lt, Le, alpha_t, sparsity)
+            kkt = float(kt.max())
+            if kkt <= tol:
+                break
+            next_check = it + 5
         Le *= 0.8  # let the step grow again
         sL = max(s_min, SCALE_DECAY * sL)
     else:
-        kkt = float(_coupled_kkt(D, X, Xb, rho, beta_in, eps, Lt, Le, alpha_t, sparsity).max())
-    return X, Xb, it, kkt, 0
+        kkt = float(_coupled_kkt(D, *split(X), rho, beta_in, eps, Lt, Le, alpha_t, sparsity).max())
+    W, b = split(X)
+    return W.contiguous(), b.contiguous(), it, kkt, 0
 
 
 def _coupled_kkt(D: _Data, X, Xb, rho, beta_in, eps, Lt, Le, alpha_t, sparsity):
