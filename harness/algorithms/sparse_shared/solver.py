@@ -335,6 +335,29 @@ def _task_objective(D: _Data, W, b, rho, alpha_t, sparsity):
             + alpha_t.reshape(-1) * _penalty_rows(W, sparsity))
 
 
+def _augmented(D: _Data, alpha_t, rho):
+    """The solvers' view of the augmented head ``U = [W; b]``, (T, d+1, K): features with a row of
+    ones (T, d+1, n), the ridge per row (1, d+1, 1) and the penalty per task and row (T, d+1, 1),
+    both zero on the bias row."""
+    T, d, n = D.Zt.shape
+    dtype, dev = D.Zt.dtype, D.Zt.device
+    Zat = torch.cat([D.Zt, torch.ones(T, 1, n, dtype=dtype, device=dev)], dim=1)
+    ridge = torch.full((1, d + 1, 1), rho, dtype=dtype, device=dev)
+    ridge[:, d] = 0.0
+    pen = torch.cat([alpha_t.to(dtype).expand(T, d, 1), torch.zeros(T, 1, 1, dtype=dtype, device=dev)], dim=1)
+    return Zat, ridge, pen
+
+
+def _momentum_table(n: int, dtype, device) -> torch.Tensor:
+    """FISTA's momentum (t_k - 1) / t_{k+1} after k steps since the last restart (t_0 = 1)."""
+    t, out = 1.0, []
+    for _ in range(n):
+        tn = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+        out.append((t - 1.0) / tn)
+        t = tn
+    return torch.tensor(out, dtype=dtype, device=device)
+
+
 def _fista_fixed(D: _Data, W, b, rho, alpha_t, L, sparsity, max_iter, tol):
     """FISTA with per-task steps and gradient adaptive restart.
 
@@ -343,86 +366,82 @@ def _fista_fixed(D: _Data, W, b, rho, alpha_t, L, sparsity, max_iter, tol):
     objective of each task is compared with the last check; a task whose objective rose goes
     back to that point with its step halved, never below the always-safe ``1 / L_t``.
     Every ``NEWTON_CHECK`` iterations, once the support has settled, :func:`_newton_polish`.
+    The head is iterated as ``U = [W; b]`` (its bias row has no penalty and no ridge): at these
+    shapes each tensor operation costs more than its arithmetic, so the loop keeps them few.
     """
-    T = W.shape[0]
+    T, d, K = W.shape
+    Zat, ridge, pen = _augmented(D, alpha_t, rho)
+    inv_n = 1.0 / Zat.shape[2]
     Lv = L.view(T, 1, 1)
     growth = torch.full((T, 1, 1), STEP_GROWTH, dtype=W.dtype, device=W.device)
-    X, Xb = W, b
-    Yw, Yb = W, b
-    tk = torch.ones(T, 1, 1, dtype=W.dtype, device=W.device)
+    momentum = _momentum_table(max_iter + 1, W.dtype, W.device)
+    since = torch.zeros(T, 1, 1, dtype=torch.long, device=W.device)  # steps since each task's restart
+    X = Yu = torch.cat([W, b.unsqueeze(1)], dim=1)
     kkt = float("inf")
     it = 0
     proxy_tol2 = (0.5 * tol) ** 2
     next_check = 0
-    l1 = sparsity == "l1"
     eta_safe = 1.0 / Lv
-    ck_X, ck_Xb = X, Xb
-    ck_F = _task_objective(D, X, Xb, rho, alpha_t, sparsity)
 
-    def steps():
-        eta = growth / Lv
-        return eta, eta.view(T, 1), eta * alpha_t
+    def split(U):
+        return U[:, :d], U[:, d]
 
-    eta, eta_b, thr = steps()
+    def objective(U):
+        return _task_objective(D, *split(U), rho, alpha_t, sparsity)
+
+    def kkt_max(U):
+        return float(_kkt(D, *split(U), rho, 0.0, 0.0, eta_safe, eta_safe * alpha_t, sparsity).max())
+
+    ck_X, ck_F = X, objective(X)
+    eta = growth / Lv
+    thr = eta * pen
     last_pattern, newton = None, 0
     for it in range(1, max_iter + 1):
-        R = D.residual(D.scores(Yw, Yb))
-        GW = D.grad_w(Yw, R, rho)
-        V = torch.addcmul(Yw, eta, GW, value=-1.0)
-        if l1:
-            Xn = torch.sign(V).mul_(torch.clamp_min_(V.abs().sub_(thr), 0))
-        else:
-            nrm = torch.linalg.vector_norm(V, dim=2, keepdim=True)
-            Xn = V * torch.clamp_min_(1 - thr / nrm.clamp_min(1e-300 if V.dtype == torch.float64 else 1e-30), 0)
-        Xbn = torch.addcmul(Yb, eta_b, R.mean(dim=2), value=-1.0)
-        dW = Yw - Xn
-        db = Yb - Xbn
-        stepW = Xn - X
-        stepb = Xbn - Xb
-        # gradient restart test <Y - X_new, X_new - X_old> > 0
-        rs = (dW * stepW).sum(dim=(1, 2), keepdim=True) + (db * stepb).sum(dim=1).view(T, 1, 1)
-        tn = 0.5 * (1 + torch.sqrt(1 + 4 * tk * tk))
-        mom = torch.where(rs > 0, torch.zeros_like(tk), (tk - 1) / tn)
-        tk = torch.where(rs > 0, torch.ones_like(tk), tn)
-        X, Xb = Xn, Xbn
-        Yw = torch.addcmul(Xn, mom, stepW)
-        Yb = torch.addcmul(Xbn, mom.view(T, 1), stepb)
+        R = D.residual(torch.bmm(Yu.transpose(1, 2), Zat))
+        G = torch.baddbmm(Yu * ridge, Zat, R.transpose(1, 2), alpha=inv_n)
+        Xn = prox(torch.addcmul(Yu, eta, G, value=-1.0), thr, sparsity)
+        dU = Yu - Xn
+        stepU = Xn - X
+        keep = (dU * stepU).sum(dim=(1, 2), keepdim=True) <= 0  # gradient restart where this is > 0
+        mom = torch.take(momentum, since) * keep
+        since = (since + 1) * keep
+        X = Xn
+        Yu = torch.addcmul(Xn, mom, stepU)
         if it % STEP_CHECK == 0 and bool((growth > 1).any()):
-            F = _task_objective(D, X, Xb, rho, alpha_t, sparsity)
+            F = objective(X)
             rose = ((F > ck_F * (1 + 1e-6) + 1e-12) & (growth.view(T) > 1)).view(T, 1, 1)
             if bool(rose.any()):  # back to the last check with half the step, momentum reset
                 growth = torch.where(rose, (growth / 2).clamp_min(1.0), growth)
-                eta, eta_b, thr = steps()
-                X, Xb = torch.where(rose, ck_X, X), torch.where(rose.view(T, 1), ck_Xb, Xb)
-                Yw, Yb = torch.where(rose, X, Yw), torch.where(rose.view(T, 1), Xb, Yb)
-                tk = torch.where(rose, torch.ones_like(tk), tk)
+                eta = growth / Lv
+                thr = eta * pen
+                X = torch.where(rose, ck_X, X)
+                Yu = torch.where(rose, X, Yu)
+                since = since * ~rose
                 continue
-            ck_X, ck_Xb, ck_F = X, Xb, F
+            ck_X, ck_F = X, F
         if it % NEWTON_CHECK == 0:
-            settled, pattern = _support_settled(X, last_pattern, sparsity)
-            if settled and _newton_affordable(X, sparsity):
-                X, Xb, kkt, k = _newton_polish(D, X, Xb, rho, alpha_t, sparsity, tol, eta_safe)
+            settled, pattern = _support_settled(X[:, :d], last_pattern, sparsity)
+            if settled and _newton_affordable(X[:, :d], sparsity):
+                Xw, Xb, kkt, k = _newton_polish(D, *split(X), rho, alpha_t, sparsity, tol, eta_safe)
                 newton += k
+                X = Yu = torch.cat([Xw, Xb.unsqueeze(1)], dim=1)
                 if kkt <= tol:
                     break
-                Yw, Yb, tk = X, Xb, torch.ones_like(tk)
-                ck_X, ck_Xb = X, Xb
-                ck_F = _task_objective(D, X, Xb, rho, alpha_t, sparsity)
+                since.zero_()
+                ck_X, ck_F = X, objective(X)
                 pattern = None  # wait for the support to settle again
             last_pattern = pattern
         if it >= next_check:
             # cheap proxy: prox-gradient mapping at the extrapolated point
-            res2 = ((dW * dW).sum(dim=(1, 2)) + (db * db).sum(dim=1)) / (eta.view(T) ** 2)
-            if float(res2.max()) <= proxy_tol2:
-                kt = _kkt(D, X, Xb, rho, 0.0, 0.0, eta_safe, eta_safe * alpha_t, sparsity)
-                kkt = float(kt.max())
+            if float((dU / eta).square().sum(dim=(1, 2)).max()) <= proxy_tol2:
+                kkt = kkt_max(X)
                 if kkt <= tol:
                     break
                 next_check = it + 5
     else:
-        kt = _kkt(D, X, Xb, rho, 0.0, 0.0, eta_safe, eta_safe * alpha_t, sparsity)
-        kkt = float(kt.max())
-    return X, Xb, it, kkt, newton
+        kkt = kkt_max(X)
+    W, b = split(X)
+    return W.contiguous(), b.contiguous(), it, kkt, newton
 
 
 NEWTON_CHECK = 5  # iterations between support comparisons
@@ -576,16 +595,6 @@ class _CoupledSmooth:
 def _row_metric(beta_in, a, c):
     """IRLS majoriser of beta * c_j * a_tj per (task, row): beta * max(c_j, 0) / a_tj, (T, d, 1)."""
     return (beta_in * c.clamp_min(0) / a).unsqueeze(-1)
-
-
-def _momentum_table(n: int, dtype, device) -> torch.Tensor:
-    """FISTA's momentum (t_k - 1) / t_{k+1} after k steps since the last restart (t_0 = 1)."""
-    t, out = 1.0, []
-    for _ in range(n):
-        tn = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
-        out.append((t - 1.0) / tn)
-        t = tn
-    return torch.tensor(out, dtype=dtype, device=device)
 
 
 def _fista_backtracking(D: _Data, W, b, rho, beta_in, eps, alpha_t, L, sparsity, max_iter, tol):
