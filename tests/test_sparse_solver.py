@@ -374,3 +374,20 @@ def test_newton_polish_matches_fista_and_saves_iterations(C, sparsity, monkeypat
     assert torch.equal(W == 0, W0 == 0) and 0 < info["frac_zero"] < 1
     # both within KKT residual 1e-10 of the optimum; curvature >= rho = 1e-3 bounds the distance by 1e-7
     assert (W - W0).abs().max() < 1e-6 and (b - b0).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("C,sparsity", [(2, "l1"), (3, "group")])
+def test_step_backoff_recovers_from_too_long_steps(C, sparsity, monkeypatch):
+    # Steps start at STEP_GROWTH / L_t and are halved, per task, where the objective rose between
+    # checks (back to the last check, momentum reset). Started 64x too long, every task must back off
+    # and still reach the optimum of the default run.
+    from harness.algorithms.sparse_shared import solver
+
+    Z, Y = _problem(6, 40, 24, C, seed=300 + C)
+    kw = dict(sparsity=sparsity, sharing_in="outer", tol=1e-10, max_iter=20000)
+    W, b, info = solve_heads(Z, Y, C, 0.2, **kw)
+    monkeypatch.setattr(solver, "STEP_GROWTH", 64.0)
+    W1, b1, info1 = solve_heads(Z, Y, C, 0.2, **kw)
+    assert info1["kkt"] <= 1e-10 and info1["iters"] < 20000, info1
+    assert torch.equal(W == 0, W1 == 0)
+    assert (W - W1).abs().max() < 1e-6 and (b - b1).abs().max() < 1e-6

@@ -46,7 +46,6 @@ __all__ = [
     "sharing_entropy",
     "feature_usage",
     "prox",
-    "penalty_value",
     "head_dims",
     "DEFAULT_TOL",
     "DEFAULT_MAX_ITER",
@@ -142,11 +141,6 @@ def _penalty_rows(W: torch.Tensor, sparsity: str) -> torch.Tensor:
     if sparsity == "l1":
         return W.abs().sum(dim=(1, 2))
     return torch.linalg.vector_norm(W, dim=2).sum(dim=1)
-
-
-def penalty_value(W: torch.Tensor, alpha_t: torch.Tensor, sparsity: str) -> torch.Tensor:
-    """sum_t alpha_t R(W_t) (scalar)."""
-    return (alpha_t.reshape(-1) * _penalty_rows(W, sparsity)).sum()
 
 
 def prox(V: torch.Tensor, thr: torch.Tensor, sparsity: str) -> torch.Tensor:
@@ -348,6 +342,13 @@ def _augmented(D: _Data, alpha_t, rho):
     return Zat, ridge, pen
 
 
+def _penalty_augmented(U, pen, sparsity):
+    """sum_t alpha_t R(W_t) (scalar) of an augmented head, ``pen`` from :func:`_augmented`."""
+    if sparsity == "l1":
+        return (U.abs() * pen).sum()
+    return (torch.linalg.vector_norm(U, dim=2, keepdim=True) * pen).sum()
+
+
 def _momentum_table(n: int, dtype, device) -> torch.Tensor:
     """FISTA's momentum (t_k - 1) / t_{k+1} after k steps since the last restart (t_0 = 1)."""
     t, out = 1.0, []
@@ -422,7 +423,7 @@ def _fista_fixed(D: _Data, W, b, rho, alpha_t, L, sparsity, max_iter, tol):
         if it % NEWTON_CHECK == 0:
             settled, pattern = _support_settled(X[:, :d], last_pattern, sparsity)
             if settled and _newton_affordable(X[:, :d], sparsity):
-                Xw, Xb, kkt, k = _newton_polish(D, *split(X), rho, alpha_t, sparsity, tol, eta_safe)
+                Xw, Xb, kkt, k = _newton_polish(D, Zat, *split(X), rho, alpha_t, sparsity, tol, eta_safe)
                 newton += k
                 X = Yu = torch.cat([Xw, Xb.unsqueeze(1)], dim=1)
                 if kkt <= tol:
@@ -471,7 +472,7 @@ def _support_settled(X, last, sparsity):
     return settled, pattern
 
 
-def _newton_polish(D: _Data, X, Xb, rho, alpha_t, sparsity, tol, eta_safe):
+def _newton_polish(D: _Data, Zat, X, Xb, rho, alpha_t, sparsity, tol, eta_safe):
     """Active-set Newton: rounds of one prox-gradient step, then one Newton step on its support.
 
     The prox-gradient step (step ``eta_safe``, that of the KKT residual) gives the residual and the
@@ -483,8 +484,7 @@ def _newton_polish(D: _Data, X, Xb, rho, alpha_t, sparsity, tol, eta_safe):
     Returns (X, Xb, max KKT residual, Newton steps taken).
     """
     T, d, n = D.Zt.shape
-    Zat = torch.cat([D.Zt, torch.ones(T, 1, n, dtype=X.dtype, device=X.device)], dim=1)  # (T, d+1, n)
-    Za = Zat.transpose(1, 2)
+    Za = Zat.transpose(1, 2)  # (T, n, d+1): features with a column of ones
     slack = 4 * torch.finfo(X.dtype).eps
     l1 = sparsity == "l1"
 
@@ -556,12 +556,9 @@ class _CoupledSmooth:
     one costs a few microseconds, far more than its arithmetic.
     """
 
-    def __init__(self, D: _Data, rho, beta_in, eps):
-        T, d, n = D.Zt.shape
-        self.Zat = torch.cat([D.Zt, torch.ones(T, 1, n, dtype=D.Zt.dtype, device=D.Zt.device)], dim=1)
-        self.D, self.d, self.inv_n, self.rho, self.beta_in, self.eps = D, d, 1.0 / n, rho, beta_in, eps
-        self.ridge = torch.full((1, d + 1, 1), rho, dtype=D.Zt.dtype, device=D.Zt.device)
-        self.ridge[:, d] = 0.0
+    def __init__(self, D: _Data, Zat, ridge, rho, beta_in, eps):
+        self.D, self.Zat, self.ridge, self.d, self.inv_n = D, Zat, ridge, Zat.shape[1] - 1, 1.0 / Zat.shape[2]
+        self.rho, self.beta_in, self.eps = rho, beta_in, eps
 
     def _parts(self, U):
         S = torch.bmm(U.transpose(1, 2), self.Zat)  # (T, K, n)
@@ -619,11 +616,10 @@ def _fista_backtracking(D: _Data, W, b, rho, beta_in, eps, alpha_t, L, sparsity,
     """
     T, d, K = W.shape
     slack = 10 * torch.finfo(W.dtype).eps
-    smooth = _CoupledSmooth(D, rho, beta_in, eps)
-    pen = torch.cat([alpha_t.expand(T, d, 1), alpha_t.new_zeros(T, 1, 1)], dim=1)  # (T, d+1, 1)
+    Zat, ridge, pen = _augmented(D, alpha_t, rho)
+    smooth = _CoupledSmooth(D, Zat, ridge, rho, beta_in, eps)
     X = torch.cat([W, b.unsqueeze(1)], dim=1)
-    Fx = float(smooth.value(X) + (X.abs() * pen).sum()) if sparsity == "l1" else \
-        float(smooth.value(X) + penalty_value(W, alpha_t, sparsity))
+    Fx = float(smooth.value(X) + _penalty_augmented(X, pen, sparsity))
     Yu = X
     momentum = _momentum_table(max_iter + 1, W.dtype, W.device)
     since = torch.zeros(T, 1, 1, dtype=torch.long, device=W.device)  # steps since each task's restart
@@ -649,11 +645,9 @@ def _fista_backtracking(D: _Data, W, b, rho, beta_in, eps, alpha_t, L, sparsity,
             Xn = prox(torch.addcmul(Yu, eta, G, value=-1.0), eta * pen, sparsity)
             dU = Xn - Yu
             fX = smooth.value(Xn)
-            penX = (Xn.abs() * pen).sum() if sparsity == "l1" else \
-                (torch.linalg.vector_norm(Xn, dim=2, keepdim=True) * pen).sum()
             dL = dU * Lrow
             sc = torch.stack([fX, torch.dot(dU.view(-1), G.view(-1)), torch.dot(dL.view(-1), dU.view(-1)),
-                              penX, dL.square().sum(dim=(1, 2)).max()]).tolist()
+                              _penalty_augmented(Xn, pen, sparsity), dL.square().sum(dim=(1, 2)).max()]).tolist()
             fX, lin, curv, res2 = sc[0], sc[1], 0.5 * sc[2], sc[4]
             if sL < 1.0 and curv <= 1e3 * fY_slack:
                 # steps at round-off level: the test below cannot vouch for a scaled-down bound,
