@@ -59,6 +59,12 @@ __all__ = ["sparse_heads", "implicit_grad_Z", "DENSE_MAX"]
 DENSE_MAX = 2048
 # largest number of dense matrix entries (all systems together)
 DENSE_MAX_ELEMS = 2 ** 25
+# Without the entropy inside, MINRES beats the dense Cholesky beyond these sizes (T=16, n=50, float32:
+# m=233 dense 12.5 / MINRES 19.8 ms, m=296 31.6 / 23.3 ms, m=552 106 / 37 ms, m=966 402 / 63 ms;
+# T=4 m=499 9.0 / 12.7 ms): dense while m <= DENSE_UNCOUPLED_M or T * m^2 <= DENSE_UNCOUPLED_ELEMS.
+# The coupled system needs more MINRES iterations (m=296: dense 109, MINRES 250 ms) and keeps the limits above.
+DENSE_UNCOUPLED_M = 256
+DENSE_UNCOUPLED_ELEMS = 2 ** 20
 
 
 # --------------------------------------------------------------------------- #
@@ -165,6 +171,8 @@ def implicit_grad_Z(Z, Y, n_classes, W, b, gW, gb, alpha, lam=None, beta_in=0.0,
     if backward == "auto":
         # coupled: per-task blocks plus T * m * (rows + 2) for the Woodbury factors
         dense = m <= DENSE_MAX and T * m * (m + (d + 2 if coupled else 0)) <= DENSE_MAX_ELEMS
+        if not coupled:
+            dense = dense and (m <= DENSE_UNCOUPLED_M or T * m * m <= DENSE_UNCOUPLED_ELEMS)
     else:
         dense = backward == "dense"
 
