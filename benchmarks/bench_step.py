@@ -46,6 +46,7 @@ def paired_times(fn_a, fn_b, repeats: int, warmup: int = 2, device: str = "cpu")
 def bench(dataset: str, input_shape, n_classes: int, T: int, S: int, Q: int, d: int, device: str, repeats: int,
           **over) -> tuple[float, float, float, dict]:
     g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)  # the same initial backbones in every run: the inner iterations depend on them
     n = T * (S + Q)
     x = torch.randn(T, S + Q, *input_shape, generator=g).to(device)
     y = torch.randint(0, n_classes, (T, S + Q), generator=g).to(device)
