@@ -16,7 +16,8 @@ Internally the head is handled as an augmented matrix ``U = [W; b]`` of shape
 augmented features ``[Z, 1]``.
 
 ``H v = g`` is solved on the compressed active set when it is small, otherwise
-matrix-free with (batched) MINRES using analytic Hessian-vector products.  H is
+matrix-free with (batched) MINRES using analytic Hessian-vector products, for l1
+sparsity on H scaled symmetrically by its diagonal (Jacobi).  H is
 symmetric.  Without the entropy term the tasks decouple and H is block-diagonal
 and positive definite (batched Cholesky); with it H is possibly indefinite and
 couples the tasks, but only through a low-rank term (one rank-one term per
@@ -59,12 +60,14 @@ __all__ = ["sparse_heads", "implicit_grad_Z", "DENSE_MAX"]
 DENSE_MAX = 2048
 # largest number of dense matrix entries (all systems together)
 DENSE_MAX_ELEMS = 2 ** 25
-# Without the entropy inside, MINRES beats the dense Cholesky beyond these sizes (T=16, n=50, float32:
-# m=233 dense 12.5 / MINRES 19.8 ms, m=296 31.6 / 23.3 ms, m=552 106 / 37 ms, m=966 402 / 63 ms;
-# T=4 m=499 9.0 / 12.7 ms): dense while m <= DENSE_UNCOUPLED_M or T * m^2 <= DENSE_UNCOUPLED_ELEMS.
-# The coupled system needs more MINRES iterations (m=296: dense 109, MINRES 250 ms) and keeps the limits above.
-DENSE_UNCOUPLED_M = 256
-DENSE_UNCOUPLED_ELEMS = 2 ** 20
+# With l1 sparsity, Jacobi-scaled MINRES beats the dense solve beyond these sizes: dense while
+# m <= DENSE_L1_M or T * m^2 <= DENSE_L1_ELEMS. Measured at T=16, n=50, float32 (dense / MINRES ms):
+# entropy outside m=233 12.5 / 19.8, m=296 31.6 / 23.3, m=557 102 / 31, m=971 402 / 55; T=4 m=499
+# 9.0 / 12.7; entropy inside m=168 31 / 37, m=296 134 / 50, m=368 44 / 36; T=4 m=308 20.5 / 22.6.
+# Group sparsity keeps the limits above: its dense Hessian is block-structured and cheap, and MINRES
+# needs hundreds of iterations there (m=550: dense 72, MINRES 139 ms; m=1705: 763 / 353 ms).
+DENSE_L1_M = 256
+DENSE_L1_ELEMS = 2 ** 20
 
 
 # --------------------------------------------------------------------------- #
@@ -171,8 +174,8 @@ def implicit_grad_Z(Z, Y, n_classes, W, b, gW, gb, alpha, lam=None, beta_in=0.0,
     if backward == "auto":
         # coupled: per-task blocks plus T * m * (rows + 2) for the Woodbury factors
         dense = m <= DENSE_MAX and T * m * (m + (d + 2 if coupled else 0)) <= DENSE_MAX_ELEMS
-        if not coupled:
-            dense = dense and (m <= DENSE_UNCOUPLED_M or T * m * m <= DENSE_UNCOUPLED_ELEMS)
+        if sparsity == "l1":
+            dense = dense and (m <= DENSE_L1_M or T * m * m <= DENSE_L1_ELEMS)
     else:
         dense = backward == "dense"
 
@@ -185,7 +188,14 @@ def implicit_grad_Z(Z, Y, n_classes, W, b, gW, gb, alpha, lam=None, beta_in=0.0,
             dot = lambda x, y: (x * y).sum().view(1, 1, 1)  # noqa: E731
         else:
             dot = lambda x, y: (x * y).sum(dim=(1, 2), keepdim=True)  # noqa: E731
-        V = _minres(op, G, dot, backward_tol, backward_max_iter)
+        if sparsity == "l1":
+            # Jacobi scaling: coupled T=16 d=1024 5-way 398 -> 37 MINRES iterations (binary d=256: 634 -> 37,
+            # and 3e-4 -> 6e-6 from the dense gradient); with the entropy outside 26 -> 19. It does not help
+            # group sparsity (the curvature lives in K x K blocks), which keeps plain MINRES.
+            sc = _jacobi_scale(op)
+            V = _minres(lambda x: op(x * sc) * sc, G * sc, dot, backward_tol, backward_max_iter) * sc
+        else:
+            V = _minres(op, G, dot, backward_tol, backward_max_iter)
         V = V * M
 
     if not binary:
@@ -247,6 +257,25 @@ class _HVP:
             eb = (GAUGE / vb.shape[2]) * vb.sum(dim=2, keepdim=True).expand_as(vb)
         out = out + torch.cat([extra, eb], dim=1)
         return out * self.M
+
+
+def _jacobi_scale(op: "_HVP") -> torch.Tensor:
+    """1 / sqrt(|diag H|) on the active set (1 off it), from the diagonal's main terms: CE, ridge,
+    group penalty, the smoothed importances' own curvature beta c_j / a_tj (1 - w^2 / a_tj^2) and
+    the gauge. Scaling H by it on both sides keeps it symmetric for MINRES."""
+    d = op.d
+    Pd = op.P * (1 - op.P)  # diagonal of the softmax / sigmoid Jacobian
+    diag = torch.bmm(op.Zat.square(), Pd) / op.n  # (T, d+1, K)
+    extra = torch.full_like(op.W, op.rho)
+    if op.sparsity == "group":
+        extra = extra + op.g_scale * (1 - op.g_dir.square())
+    if op.beta_in:
+        a, c = op.ent[0].unsqueeze(-1), op.ent[6].view(1, -1, 1)
+        extra = extra + (op.beta_in * c / a * (1 - op.W.square() / a.square())).abs()
+    bias = torch.full_like(diag[:, d:], 0.0 if op.binary else GAUGE / diag.shape[2])
+    diag = diag + torch.cat([extra, bias], dim=1)
+    tiny = torch.finfo(diag.dtype).tiny ** 0.5
+    return torch.where(op.M, diag.clamp_min(tiny).rsqrt(), torch.ones_like(diag))
 
 
 def _entropy_hvp(W, V, parts):
