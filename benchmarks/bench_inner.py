@@ -122,6 +122,7 @@ def main():
         row(f"T=16 d=64 C={C} l1", 16, 64, C)
     row("T=16 d=2048 C=20 l1", 16, 2048, 20)
     row("T=16 d=256 C=5 l1 (entropy inner)", 16, 256, 5, sharing_in="inner")
+    row("T=16 d=2048 C=5 l1 (entropy inner)", 16, 2048, 5, sharing_in="inner")
 
 
 if __name__ == "__main__":
