@@ -17,7 +17,7 @@ augmented features ``[Z, 1]``.
 
 ``H v = g`` is solved on the compressed active set when it is small, otherwise
 matrix-free with (batched) MINRES using analytic Hessian-vector products, for l1
-sparsity on H scaled symmetrically by its diagonal (Jacobi).  H is
+sparsity and binary heads on H scaled symmetrically by its diagonal (Jacobi).  H is
 symmetric.  Without the entropy term the tasks decouple and H is block-diagonal
 and positive definite (batched Cholesky); with it H is possibly indefinite and
 couples the tasks, but only through a low-rank term (one rank-one term per
@@ -60,7 +60,7 @@ __all__ = ["sparse_heads", "implicit_grad_Z", "DENSE_MAX"]
 DENSE_MAX = 2048
 # largest number of dense matrix entries (all systems together)
 DENSE_MAX_ELEMS = 2 ** 25
-# With l1 sparsity, Jacobi-scaled MINRES beats the dense solve beyond these sizes: dense while
+# With l1 sparsity (or binary heads), Jacobi-scaled MINRES beats the dense solve beyond these sizes: dense while
 # m <= DENSE_L1_M or T * m^2 <= DENSE_L1_ELEMS. Measured at T=16, n=50, float32 (dense / MINRES ms):
 # entropy outside m=233 12.5 / 19.8, m=296 31.6 / 23.3, m=557 102 / 31, m=971 402 / 55; T=4 m=499
 # 9.0 / 12.7; entropy inside m=168 31 / 37, m=296 134 / 50, m=368 44 / 36; T=4 m=308 20.5 / 22.6.
@@ -171,10 +171,11 @@ def implicit_grad_Z(Z, Y, n_classes, W, b, gW, gb, alpha, lam=None, beta_in=0.0,
     coupled = beta_in > 0
     A = compress(M)
     m = A.m
+    diagonal = sparsity == "l1" or K == 1  # curvature per entry; group's K x K row blocks are not
     if backward == "auto":
         # coupled: per-task blocks plus T * m * (rows + 2) for the Woodbury factors
         dense = m <= DENSE_MAX and T * m * (m + (d + 2 if coupled else 0)) <= DENSE_MAX_ELEMS
-        if sparsity == "l1":
+        if diagonal:
             dense = dense and (m <= DENSE_L1_M or T * m * m <= DENSE_L1_ELEMS)
     else:
         dense = backward == "dense"
@@ -188,10 +189,10 @@ def implicit_grad_Z(Z, Y, n_classes, W, b, gW, gb, alpha, lam=None, beta_in=0.0,
             dot = lambda x, y: (x * y).sum().view(1, 1, 1)  # noqa: E731
         else:
             dot = lambda x, y: (x * y).sum(dim=(1, 2), keepdim=True)  # noqa: E731
-        if sparsity == "l1":
+        if diagonal:
             # Jacobi scaling: coupled T=16 d=1024 5-way 398 -> 37 MINRES iterations (binary d=256: 634 -> 37,
             # and 3e-4 -> 6e-6 from the dense gradient); with the entropy outside 26 -> 19. It does not help
-            # group sparsity (the curvature lives in K x K blocks), which keeps plain MINRES.
+            # group sparsity with K > 1 (the curvature lives in K x K row blocks), which keeps plain MINRES.
             sc = _jacobi_scale(op)
             V = _minres(lambda x: op(x * sc) * sc, G * sc, dot, backward_tol, backward_max_iter) * sc
         else:
