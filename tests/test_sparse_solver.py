@@ -408,3 +408,16 @@ def test_iterative_backward_accurate_on_wide_coupled_binary_problem():
     dense = implicit_grad_Z(Z, Y, 2, W, b, gw, gb, 0.2, beta_in=0.1, backward="dense")
     iterative = implicit_grad_Z(Z, Y, 2, W, b, gw, gb, 0.2, beta_in=0.1, backward="iterative")
     assert (iterative - dense).norm() / dense.norm() < 5e-5
+
+
+def test_iterative_backward_warns_when_it_stops_at_its_cap():
+    Z, Y = _problem(3, 20, 10, 3, seed=21)
+    kw = dict(beta=0.05, tol=1e-12, max_iter=50000, backward="iterative")
+    for cap, warns in ((2, True), (1000, False)):
+        Zr = Z.clone().requires_grad_()
+        W, b, _ = sparse_heads(Zr, Y, 3, 0.3, backward_max_iter=cap, **kw)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            (W.sum() + b.sum()).backward()
+        hit = [w for w in caught if "MINRES stopped at its cap" in str(w.message)]
+        assert bool(hit) == warns, [str(w.message) for w in caught]

@@ -27,6 +27,7 @@ with MINRES as the fallback.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -349,6 +350,11 @@ def _minres(A, b, dot, rtol, maxiter):
         x = x + phi * w
         if bool((phibar <= rtol * beta1).all()):
             break
+    else:
+        rel = float((phibar / torch.where(beta1 > 0, beta1, torch.ones_like(beta1))).max())
+        warnings.warn(f"implicit backward: MINRES stopped at its cap of {maxiter} iterations with relative residual "
+                      f"{rel:.1e} > {rtol:.0e}; the backbone gradient is approximate (sparse_heads(..., "
+                      "backward='dense') or a larger backward_max_iter solves it fully)", RuntimeWarning, stacklevel=2)
     return x
 
 
