@@ -16,8 +16,8 @@ Internally the head is handled as an augmented matrix ``U = [W; b]`` of shape
 augmented features ``[Z, 1]``.
 
 ``H v = g`` is solved on the compressed active set when it is small, otherwise
-matrix-free with (batched) MINRES using analytic Hessian-vector products, for l1
-sparsity and binary heads on H scaled symmetrically by its diagonal (Jacobi).  H is
+matrix-free with (batched) MINRES using analytic Hessian-vector products, on H scaled
+symmetrically by its diagonal (l1, binary heads) or its K x K row blocks (group).  H is
 symmetric.  Without the entropy term the tasks decouple and H is block-diagonal
 and positive definite (batched Cholesky); with it H is possibly indefinite and
 couples the tasks, but only through a low-rank term (one rank-one term per
@@ -61,14 +61,14 @@ __all__ = ["sparse_heads", "implicit_grad_Z", "DENSE_MAX"]
 DENSE_MAX = 2048
 # largest number of dense matrix entries (all systems together)
 DENSE_MAX_ELEMS = 2 ** 25
-# With l1 sparsity (or binary heads), Jacobi-scaled MINRES beats the dense solve beyond these sizes: dense while
-# m <= DENSE_L1_M or T * m^2 <= DENSE_L1_ELEMS. Measured at T=16, n=50, float32 (dense / MINRES ms):
-# entropy outside m=233 12.5 / 19.8, m=296 31.6 / 23.3, m=557 102 / 31, m=971 402 / 55; T=4 m=499
-# 9.0 / 12.7; entropy inside m=168 31 / 37, m=296 134 / 50, m=368 44 / 36; T=4 m=308 20.5 / 22.6.
-# Group sparsity keeps the limits above: its dense Hessian is block-structured and cheap, and MINRES
-# needs hundreds of iterations there (m=550: dense 72, MINRES 139 ms; m=1705: 763 / 353 ms).
-DENSE_L1_M = 256
-DENSE_L1_ELEMS = 2 ** 20
+# Preconditioned MINRES (see implicit_grad_Z) beats the dense solve beyond these sizes: dense while
+# m <= DENSE_SMALL_M or T * m^2 <= DENSE_SMALL_ELEMS. Measured at n=50, float32 (dense / MINRES ms),
+# l1: entropy outside T=16 m=233 12.5 / 19.8, m=296 31.6 / 23.3, m=557 102 / 31, m=971 402 / 55, T=4
+# m=499 9.0 / 12.7; entropy inside T=16 m=168 31 / 37, m=296 134 / 50, m=368 44 / 36, T=4 m=308
+# 20.5 / 22.6. Group 5-way: T=16 m=235 12.6 / 13.3, m=365 30 / 17, m=370 (inside) 56 / 28, m=550
+# (inside) 163 / 52; T=4 m=515 8.1 / 10.7.
+DENSE_SMALL_M = 256
+DENSE_SMALL_ELEMS = 2 ** 20
 
 
 # --------------------------------------------------------------------------- #
@@ -172,12 +172,10 @@ def implicit_grad_Z(Z, Y, n_classes, W, b, gW, gb, alpha, lam=None, beta_in=0.0,
     coupled = beta_in > 0
     A = compress(M)
     m = A.m
-    diagonal = sparsity == "l1" or K == 1  # curvature per entry; group's K x K row blocks are not
     if backward == "auto":
         # coupled: per-task blocks plus T * m * (rows + 2) for the Woodbury factors
-        dense = m <= DENSE_MAX and T * m * (m + (d + 2 if coupled else 0)) <= DENSE_MAX_ELEMS
-        if diagonal:
-            dense = dense and (m <= DENSE_L1_M or T * m * m <= DENSE_L1_ELEMS)
+        dense = (m <= DENSE_MAX and T * m * (m + (d + 2 if coupled else 0)) <= DENSE_MAX_ELEMS
+                 and (m <= DENSE_SMALL_M or T * m * m <= DENSE_SMALL_ELEMS))
     else:
         dense = backward == "dense"
 
@@ -190,13 +188,18 @@ def implicit_grad_Z(Z, Y, n_classes, W, b, gW, gb, alpha, lam=None, beta_in=0.0,
             dot = lambda x, y: (x * y).sum().view(1, 1, 1)  # noqa: E731
         else:
             dot = lambda x, y: (x * y).sum(dim=(1, 2), keepdim=True)  # noqa: E731
-        if diagonal:
-            # Jacobi scaling: coupled T=16 d=1024 5-way 398 -> 37 MINRES iterations (binary d=256: 634 -> 37,
-            # and 3e-4 -> 6e-6 from the dense gradient); with the entropy outside 26 -> 19. It does not help
-            # group sparsity with K > 1 (the curvature lives in K x K row blocks), which keeps plain MINRES.
+        # MINRES on H scaled symmetrically by an approximation of its diagonal (Jacobi; l1, binary heads)
+        # or of its K x K row blocks (group): T=16 5-way, entropy inside, l1 d=1024 398 -> 37 iterations;
+        # group d=256 1000 (the cap, 3e-2 from the dense solve) -> 30; binary l1 d=256 634 -> 37.
+        Li = _block_scale(op) if sparsity == "group" and K > 1 else None
+        if Li is not None:
+            lo = lambda x: (Li * x.unsqueeze(-2)).sum(-1)  # noqa: E731
+            up = lambda x: (Li * x.unsqueeze(-1)).sum(-2)  # noqa: E731
+            V = up(_minres(lambda x: lo(op(up(x))), lo(G), dot, backward_tol, backward_max_iter))
+        elif sparsity == "l1" or K == 1:
             sc = _jacobi_scale(op)
             V = _minres(lambda x: op(x * sc) * sc, G * sc, dot, backward_tol, backward_max_iter) * sc
-        else:
+        else:  # a row block was not positive definite
             V = _minres(op, G, dot, backward_tol, backward_max_iter)
         V = V * M
 
@@ -278,6 +281,33 @@ def _jacobi_scale(op: "_HVP") -> torch.Tensor:
     diag = diag + torch.cat([extra, bias], dim=1)
     tiny = torch.finfo(diag.dtype).tiny ** 0.5
     return torch.where(op.M, diag.clamp_min(tiny).rsqrt(), torch.ones_like(diag))
+
+
+def _block_scale(op: "_HVP"):
+    """``L^-1`` per task and row, (T, d+1, K, K), for group heads with K > 1, where ``L L^T`` is the
+    K x K block of H on that row from its main terms (CE, ridge, group penalty, the smoothed
+    importance's own curvature with |c_j|, gauge); identity off the active set. None if a block
+    is not positive definite."""
+    T, n, d1 = op.Za.shape
+    K = op.P.shape[2]
+    dtype, dev = op.P.dtype, op.P.device
+    Zsq = op.Za.square()
+    PP = (op.P.unsqueeze(3) * op.P.unsqueeze(2)).reshape(T, n, K * K)
+    B = (torch.diag_embed(torch.bmm(Zsq.transpose(1, 2), op.P))
+         - torch.bmm(Zsq.transpose(1, 2), PP).view(T, d1, K, K)) / n
+    eye = torch.eye(K, dtype=dtype, device=dev)
+    u = op.g_dir
+    Wb = op.rho * eye + op.g_scale.unsqueeze(-1) * (eye - u.unsqueeze(-1) * u.unsqueeze(-2))
+    if op.beta_in:
+        a, c = op.ent[0][:, :, None, None], op.ent[6].view(1, -1, 1, 1)
+        w = op.W
+        Wb = Wb + op.beta_in * c.abs() / a * (eye - w.unsqueeze(-1) * w.unsqueeze(-2) / a.square())
+    B = B + torch.cat([Wb, torch.full((T, 1, K, K), GAUGE / K, dtype=dtype, device=dev)], dim=1)
+    B = torch.where(op.M.any(-1)[..., None, None], B, eye)
+    L, info = torch.linalg.cholesky_ex(B)
+    if bool(info.any()):
+        return None
+    return torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
 
 
 def _entropy_hvp(W, V, parts):
