@@ -4,7 +4,8 @@
 
 SparseShared's batch is T tasks x (support + query) images; ERM's is one minibatch of the same
 number of images (split over as many environments). Prints the median time of ``update`` for
-both and the median ratio of alternating runs, per backbone and episode shape; the issue's goal is a ratio of at most 1.5.
+both and the median ratio of alternating runs, per backbone and episode shape; the issue's goal
+is a ratio of at most 1.5.
 """
 from __future__ import annotations
 

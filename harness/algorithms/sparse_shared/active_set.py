@@ -47,6 +47,11 @@ class ActiveSet(NamedTuple):
     def m(self) -> int:
         return self.idx.shape[1]
 
+    def same_w_row(self) -> torch.Tensor:
+        """(T, m, m) bool: both slots are penalised entries of the same feature row."""
+        w = self.is_w
+        return (self.j_idx.unsqueeze(2) == self.j_idx.unsqueeze(1)) & w.unsqueeze(2) & w.unsqueeze(1)
+
     def gather(self, X: torch.Tensor) -> torch.Tensor:
         """(T, d+1, K) -> (T, m), zero on padding."""
         T = X.shape[0]
@@ -107,8 +112,7 @@ def active_hessian(Za, P, U, A: ActiveSet, binary: bool, alpha_t, rho: float, sp
         Wn1 = torch.cat([Wn, torch.ones(T, 1, dtype=dtype, device=Za.device)], dim=1)
         nr = Wn1.gather(1, A.j_idx) * wf + (1 - wf)  # 1 where unused
         sc = alpha_t.reshape(T, 1) / nr * wf
-        Ej = ((A.j_idx.unsqueeze(2) == A.j_idx.unsqueeze(1))
-              & A.is_w.unsqueeze(2) & A.is_w.unsqueeze(1)).to(dtype)
+        Ej = A.same_w_row().to(dtype)
         un = A.gather(U) / nr
         Hm = Hm - Ej * (sc.unsqueeze(2) * un.unsqueeze(2) * un.unsqueeze(1))
         diag = diag + sc
@@ -186,7 +190,7 @@ def coupled_solve(Hm, A: ActiveSet, U, g, beta_in, eps):
     cj = c[jj] * wf
     q = A.gather(U) * wf / at  # dA_j / dW on each slot
     ca = cj / at
-    Ej = ((A.j_idx.unsqueeze(2) == A.j_idx.unsqueeze(1)) & A.is_w.unsqueeze(2) & A.is_w.unsqueeze(1)).to(dtype)
+    Ej = A.same_w_row().to(dtype)
     B = Hm + beta_in * (torch.diag_embed(ca) - Ej * (q * ca).unsqueeze(2) * q.unsqueeze(1))
 
     rows = torch.unique(jj[A.is_w])  # active feature rows

@@ -264,30 +264,41 @@ class _HVP:
         return out * self.M
 
 
-def _jacobi_scale(op: "_HVP") -> torch.Tensor:
-    """1 / sqrt(|diag H|) on the active set (1 off it), from the diagonal's main terms: CE, ridge,
-    group penalty, the smoothed importances' own curvature beta c_j / a_tj (1 - w^2 / a_tj^2) and
-    the gauge. Scaling H by it on both sides keeps it symmetric for MINRES."""
-    d = op.d
-    Pd = op.P * (1 - op.P)  # diagonal of the softmax / sigmoid Jacobian
-    diag = torch.bmm(op.Zat.square(), Pd) / op.n  # (T, d+1, K)
-    extra = torch.full_like(op.W, op.rho)
+def _row_terms(op: "_HVP"):
+    """Main terms of H's K x K block on each W row beyond CE, shared by the two preconditioners:
+    ``iso * I - sum coef * v v^T`` over ``rank_one`` (ridge; group penalty alpha_t / ||w|| (I - u u^T);
+    the smoothed importance's own curvature beta |c_j| / a_tj (I - w w^T / a_tj^2), with |c_j| so the
+    block stays positive semi-definite)."""
+    iso = torch.full_like(op.W[..., :1], op.rho)  # (T, d, 1)
+    rank_one = []
     if op.sparsity == "group":
-        extra = extra + op.g_scale * (1 - op.g_dir.square())
+        iso = iso + op.g_scale
+        rank_one.append((op.g_scale, op.g_dir))
     if op.beta_in:
-        a, c = op.ent[0].unsqueeze(-1), op.ent[6].view(1, -1, 1)
-        extra = extra + (op.beta_in * c / a * (1 - op.W.square() / a.square())).abs()
+        a = op.ent[0].unsqueeze(-1)
+        ca = op.beta_in * op.ent[6].abs().view(1, -1, 1) / a
+        iso = iso + ca
+        rank_one.append((ca, op.W / a))
+    return iso, rank_one
+
+
+def _jacobi_scale(op: "_HVP") -> torch.Tensor:
+    """1 / sqrt(diag B) on the active set (1 off it), B the curvature blocks of :func:`_row_terms` plus
+    CE and the gauge. Scaling H by it on both sides keeps it symmetric for MINRES."""
+    d = op.d
+    diag = torch.bmm(op.Zat.square(), op.P * (1 - op.P)) / op.n  # CE: (T, d+1, K)
+    iso, rank_one = _row_terms(op)
+    extra = iso - sum(coef * v.square() for coef, v in rank_one)
     bias = torch.full_like(diag[:, d:], 0.0 if op.binary else GAUGE / diag.shape[2])
-    diag = diag + torch.cat([extra, bias], dim=1)
+    diag = diag + torch.cat([extra.expand_as(op.W), bias], dim=1)
     tiny = torch.finfo(diag.dtype).tiny ** 0.5
     return torch.where(op.M, diag.clamp_min(tiny).rsqrt(), torch.ones_like(diag))
 
 
 def _block_scale(op: "_HVP"):
     """``L^-1`` per task and row, (T, d+1, K, K), for group heads with K > 1, where ``L L^T`` is the
-    K x K block of H on that row from its main terms (CE, ridge, group penalty, the smoothed
-    importance's own curvature with |c_j|, gauge); identity off the active set. None if a block
-    is not positive definite."""
+    K x K block of H on that row (CE, :func:`_row_terms`, gauge); identity off the active set. None
+    if a block is not positive definite."""
     T, n, d1 = op.Za.shape
     K = op.P.shape[2]
     dtype, dev = op.P.dtype, op.P.device
@@ -296,12 +307,9 @@ def _block_scale(op: "_HVP"):
     B = (torch.diag_embed(torch.bmm(Zsq.transpose(1, 2), op.P))
          - torch.bmm(Zsq.transpose(1, 2), PP).view(T, d1, K, K)) / n
     eye = torch.eye(K, dtype=dtype, device=dev)
-    u = op.g_dir
-    Wb = op.rho * eye + op.g_scale.unsqueeze(-1) * (eye - u.unsqueeze(-1) * u.unsqueeze(-2))
-    if op.beta_in:
-        a, c = op.ent[0][:, :, None, None], op.ent[6].view(1, -1, 1, 1)
-        w = op.W
-        Wb = Wb + op.beta_in * c.abs() / a * (eye - w.unsqueeze(-1) * w.unsqueeze(-2) / a.square())
+    iso, rank_one = _row_terms(op)
+    Wb = iso.unsqueeze(-1) * eye - sum(coef.unsqueeze(-1) * v.unsqueeze(-1) * v.unsqueeze(-2)
+                                       for coef, v in rank_one)
     B = B + torch.cat([Wb, torch.full((T, 1, K, K), GAUGE / K, dtype=dtype, device=dev)], dim=1)
     B = torch.where(op.M.any(-1)[..., None, None], B, eye)
     L, info = torch.linalg.cholesky_ex(B)
