@@ -27,6 +27,11 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="job", file=sys.stderr, disable=None)
 
 
+def thread_env(threads: int | str) -> dict[str, str]:
+    """Environment that caps a job's CPU threads (PyTorch's OpenMP/MKL pools) at ``threads``."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
 def run_job(command: Sequence[str], env: dict[str, str] | None = None) -> int:
     """Run one job as a subprocess; its own out.txt/err.txt keep the output. Returns the exit status."""
     proc = subprocess.run(list(command), env={**os.environ, **(env or {})},
@@ -66,7 +71,7 @@ def _n_gpus() -> int:
 def multi_launcher(jobs: Sequence[Any], options: dict) -> None:
     """Run the jobs in ``--workers`` parallel processes without oversubscribing the cores."""
     workers = max(1, int(options.get("workers") or os.cpu_count() or 1))
-    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    threads = max(1, (os.cpu_count() or 1) // workers)
     gpus = _n_gpus()
     slots: queue.Queue[int] = queue.Queue()
     for i in range(workers):
@@ -75,7 +80,7 @@ def multi_launcher(jobs: Sequence[Any], options: dict) -> None:
     def work(job) -> int:
         slot = slots.get()  # a worker slot pins its GPU
         try:
-            env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+            env = thread_env(threads)
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
             return run_job(job.command, env)
@@ -125,7 +130,10 @@ class RequeueableJob:
     """What a Slurm array task runs; on preemption or timeout submitit requeues it, and the run resumes."""
 
     def __call__(self, command: list[str]) -> int:
-        code = run_job(command)
+        # Without a CPU affinity mask (Slurm's task/none) PyTorch starts one thread per core of the
+        # node, not of the allocation: two 1-CPU jobs on a 2-core node each ran 2 threads, 100x slower.
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+        code = run_job(command, thread_env(cpus) if cpus else None)
         if code != 0:
             raise RuntimeError(f"exit status {code}: {shlex.join(command)}")
         return code

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> Path:
         start = resume(out, identity, algorithm)
         next_batch = batch_source(algorithm, dataset, train_envs, hparams, args.seed)
         print(f"{args.algorithm} on {args.dataset} | test envs {args.test_envs} | device {device} | "
-              f"steps {start}->{steps} | hparams {json.dumps(hparams)}")
+              f"threads {torch.get_num_threads()} | steps {start}->{steps} | hparams {json.dumps(hparams)}")
         train_loop(args, identity, hparams, algorithm, dataset, splits, train_envs, next_batch,
                    start, steps, freq, device, out)
         (out / DONE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))

@@ -86,6 +86,18 @@ def test_slurm_launcher_runs_every_job(cli, tmp_path):
     for d in runs:
         assert (d / "done").exists()
         assert [json.loads(l)["step"] for l in (d / "results.jsonl").read_text().splitlines()] == [20, 40]
+        assert "| threads 1 |" in (d / "out.txt").read_text()  # the allocation's CPUs, not the node's
+
+
+def test_slurm_task_caps_threads_at_its_allocation(monkeypatch):
+    """A Slurm array task runs its job with as many CPU threads as the task was given."""
+    from harness.launchers import RequeueableJob
+
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    check = "import os, sys; sys.exit(0 if os.environ['OMP_NUM_THREADS'] == os.environ['MKL_NUM_THREADS'] == '3' else 1)"
+    assert RequeueableJob()([sys.executable, "-c", check]) == 0
+    with pytest.raises(RuntimeError, match="exit status 1"):
+        RequeueableJob()([sys.executable, "-c", check.replace("'3'", "'2'")])
 
 
 # --- specs under sweeps/ ------------------------------------------------------------------
