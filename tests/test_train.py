@@ -82,6 +82,19 @@ def test_other_arguments_in_same_dir_is_an_error(sprites_run, cli, tmp_path):
     assert proc.returncode == 2 and "holds a run with other arguments" in proc.stderr
 
 
+def test_sparse_shared_probe_is_solved_to_tolerance(cli, tmp_path):
+    """The logged usage matrix is the probe's inner solution, even when training episodes stop early."""
+    out = tmp_path / "run"
+    cli("harness.train", "--algorithm", "SparseShared", "--steps", "10", "--checkpoint_freq", "10", "--dci", "fast",
+        "--output_dir", str(out), "--hparams", '{"n_per_env": 300, "inner_max_iter": 5}')
+    last = records(out)[-1]
+    assert last["inner_iters"] <= 5 < last["probe_inner_iters"]
+    assert last["probe_kkt"] <= last["hparams"]["inner_tol"]
+    usage = last["usage"]
+    assert len(usage) == last["hparams"]["tasks_per_batch"] and len(usage[0]) == last["hparams"]["feature_dim"]
+    assert last["probe_features_used"] == sum(any(row[j] > 0 for row in usage) for j in range(len(usage[0])))
+
+
 def test_factor_datasets_record_dci_and_new_task_accuracy(cli, tmp_path):
     """--dci fast, DCI only every 2nd checkpoint, and task/OOD-task accuracy of held-out factor combinations."""
     out = tmp_path / "run"

@@ -75,10 +75,13 @@ class SparseShared(Algorithm):
 
     @torch.no_grad()
     def checkpoint_logs(self, probe) -> dict[str, Any]:
-        """Feature usage (T x d) on the fixed probe tasks, sparsity and sharing statistics."""
+        """Feature usage (T x d) on the fixed probe tasks, sparsity and sharing statistics.
+
+        Solved to ``adapt_max_iter`` like a new task: the picture should show the inner problem's
+        solution, and eval-mode features can need more iterations than a training episode."""
         T, S = probe.support_y.shape
         zs = self.features(probe.support_x.flatten(0, 1)).view(T, S, -1)
-        W, _, info = self.solve(zs, probe.support_y, probe.n_classes)
+        W, _, info = self.solve(zs, probe.support_y, probe.n_classes, max_iter=self.hparams["adapt_max_iter"])
         usage = feature_usage(W)
         p = usage.sum(0) / usage.sum().clamp_min(1e-12)
         H = -(p[p > 0] * p[p > 0].log()).sum().item()
