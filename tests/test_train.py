@@ -37,9 +37,9 @@ def test_sprites_erm_far_above_chance(sprites_run):
     last = records(sprites_run)[-1]
     assert last["step"] == 200
     out_accs = [last[f"env{i}_out_acc"] for i in range(3)]
-    # chance is 1/3 (three shapes); 200 steps end at 0.59-0.63 on one 2-core machine (2026-11-29, the
-    # same on the commit before), above 0.6 on another: the bar is "far above chance", not a tuned score
-    assert min(out_accs) > 0.5, out_accs
+    # chance is 1/3 (three shapes); 200 steps end at 0.81-0.83 (0.57-0.61 before SmallCNN's He init):
+    # the bar is "far above chance", not a tuned score
+    assert min(out_accs) > 0.6, out_accs
     for key in ("epoch", "args", "hparams", "loss", "step_time", "mem_gb", "dci_disentanglement", "mcc"):
         assert key in last
     assert (sprites_run / "done").exists() and (sprites_run / "checkpoint.pt").exists()

@@ -264,3 +264,13 @@ def test_train_cli_offline_hub_backbone_is_one_line(tmp_path, cli):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "distilbert-base-uncased" in lines[0] and '"pretrained"' in lines[0]
     assert not (tmp_path / "run" / "done").exists()
+
+
+def test_small_cnn_features_start_at_unit_scale():
+    """SmallCNN's features must not start far below BatchNorm's eps (1e-5), or a feature norm does not
+    normalise; PyTorch's default init gave variance 8e-7 on Fashion-MNIST-like inputs, He init ~0.1."""
+    torch.manual_seed(0)
+    net = BACKBONES.get("SmallCNN")((1, 28, 28), {"feature_dim": 128})
+    with torch.no_grad():
+        z = net(torch.rand(256, 1, 28, 28))
+    assert 1e-2 < z.var(0).mean().item() < 10
