@@ -7,7 +7,8 @@ to SLASWP`` and returns garbage or never returns (pytorch/pytorch#142815, #14135
 torch 2.14.1, a batch of 16 matrices of size 235). On the CPU with more than one thread these
 functions therefore factor one matrix at a time (each factorisation still uses every thread);
 elsewhere they are the batched PyTorch call. Cholesky does not pivot (no ?LASWP), so
-:func:`solve_spd` factors the whole batch at once everywhere.
+:func:`solve_spd` factors the whole batch at once everywhere. :func:`top_eigenvalue_bound` replaces
+the batched symmetric eigensolver where only an upper bound on the largest eigenvalue is needed.
 """
 
 from __future__ import annotations
@@ -51,3 +52,23 @@ def solve_spd(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     L, info = torch.linalg.cholesky_ex(A)
     X = torch.cholesky_solve(B.unsqueeze(-1) if vec else B, L)
     return (X.squeeze(-1) if vec else X), info == 0
+
+
+def top_eigenvalue_bound(G: torch.Tensor, squarings: int = 5) -> torch.Tensor:
+    """Upper bound on the largest eigenvalue of each symmetric PSD matrix in ``G`` (..., m, m).
+
+    ``lambda_max <= (tr G^(2^k))^(1/2^k) <= rank^(1/2^k) lambda_max``, by ``k - 1`` normalised squarings
+    and a Frobenius norm; needs ``tr G > 0``. With the default ``k = 5`` it is at most
+    ``rank^(1/32)`` (1.13 at rank 50) above the top eigenvalue; on 16 Grams of 50 x 50 it takes
+    0.2-0.3 ms where the batched symmetric eigensolver takes 0.8-2 ms.
+    """
+    s = G.diagonal(dim1=-2, dim2=-1).sum(-1)
+    M = G / s[..., None, None]
+    logtr = torch.log(s)
+    for _ in range(squarings - 1):
+        M = M @ M
+        t = M.diagonal(dim1=-2, dim2=-1).sum(-1)
+        logtr = 2 * logtr + torch.log(t)
+        M = M / t[..., None, None]
+    logtr = 2 * logtr + torch.log(M.square().sum((-2, -1)))
+    return torch.exp(logtr / 2 ** squarings)

@@ -88,3 +88,22 @@ def test_batched_solves_survive_set_num_threads():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MKL ERROR" not in proc.stdout + proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_top_eigenvalue_bound_is_an_upper_bound_within_rank_root(dtype):
+    g = torch.Generator().manual_seed(1)
+    full = torch.randn(8, 50, 64, generator=g, dtype=torch.float64)
+    low = torch.randn(8, 50, 3, generator=g, dtype=torch.float64) @ torch.randn(8, 3, 64, generator=g,
+                                                                                 dtype=torch.float64)
+    shifted = full + 3.0  # one dominant direction, as features with a ones column have
+    for X in (full, low, shifted):
+        G = X @ X.mT
+        exact = torch.linalg.eigvalsh(G)[:, -1]
+        bound = linalg.top_eigenvalue_bound(G.to(dtype)).double()
+        rel = 1e-5 if dtype == torch.float32 else 1e-12
+        assert bool((bound >= exact * (1 - rel)).all()), (bound / exact).min()
+        assert bool((bound <= exact * 50 ** (1 / 32)).all()), (bound / exact).max()
+    # a flat spectrum is the worst case: tr(I^32)^(1/32) = m^(1/32) exactly
+    eye = torch.eye(50, dtype=dtype).expand(2, 50, 50)
+    assert torch.allclose(linalg.top_eigenvalue_bound(eye), torch.full((2,), 50 ** (1 / 32), dtype=dtype))

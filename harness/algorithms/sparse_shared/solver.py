@@ -40,6 +40,7 @@ from harness.algorithms.sparse_shared.active_set import (
     entropy_parts,
     robust_solve,
 )
+from harness.linalg import top_eigenvalue_bound
 
 __all__ = [
     "solve_heads",
@@ -200,15 +201,15 @@ def lambda_max(Z: torch.Tensor, Y: torch.Tensor, n_classes: int, sparsity: str =
 def _lipschitz(Z: torch.Tensor, binary: bool) -> torch.Tensor:
     """Per-task Lipschitz bound of the CE gradient w.r.t. (W, b), (T,)."""
     T, n, d = Z.shape
-    Za = torch.cat([Z, torch.ones(T, n, 1, dtype=Z.dtype, device=Z.device)], dim=2)
+    wd = torch.float64 if Z.dtype == torch.float64 else torch.float32
+    Za = torch.cat([Z, torch.ones(T, n, 1, dtype=Z.dtype, device=Z.device)], dim=2).to(wd)
     if n <= d + 1:
         G = torch.bmm(Za, Za.transpose(1, 2))
     else:
         G = torch.bmm(Za.transpose(1, 2), Za)
-    # largest eigenvalue; the symmetric eigensolver in float64 for robustness
-    lam = torch.linalg.eigvalsh(G.double())[..., -1].to(Z.dtype)
-    lam = lam * (1.0 + 1e-6)  # rounding safety
-    return (0.25 if binary else 0.5) * lam / n
+    # the trace of the ones column keeps tr G >= n > 0; headroom for the round-off of the squarings
+    lam = top_eigenvalue_bound(G) * (1.0 + 1e3 * torch.finfo(wd).eps)
+    return ((0.25 if binary else 0.5) * lam / n).to(Z.dtype)
 
 
 def _smooth_grad(D: _Data, W, b, rho, beta_in, eps):
