@@ -6,6 +6,10 @@ Times (median over repeats, after warm-up) one forward+backward of
   * sparse:  W, b = sparse_heads(Z, Y, ...); loss(W, b).backward()
   * ridge:   W = Z^T (Z Z^T + lam I)^{-1} Y_onehot (R2D2-style); loss(W).backward()
 on the same inputs (cold start: every meta-batch has new tasks), and prints the ratio.
+
+Then the floor of any eager-PyTorch FISTA at the main shape: one iteration written with the fewest
+tensor operations (scores, softmax residual, gradient, step, soft-threshold, momentum: 9 calls), and
+how many such iterations fit in 3x a ridge head, against the iterations the solver needed.
 """
 from __future__ import annotations
 
@@ -59,6 +63,30 @@ def timeit(fn, repeats, warmup=2):
     return statistics.median(ts)
 
 
+def minimal_fista_iteration(T, n, d, C, dtype, repeats):
+    """Seconds per FISTA iteration with the fewest tensor operations (no restart, stopping test or
+    step control), median of ``repeats`` blocks of 100 iterations."""
+    Z, Y = make(T, n, d, C, dtype)
+    Zat = torch.cat([Z.transpose(1, 2), torch.ones(T, 1, n, dtype=dtype)], dim=1).contiguous()
+    Yk = F.one_hot(Y, C).to(dtype).transpose(1, 2).contiguous()
+    U = torch.zeros(T, d + 1, C, dtype=dtype)
+    eta = torch.full((T, 1, 1), 0.5, dtype=dtype)
+    thr = torch.full((T, d + 1, 1), 0.01, dtype=dtype)
+
+    def iteration(U, X_old):
+        R = torch.softmax(torch.bmm(U.transpose(1, 2), Zat), dim=1).sub_(Yk)
+        V = torch.addcmul(U, eta, torch.bmm(Zat, R.transpose(1, 2)), value=-1.0)
+        X = torch.sign(V) * (V.abs() - thr).clamp_(min=0)
+        return torch.add(X, X - X_old, alpha=0.5)
+
+    def block():
+        with torch.no_grad():
+            for _ in range(100):
+                iteration(U, U)
+
+    return timeit(block, repeats) / 100
+
+
 def bench(T, n, d, C, opts, dtype, repeats):
     Z0, Y = make(T, n, d, C, dtype)
 
@@ -107,11 +135,16 @@ def main():
         tr, ts, tf, info = bench(T, n, d, C, opts, dtype, args.repeats)
         print(f"{name:<44}{tr * 1e3:>10.2f}{ts * 1e3:>11.2f}{tf * 1e3:>10.2f}{ts / tr:>8.1f}"
               f"{info['iters']:>7d}{info['newton_steps']:>8d}{100 * info['frac_zero']:>7.1f}", flush=True)
+        return tr
 
-    row("MAIN T=16 d=64 C=5 l1 (sharing outer)", 16, 64, 5)
-    row("MAIN T=16 d=64 C=5 group (sharing outer)", 16, 64, 5, sparsity="group")
-    row("MAIN T=16 d=64 C=5 l1 (entropy inner)", 16, 64, 5, sharing_in="inner")
-    row("MAIN T=16 d=64 C=5 l1 tol=1e-4", 16, 64, 5, tol=1e-4)
+    ridge = [row("MAIN T=16 d=64 C=5 l1 (sharing outer)", 16, 64, 5),
+             row("MAIN T=16 d=64 C=5 group (sharing outer)", 16, 64, 5, sparsity="group"),
+             row("MAIN T=16 d=64 C=5 l1 (entropy inner)", 16, 64, 5, sharing_in="inner"),
+             row("MAIN T=16 d=64 C=5 l1 tol=1e-4", 16, 64, 5, tol=1e-4)]
+    t_it = minimal_fista_iteration(16, n, 64, 5, dtype, args.repeats)
+    tr = statistics.median(ridge)
+    print(f"floor: one FISTA iteration in 9 tensor operations {t_it * 1e6:.1f} us; 3x the ridge head "
+          f"({3 * tr * 1e3:.2f} ms) holds {3 * tr / t_it:.0f} of them and nothing else (no backward)", flush=True)
     if args.quick:
         return
     for T in (4, 16, 64):
