@@ -11,6 +11,7 @@ from harness.algorithms.sparse_shared.implicit import implicit_grad_Z, sparse_he
 from harness.algorithms.sparse_shared.solver import (
     feature_usage,
     lambda_max,
+    prox,
     sharing_entropy,
     solve_heads,
 )
@@ -426,3 +427,16 @@ def test_iterative_backward_warns_when_it_stops_at_its_cap():
             (W.sum() + b.sum()).backward()
         hit = [w for w in caught if "MINRES stopped at its cap" in str(w.message)]
         assert bool(hit) == warns, [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_l1_prox_is_soft_thresholding_bit_for_bit(dtype):
+    g = torch.Generator().manual_seed(3)
+    V = torch.randn(16, 65, 5, generator=g, dtype=torch.float64).to(dtype)
+    thr = (torch.rand(16, 65, 1, generator=g, dtype=torch.float64) * 1.5).to(dtype)
+    thr[:, -1] = 0.0  # an unpenalised (bias) row passes through
+    V[0, 0, 0] = thr[0, 0, 0]  # on the threshold: exactly zero
+    X = prox(V, thr, "l1")
+    assert torch.equal(X, torch.sign(V) * torch.clamp(V.abs() - thr, min=0))
+    assert torch.equal(X[:, -1], V[:, -1]) and X[0, 0, 0].item() == 0.0
+    assert 0.3 < float((X == 0).to(torch.float64).mean()) < 0.9
