@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> Path:
     from harness import hparams as hp
     from harness.errors import UserError
     from harness.registry import ALGORITHMS, DATASETS
+    from harness.precision import autocast
     from harness.utils import resolve_device, seed_hash
 
     out = Path(args.output_dir)
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> Path:
 
     with RunLock(out), Tee(out / "out.txt", "stdout"), Tee(out / "err.txt", "stderr"):
         device = resolve_device(args.device)
+        autocast(device, hparams["precision"])  # an unknown or unsupported precision fails here, before training
         torch.manual_seed(seed_hash(args.seed, "init"))
         dataset = dataset_cls(args.data_dir, args.test_envs, hparams)
         bad = [i for i in args.test_envs if not 0 <= i < len(dataset)]
@@ -96,6 +98,7 @@ def run(args: argparse.Namespace) -> Path:
         start = resume(out, identity, algorithm)
         next_batch = batch_source(algorithm, dataset, train_envs, hparams, args.seed)
         print(f"{args.algorithm} on {args.dataset} | test envs {args.test_envs} | device {device} | "
+              f"precision {hparams['precision']} | "
               f"threads {torch.get_num_threads()} | steps {start}->{steps} | hparams {json.dumps(hparams)}")
         train_loop(args, identity, hparams, algorithm, dataset, splits, train_envs, next_batch,
                    start, steps, freq, device, out)
@@ -109,6 +112,7 @@ def train_loop(args, identity, hparams, algorithm, dataset, splits, train_envs, 
     from tqdm import tqdm
 
     from harness.errors import UserError
+    from harness.precision import autocast
     from harness.utils import atomic_write_bytes, seed_hash
 
     stats: dict[str, list[float]] = {}
@@ -120,7 +124,8 @@ def train_loop(args, identity, hparams, algorithm, dataset, splits, train_envs, 
         torch.manual_seed(seed_hash(args.seed, "step", step))
         batch = to_device(next_batch(step), device)
         t0 = time.perf_counter()
-        logs = algorithm.update(batch)
+        with autocast(device, hparams["precision"]):
+            logs = algorithm.update(batch)
         stats.setdefault("step_time", []).append(time.perf_counter() - t0)
         for k, v in logs.items():
             if not math.isfinite(v):

@@ -108,3 +108,19 @@ def test_factor_datasets_record_dci_and_new_task_accuracy(cli, tmp_path):
         assert 0.0 <= last[key] <= 1.0, (key, last[key])
     assert 0.0 < last["task_ci95"] < 0.2 and 0.0 < last["ood_task_ci95"] < 0.2
     assert last["task_acc"] > 0.55  # binary tasks: chance is 0.5; SyntheticLinear features are informative early
+
+
+def test_bf16_precision_trains_under_autocast(cli, tmp_path):
+    """"precision": "bf16" runs the training steps under bfloat16 autocast: the header says so, the records
+    differ from fp32's in the low digits only, and the inner solver still reaches its tolerance."""
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        cli("harness.train", "--algorithm", "SparseShared", "--steps", "20", "--checkpoint_freq", "20", "--dci", "fast",
+            "--output_dir", str(out), "--hparams", json.dumps({"n_per_env": 300, "precision": precision}))
+        assert f"precision {precision} |" in (out / "out.txt").read_text().splitlines()[0]
+        runs[precision] = records(out)[-1]
+    fp32, bf16 = runs["fp32"], runs["bf16"]
+    assert bf16["hparams"]["precision"] == "bf16" and (tmp_path / "bf16" / "done").exists()
+    assert bf16["loss"] != fp32["loss"] and bf16["loss"] == pytest.approx(fp32["loss"], rel=0.1)
+    assert bf16["kkt"] <= bf16["hparams"]["inner_tol"]

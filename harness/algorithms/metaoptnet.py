@@ -10,6 +10,7 @@ from torch import nn
 
 from harness.algorithms.protonet import EpisodicHeadAlgorithm, Head
 from harness.linalg import solve
+from harness.precision import full_precision
 from harness.registry import ALGORITHMS
 
 
@@ -85,6 +86,7 @@ def kkt_implicit(gram: torch.Tensor, Y: torch.Tensor, beta: torch.Tensor, C: flo
     return sol[:, :n].view(T, S, K)
 
 
+@full_precision
 def svm_head_weights(zs: torch.Tensor, ys: torch.Tensor, n_classes: int, C: float, eps: float,
                      max_iter: int, tol: float) -> tuple[torch.Tensor, dict]:
     """(T, S, d) support features -> (T, d, K) Crammer-Singer weights ``W = zs^T alpha``, differentiable."""

@@ -10,9 +10,11 @@ from torch import nn
 
 from harness.algorithms.protonet import EpisodicHeadAlgorithm, Head
 from harness.linalg import solve
+from harness.precision import full_precision
 from harness.registry import ALGORITHMS
 
 
+@full_precision
 def ridge_solution(zs: torch.Tensor, targets: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
     """argmin_W ||zs W - targets||^2 + lam ||W||^2, batched: (T, S, p), (T, S, C) -> (T, p, C).
 

@@ -54,6 +54,7 @@ from harness.algorithms.sparse_shared.solver import (
     lambda_max,
     solve_heads,
 )
+from harness.precision import full_precision
 
 __all__ = ["sparse_heads", "implicit_grad_Z", "DENSE_MAX"]
 
@@ -74,6 +75,7 @@ DENSE_SMALL_ELEMS = 2 ** 20
 # --------------------------------------------------------------------------- #
 # public entry point
 # --------------------------------------------------------------------------- #
+@full_precision
 def sparse_heads(
     Z: torch.Tensor,
     Y: torch.Tensor,
@@ -145,6 +147,7 @@ class _ImplicitHeads(torch.autograd.Function):
 # --------------------------------------------------------------------------- #
 # the backward computation
 # --------------------------------------------------------------------------- #
+@full_precision
 @torch.no_grad()
 def implicit_grad_Z(Z, Y, n_classes, W, b, gW, gb, alpha, lam=None, beta_in=0.0, rho=DEFAULT_RHO, sparsity="l1",
                     eps=DEFAULT_EPS, backward="auto", backward_tol=None, backward_max_iter=1000):

@@ -41,6 +41,7 @@ from harness.algorithms.sparse_shared.active_set import (
     robust_solve,
 )
 from harness.linalg import top_eigenvalue_bound
+from harness.precision import full_precision
 
 __all__ = [
     "solve_heads",
@@ -233,6 +234,7 @@ def _kkt(D: _Data, W, b, rho, beta_in, eps, eta, thr, sparsity):
     return torch.sqrt((Gm * Gm).sum(dim=(1, 2)) + (gb * gb).sum(dim=1))
 
 
+@full_precision
 @torch.no_grad()
 def solve_heads(
     Z: torch.Tensor,
