@@ -66,8 +66,8 @@ def run(args: argparse.Namespace) -> Path:
 
     from harness import hparams as hp
     from harness.errors import UserError
-    from harness.registry import ALGORITHMS, DATASETS
     from harness.precision import autocast
+    from harness.registry import ALGORITHMS, DATASETS
     from harness.utils import resolve_device, seed_hash
 
     out = Path(args.output_dir)
