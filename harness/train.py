@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", required=True, help="directory of this run")
     p.add_argument("--data_dir", default=os.environ.get("HARNESS_DATA", "data"),
                    help="root of real datasets (env HARNESS_DATA)")
-    p.add_argument("--hparams", default=None, help='JSON object of hparam overrides, e.g. \'{"lr": 1e-4}\'')
+    p.add_argument("--hparams", default=None, help='JSON object of hparam overrides, e.g. \'{"lr": 1e-4}\'; '
+                   '\'{"precision": "bf16"}\' trains under bfloat16 autocast')
     p.add_argument("--hparams_seed", type=int, default=0, help="0: default hparams; N: random-search draw N")
     p.add_argument("--trial_seed", type=int, default=0, help="seed of the data splits (a 'trial')")
     p.add_argument("--seed", type=int, default=0, help="seed of everything else (init, batches, tasks)")
