@@ -1,6 +1,6 @@
 """Benchmark: SparseShared inner solve + implicit backward vs a closed-form ridge head.
 
-    python benchmarks/bench_inner.py [--repeats 7] [--quick] [--dtype float32]
+    python benchmarks/bench_inner.py [--repeats 7] [--quick] [--dtype float32] [--compile]
 
 Times (median over repeats, after warm-up) one forward+backward of
   * sparse:  W, b = sparse_heads(Z, Y, ...); loss(W, b).backward()
@@ -8,8 +8,10 @@ Times (median over repeats, after warm-up) one forward+backward of
 on the same inputs (cold start: every meta-batch has new tasks), and prints the ratio.
 
 Then the floor of any eager-PyTorch FISTA at the main shape: one iteration written with the fewest
-tensor operations (scores, softmax residual, gradient, step, soft-threshold, momentum: 9 calls), and
-how many such iterations fit in 3x a ridge head, against the iterations the solver needed.
+tensor operations (scores, softmax residual, gradient, step, soft-threshold, momentum: 8 calls), and
+how many such iterations fit in 3x a ridge head, against the iterations the solver needed;
+``--compile`` also times that iteration compiled by ``torch.compile`` (10 iterations per call; the
+first call compiles, tens of seconds on 2 cores, and needs a C++ compiler).
 """
 from __future__ import annotations
 
@@ -63,9 +65,10 @@ def timeit(fn, repeats, warmup=2):
     return statistics.median(ts)
 
 
-def minimal_fista_iteration(T, n, d, C, dtype, repeats):
+def minimal_fista_iteration(T, n, d, C, dtype, repeats, compile=False):
     """Seconds per FISTA iteration with the fewest tensor operations (no restart, stopping test or
-    step control), median of ``repeats`` blocks of 100 iterations."""
+    step control), median of ``repeats`` blocks of 100 iterations; with ``compile``, (seconds per
+    iteration under ``torch.compile``, seconds the first call took)."""
     Z, Y = make(T, n, d, C, dtype)
     Zat = torch.cat([Z.transpose(1, 2), torch.ones(T, 1, n, dtype=dtype)], dim=1).contiguous()
     Yk = F.one_hot(Y, C).to(dtype).transpose(1, 2).contiguous()
@@ -73,18 +76,27 @@ def minimal_fista_iteration(T, n, d, C, dtype, repeats):
     eta = torch.full((T, 1, 1), 0.5, dtype=dtype)
     thr = torch.full((T, d + 1, 1), 0.01, dtype=dtype)
 
-    def iteration(U, X_old):
-        R = torch.softmax(torch.bmm(U.transpose(1, 2), Zat), dim=1).sub_(Yk)
-        V = torch.addcmul(U, eta, torch.bmm(Zat, R.transpose(1, 2)), value=-1.0)
-        X = torch.sign(V) * (V.abs() - thr).clamp_(min=0)
-        return torch.add(X, X - X_old, alpha=0.5)
+    def iterations(U, X_old, k: int):
+        for _ in range(k):
+            R = torch.softmax(torch.bmm(U.transpose(1, 2), Zat), dim=1) - Yk
+            V = torch.addcmul(U, eta, torch.bmm(Zat, R.transpose(1, 2)), value=-1.0)
+            X = V - torch.clamp(V, min=-thr, max=thr)
+            U, X_old = torch.add(X, X - X_old, alpha=0.5), X
+        return U, X_old
 
-    def block():
+    def block(fn):
         with torch.no_grad():
-            for _ in range(100):
-                iteration(U, U)
+            for _ in range(10):
+                fn(U, U, 10)
 
-    return timeit(block, repeats) / 100
+    if not compile:
+        return timeit(lambda: block(iterations), repeats) / 100
+    compiled = torch.compile(iterations)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        compiled(U, U, 10)
+    first = time.perf_counter() - t0
+    return timeit(lambda: block(compiled), repeats) / 100, first
 
 
 def bench(T, n, d, C, opts, dtype, repeats):
@@ -117,6 +129,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="main config only")
     ap.add_argument("--alpha", type=float, default=0.2)
     ap.add_argument("--tol", type=float, default=None)
+    ap.add_argument("--compile", action="store_true", help="also time the floor's iteration under torch.compile")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
     base = dict(alpha=args.alpha, beta=0.1, rho=1e-3, sparsity="l1", sharing="entropy", sharing_in="outer")
@@ -143,8 +156,12 @@ def main():
              row("MAIN T=16 d=64 C=5 l1 tol=1e-4", 16, 64, 5, tol=1e-4)]
     t_it = minimal_fista_iteration(16, n, 64, 5, dtype, args.repeats)
     tr = statistics.median(ridge)
-    print(f"floor: one FISTA iteration in 9 tensor operations {t_it * 1e6:.1f} us; 3x the ridge head "
+    print(f"floor: one FISTA iteration in 8 tensor operations {t_it * 1e6:.1f} us; 3x the ridge head "
           f"({3 * tr * 1e3:.2f} ms) holds {3 * tr / t_it:.0f} of them and nothing else (no backward)", flush=True)
+    if args.compile:
+        t_c, first = minimal_fista_iteration(16, n, 64, 5, dtype, args.repeats, compile=True)
+        print(f"floor under torch.compile: {t_c * 1e6:.1f} us per iteration (first call, compiling: {first:.1f} s); "
+              f"3x the ridge head holds {3 * tr / t_c:.0f}", flush=True)
     if args.quick:
         return
     for T in (4, 16, 64):
