@@ -112,7 +112,6 @@ def train_loop(args, identity, hparams, algorithm, dataset, splits, train_envs, 
     import torch
     from tqdm import tqdm
 
-    from harness.errors import UserError
     from harness.precision import autocast
     from harness.utils import atomic_write_bytes, seed_hash
 
@@ -125,13 +124,15 @@ def train_loop(args, identity, hparams, algorithm, dataset, splits, train_envs, 
         torch.manual_seed(seed_hash(args.seed, "step", step))
         batch = to_device(next_batch(step), device)
         t0 = time.perf_counter()
-        with autocast(device, hparams["precision"]):
-            logs = algorithm.update(batch)
+        try:
+            with autocast(device, hparams["precision"]):
+                logs = algorithm.update(batch)
+        except FloatingPointError as e:  # how an algorithm's solver says its inputs are no longer finite
+            raise diverged("training", step, e, hparams) from None
         stats.setdefault("step_time", []).append(time.perf_counter() - t0)
         for k, v in logs.items():
             if not math.isfinite(v):
-                raise UserError(f"{k} diverged at step {step} ({k}={v}); try a smaller lr "
-                                f"(--hparams '{{\"lr\": {hparams.get('lr', 1e-3) / 10:g}}}')")
+                raise diverged(k, step, f"{k}={v}", hparams)
             stats.setdefault(k, []).append(v)
         bar.update(1)
         if (step + 1) % freq == 0 or step + 1 == steps:
@@ -140,12 +141,23 @@ def train_loop(args, identity, hparams, algorithm, dataset, splits, train_envs, 
             record = {"step": step + 1, "epoch": (step + 1) * hparams.get("batch_size", 1) / min_env,
                       "args": identity, "hparams": hparams,
                       **{k: sum(v) / len(v) for k, v in stats.items()}, "mem_gb": peak_memory_gb(device)}
-            record.update(evaluate(algorithm, dataset, splits, train_envs, args, with_dci, next_batch(0)))
+            try:
+                record.update(evaluate(algorithm, dataset, splits, train_envs, args, with_dci, next_batch(0)))
+            except FloatingPointError as e:
+                raise diverged("the model", step + 1, e, hparams) from None
             append_record(out / RESULTS, record)
             atomic_write_bytes(out / CHECKPOINT, checkpoint_bytes(step + 1, identity, algorithm))
             print(summary_line(record))
             stats = {}
     bar.close()
+
+
+def diverged(what: str, step: int, detail: Any, hparams: dict):
+    """The one-line error for a run whose numbers stopped being finite."""
+    from harness.errors import UserError
+
+    return UserError(f"{what} diverged at step {step} ({detail}); try a smaller lr "
+                     f"(--hparams '{{\"lr\": {hparams.get('lr', 1e-3) / 10:g}}}')")
 
 
 def holdout_splits(dataset, holdout_fraction: float, trial_seed: int) -> list[tuple[Any, Any]]:

@@ -23,10 +23,17 @@ def test_user_errors_are_one_line_exit_2(cli, tmp_path, args, expected):
     assert not (out / "done").exists()
 
 
-def test_diverging_loss_is_a_clear_error(cli, tmp_path):
+@pytest.mark.parametrize("algorithm, freq", [("ERM", "100"), ("SparseShared", "100"), ("SparseShared", "1"),
+                                             ("MetaOptNet", "100")])
+def test_diverging_loss_is_a_clear_error(cli, tmp_path, algorithm, freq):
+    """SparseShared's and MetaOptNet's solvers once ended such a run in a LinAlgError traceback (NaN features
+    reached a factorisation); now they raise FloatingPointError, which the trainer reports like a NaN loss,
+    in a training step (freq 100) or in the evaluation after it (freq 1)."""
     out = tmp_path / "run"
-    proc = cli("harness.train", "--output_dir", str(out), "--steps", "50", "--hparams", '{"lr": 1e12}', check=False)
-    assert proc.returncode == 2
-    assert "diverged" in proc.stderr.strip().splitlines()[-1]
+    proc = cli("harness.train", "--output_dir", str(out), "--algorithm", algorithm, "--steps", "50",
+               "--checkpoint_freq", freq, "--dci", "fast", "--hparams", '{"lr": 1e12}', check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "diverged at step" in lines[0] and "try a smaller lr" in lines[0], proc.stderr
     assert not (out / "done").exists()
     assert "diverged" in (out / "err.txt").read_text()

@@ -440,3 +440,13 @@ def test_l1_prox_is_soft_thresholding_bit_for_bit(dtype):
     assert torch.equal(X, torch.sign(V) * torch.clamp(V.abs() - thr, min=0))
     assert torch.equal(X[:, -1], V[:, -1]) and X[0, 0, 0].item() == 0.0
     assert 0.3 < float((X == 0).to(torch.float64).mean()) < 0.9
+
+
+def test_non_finite_features_raise_floating_point_error():
+    Z, Y = _problem(2, 12, 5, 2, seed=0)
+    Z[1, 3, 2] = float("nan")
+    with pytest.raises(FloatingPointError, match="not finite"):
+        solve_heads(Z, Y, 2, alpha=0.2)
+    Z[1, 3, 2] = float("inf")
+    with pytest.raises(FloatingPointError, match="not finite"):
+        sparse_heads(Z.requires_grad_(), Y, 2, alpha=0.2)

@@ -25,6 +25,13 @@ def head_logits(z: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tens
     return torch.cat([torch.zeros_like(out), out], -1) if W.shape[-1] == 1 else out
 
 
+def require_finite(z: torch.Tensor, what: str = "support features") -> None:
+    """Raise FloatingPointError when ``z`` holds a NaN or an infinity: an iterative head solver would
+    otherwise fail deep inside a factorisation; the trainer reports it as a diverged run."""
+    if not bool(torch.isfinite(z).all()):
+        raise FloatingPointError(f"{what} are not finite")
+
+
 def task_features(features, tasks) -> tuple[torch.Tensor, torch.Tensor]:
     """Support (T, S, d) and query (T, Q, d) features from one backbone pass over both sets
     (so normalisation statistics cover the whole batch)."""

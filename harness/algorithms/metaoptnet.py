@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.algorithms.episodic import require_finite
 from harness.algorithms.protonet import EpisodicHeadAlgorithm, Head
 from harness.linalg import solve
 from harness.precision import full_precision
@@ -90,6 +91,7 @@ def kkt_implicit(gram: torch.Tensor, Y: torch.Tensor, beta: torch.Tensor, C: flo
 def svm_head_weights(zs: torch.Tensor, ys: torch.Tensor, n_classes: int, C: float, eps: float,
                      max_iter: int, tol: float) -> tuple[torch.Tensor, dict]:
     """(T, S, d) support features -> (T, d, K) Crammer-Singer weights ``W = zs^T alpha``, differentiable."""
+    require_finite(zs)
     Y = F.one_hot(ys, n_classes).to(zs.dtype)
     alpha, beta, info = solve_cs_dual(zs, Y, C, eps, max_iter, tol)
     if torch.is_grad_enabled() and zs.requires_grad:

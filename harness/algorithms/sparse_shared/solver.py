@@ -33,6 +33,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from harness.algorithms.episodic import require_finite
 from harness.algorithms.sparse_shared.active_set import (
     active_hessian,
     active_mask,
@@ -277,6 +278,7 @@ def solve_heads(
     Z = Z.detach()
     if Z.dim() != 3:
         raise ValueError(f"Z must be (T, n, d), got {tuple(Z.shape)}")
+    require_finite(Z)
     T, n, d = Z.shape
     binary, K = head_dims(n_classes)
     dtype, dev = Z.dtype, Z.device
