@@ -430,7 +430,7 @@ def test_iterative_backward_warns_when_it_stops_at_its_cap():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_l1_prox_is_soft_thresholding_bit_for_bit(dtype):
+def test_l1_prox_is_soft_thresholding(dtype):
     g = torch.Generator().manual_seed(3)
     V = torch.randn(16, 65, 5, generator=g, dtype=torch.float64).to(dtype)
     thr = (torch.rand(16, 65, 1, generator=g, dtype=torch.float64) * 1.5).to(dtype)
