@@ -37,3 +37,19 @@ def test_diverging_loss_is_a_clear_error(cli, tmp_path, algorithm, freq):
     assert len(lines) == 1 and "diverged at step" in lines[0] and "try a smaller lr" in lines[0], proc.stderr
     assert not (out / "done").exists()
     assert "diverged" in (out / "err.txt").read_text()
+
+
+@pytest.mark.parametrize("hparams, expected", [
+    ('{"alpha": -0.1}', "SparseShared hparam alpha must be in [0, 1]"),
+    ('{"sparsity": "l2"}', "SparseShared hparam sparsity must be one of l1 | group, got 'l2'"),
+    ('{"rho": 0}', "SparseShared hparam rho must be > 0"),
+])
+def test_sparse_shared_hparams_out_of_domain_are_one_line_errors(cli, tmp_path, hparams, expected):
+    """Before, a negative alpha trained silently with an expanding 'prox' and an unknown option failed
+    with a ValueError traceback at the first step."""
+    out = tmp_path / "run"
+    proc = cli("harness.train", "--output_dir", str(out), "--algorithm", "SparseShared", "--steps", "1",
+               "--hparams", hparams, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr
+    assert not (out / "done").exists()

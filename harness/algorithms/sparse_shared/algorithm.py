@@ -13,7 +13,23 @@ from harness.algorithms.base import Algorithm
 from harness.algorithms.episodic import feature_norm, head_logits, task_features
 from harness.algorithms.sparse_shared.implicit import sparse_heads
 from harness.algorithms.sparse_shared.solver import feature_usage, sharing_entropy
+from harness.errors import UserError
 from harness.registry import ALGORITHMS
+
+OPTIONS = {"sparsity": ("l1", "group"), "sharing": ("entropy", "none"), "sharing_in": ("inner", "outer")}
+
+
+def check_hparams(h: dict) -> None:
+    """One-line errors for SparseShared hparams outside their domain (DESIGN.md section 4)."""
+    for name, allowed in OPTIONS.items():
+        if h[name] not in allowed:
+            raise UserError(f"SparseShared hparam {name} must be one of {' | '.join(allowed)}, got {h[name]!r}")
+    bounds = {"alpha": (0 <= h["alpha"] <= 1, "in [0, 1] (relative to each task's lambda_max)"),
+              "beta": (h["beta"] >= 0, ">= 0"), "rho": (h["rho"] > 0, "> 0"), "inner_tol": (h["inner_tol"] > 0, "> 0"),
+              "inner_max_iter": (h["inner_max_iter"] >= 1, ">= 1"), "adapt_max_iter": (h["adapt_max_iter"] >= 1, ">= 1")}
+    for name, (ok, domain) in bounds.items():
+        if not ok:
+            raise UserError(f"SparseShared hparam {name} must be {domain}, got {h[name]!r}")
 
 
 @ALGORITHMS.register("SparseShared")
@@ -28,6 +44,7 @@ class SparseShared(Algorithm):
     EPISODIC = True
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
+        check_hparams(hparams)
         super().__init__(input_shape, num_classes, num_domains, hparams)
         d = self.featurizer.n_outputs
         self.norm = feature_norm(hparams["feature_norm"], d)
