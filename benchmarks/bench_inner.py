@@ -8,7 +8,7 @@ Times (median over repeats, after warm-up) one forward+backward of
 on the same inputs (cold start: every meta-batch has new tasks), and prints the ratio.
 
 Then the floor of any eager-PyTorch FISTA at the main shape: one iteration written with the fewest
-tensor operations (scores, softmax residual, gradient, step, soft-threshold, momentum: 8 calls), and
+tensor operations (scores, softmax residual, gradient, step, soft-threshold, momentum: 10 calls), and
 how many such iterations fit in 3x a ridge head, against the iterations the solver needed;
 ``--compile`` also times that iteration compiled by ``torch.compile`` (10 iterations per call; the
 first call compiles, tens of seconds on 2 cores, and needs a C++ compiler).
@@ -156,7 +156,7 @@ def main():
              row("MAIN T=16 d=64 C=5 l1 tol=1e-4", 16, 64, 5, tol=1e-4)]
     t_it = minimal_fista_iteration(16, n, 64, 5, dtype, args.repeats)
     tr = statistics.median(ridge)
-    print(f"floor: one FISTA iteration in 8 tensor operations {t_it * 1e6:.1f} us; 3x the ridge head "
+    print(f"floor: one FISTA iteration in 10 tensor operations {t_it * 1e6:.1f} us; 3x the ridge head "
           f"({3 * tr * 1e3:.2f} ms) holds {3 * tr / t_it:.0f} of them and nothing else (no backward)", flush=True)
     if args.compile:
         t_c, first = minimal_fista_iteration(16, n, 64, 5, dtype, args.repeats, compile=True)

@@ -5,8 +5,8 @@
 SparseShared's batch is T tasks x (support + query) images; ERM's is one minibatch of the same
 number of images (split over as many environments). Prints the median time of ``update`` for
 both and the median ratio of alternating runs, per backbone and episode shape; the issue's goal
-is a ratio of at most 1.5. ``--precision bf16`` runs both steps under bfloat16 autocast, as
-``"precision": "bf16"`` does in ``harness.train``; ``--timm NAME`` adds a row with that timm backbone
+is a ratio of at most 1.5. ``--precision bf16`` gives both algorithms the hparam ``"precision": "bf16"``
+(their backbones under bfloat16 autocast); ``--timm NAME`` adds a row with that timm backbone
 (random init) on 3x64x64 images, for GPUs (the first GPU check:
 ``--device cuda --precision bf16 --timm resnet18``).
 """
@@ -24,7 +24,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from harness.datasets.tasks import TaskBatch  # noqa: E402
 from harness.hparams import resolve  # noqa: E402
-from harness.precision import autocast  # noqa: E402
 from harness.registry import ALGORITHMS  # noqa: E402
 
 
@@ -66,15 +65,8 @@ def bench(dataset: str, input_shape, n_classes: int, T: int, S: int, Q: int, d: 
     logs = {}
     assert n == sum(len(b[0]) for b in minibatches)
 
-    def sparse_step():
-        with autocast(device, precision):
-            logs.update(sparse.update(tasks))
-
-    def erm_step():
-        with autocast(device, precision):
-            erm.update(minibatches)
-
-    return (*paired_times(sparse_step, erm_step, repeats, device=device), logs)
+    return (*paired_times(lambda: logs.update(sparse.update(tasks)), lambda: erm.update(minibatches), repeats,
+                          device=device), logs)
 
 
 def main() -> None:

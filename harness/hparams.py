@@ -67,7 +67,7 @@ COMMON: dict[str, HP] = {
     "mlp_width": HP(256),  # backbone MLP
     "mlp_depth": HP(3),
     "cnn_width": HP(32),  # backbone SmallCNN
-    "precision": HP("fp32"),  # fp32 | bf16: training steps under bfloat16 autocast (harness/precision.py)
+    "precision": HP("fp32"),  # fp32 | bf16: the backbone under bfloat16 autocast (harness/precision.py)
 }
 
 # Episodic algorithms draw tasks from the dataset's task sampler.

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_dir", default=os.environ.get("HARNESS_DATA", "data"),
                    help="root of real datasets (env HARNESS_DATA)")
     p.add_argument("--hparams", default=None, help='JSON object of hparam overrides, e.g. \'{"lr": 1e-4}\'; '
-                   '\'{"precision": "bf16"}\' trains under bfloat16 autocast')
+                   '\'{"precision": "bf16"}\' runs the backbone under bfloat16 autocast')
     p.add_argument("--hparams_seed", type=int, default=0, help="0: default hparams; N: random-search draw N")
     p.add_argument("--trial_seed", type=int, default=0, help="seed of the data splits (a 'trial')")
     p.add_argument("--seed", type=int, default=0, help="seed of everything else (init, batches, tasks)")
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> Path:
 
     from harness import hparams as hp
     from harness.errors import UserError
-    from harness.precision import autocast
+    from harness.precision import check_precision
     from harness.registry import ALGORITHMS, DATASETS
     from harness.utils import resolve_device, seed_hash
 
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> Path:
 
     with RunLock(out), Tee(out / "out.txt", "stdout"), Tee(out / "err.txt", "stderr"):
         device = resolve_device(args.device)
-        autocast(device, hparams["precision"])  # an unknown or unsupported precision fails here, before training
+        check_precision(device, hparams["precision"])
         torch.manual_seed(seed_hash(args.seed, "init"))
         dataset = dataset_cls(args.data_dir, args.test_envs, hparams)
         bad = [i for i in args.test_envs if not 0 <= i < len(dataset)]
@@ -112,7 +112,6 @@ def train_loop(args, identity, hparams, algorithm, dataset, splits, train_envs, 
     import torch
     from tqdm import tqdm
 
-    from harness.precision import autocast
     from harness.utils import atomic_write_bytes, seed_hash
 
     stats: dict[str, list[float]] = {}
@@ -125,8 +124,7 @@ def train_loop(args, identity, hparams, algorithm, dataset, splits, train_envs, 
         batch = to_device(next_batch(step), device)
         t0 = time.perf_counter()
         try:
-            with autocast(device, hparams["precision"]):
-                logs = algorithm.update(batch)
+            logs = algorithm.update(batch)
         except FloatingPointError as e:  # how an algorithm's solver says its inputs are no longer finite
             raise diverged("training", step, e, hparams) from None
         stats.setdefault("step_time", []).append(time.perf_counter() - t0)

@@ -1,5 +1,6 @@
-"""Mixed precision (harness/precision.py): bfloat16 autocast for training steps, inner solvers in float32."""
+"""Mixed precision (harness/precision.py): the backbone under bfloat16 autocast, the rest in float32."""
 
+import copy
 import math
 
 import pytest
@@ -9,20 +10,41 @@ import torch.nn.functional as F
 from harness.algorithms.metaoptnet import svm_head_weights
 from harness.algorithms.r2d2 import ridge_solution
 from harness.algorithms.sparse_shared.implicit import sparse_heads
+from harness.backbones import build_backbone
 from harness.errors import UserError
-from harness.precision import autocast
+from harness.precision import check_precision
 from harness.registry import ALGORITHMS
-from test_algorithms import NUM_CLASSES, build, make_batch, update
+from test_algorithms import INPUTS, NUM_CLASSES, hparams_for, make_batch, update
+
+BF16 = torch.autocast("cpu", dtype=torch.bfloat16)
 
 
-def test_autocast_contexts():
-    x = torch.randn(4, 8)
-    with autocast("cpu", "bf16"):
-        assert (x @ x.T).dtype == torch.bfloat16
-    with autocast("cpu", "fp32"):
-        assert (x @ x.T).dtype == torch.float32
+def test_check_precision():
+    check_precision("cpu", "bf16")
     with pytest.raises(UserError, match="unknown precision 'fp16'"):
-        autocast("cpu", "fp16")
+        check_precision("cpu", "fp16")
+
+
+@pytest.mark.parametrize("name, shape, over", [("MLP", (10,), {"mlp_width": 16, "mlp_depth": 2}),
+                                               ("SmallCNN", (1, 28, 28), {"cnn_width": 4})])
+def test_bf16_backbone_computes_in_bfloat16_and_returns_float32(name, shape, over):
+    hp = {"feature_dim": 8, **over}
+    torch.manual_seed(0)
+    ref = build_backbone(name, shape, {**hp, "precision": "fp32"})
+    torch.manual_seed(0)
+    net = build_backbone(name, shape, {**hp, "precision": "bf16"})
+    inner = []
+    first = next(m for m in net.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+    first.register_forward_hook(lambda m, i, o: inner.append(o.dtype))
+    x = torch.randn(6, *shape)
+    z = net(x)
+    assert inner == [torch.bfloat16] and z.dtype == torch.float32
+    assert net.state_dict().keys() == ref.state_dict().keys()
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert torch.allclose(z, ref(x), rtol=0.05, atol=0.05) and not torch.equal(z, ref(x))
+    z.sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in net.parameters())
+    assert copy.deepcopy(net)(x).dtype == torch.float32  # Fish trains a deep copy of the backbone
 
 
 def _features(dtype, T=8, n=40, d=32, C=4, seed=0):
@@ -44,7 +66,7 @@ def test_sparse_heads_solve_in_float32_under_bf16_autocast(sharing_in):
     W0, b0, info0 = sparse_heads(Zref, Y, 4, **opts)
     ((W0 ** 2).sum() + b0.sum()).backward()
     Zb = Z.clone().requires_grad_()
-    with autocast("cpu", "bf16"):
+    with BF16:
         W, b, info = sparse_heads(Zb, Y, 4, **opts)
         ((W ** 2).sum() + b.sum()).backward()
     assert W.dtype == torch.float32 and info["kkt"] <= 1e-4 and info["iters"] == info0["iters"]
@@ -58,7 +80,7 @@ def test_closed_form_and_svm_heads_solve_in_float32_under_bf16_autocast():
     targets = F.one_hot(Y, 4).float()
     ref_ridge = ridge_solution(Z, targets, 1.0)
     ref_svm, _ = svm_head_weights(Z, Y, 4, 0.1, 1.0, 200, 1e-5)
-    with autocast("cpu", "bf16"):
+    with BF16:
         ridge = ridge_solution(Z, targets, 1.0)
         svm, _ = svm_head_weights(Z, Y, 4, 0.1, 1.0, 200, 1e-5)
     assert ridge.dtype == svm.dtype == torch.float32
@@ -66,15 +88,17 @@ def test_closed_form_and_svm_heads_solve_in_float32_under_bf16_autocast():
 
 
 @pytest.mark.parametrize("name", ALGORITHMS.names())
-def test_every_algorithm_trains_under_bf16_autocast(name):
-    """Two training steps under bfloat16 autocast, then adapt/predict in float32 as the evaluation does."""
-    algorithm = build(name, "image", 2)
+def test_every_algorithm_trains_with_bf16_precision(name):
+    """Two training steps with ``"precision": "bf16"``, then adapt/predict, as the trainer runs them."""
+    torch.manual_seed(0)
+    algorithm = ALGORITHMS.get(name)(INPUTS["image"][0], NUM_CLASSES, 2, {**hparams_for(name, "image"),
+                                                                         "precision": "bf16"})
     cls = type(algorithm)
     for step in range(2):
-        with autocast("cpu", "bf16"):
-            logs = update(algorithm, make_batch(cls, (1, 28, 28), 2, seed=step), seed=step)
+        logs = update(algorithm, make_batch(cls, (1, 28, 28), 2, seed=step), seed=step)
         assert all(math.isfinite(v) for v in logs.values()), logs
     assert all(p.dtype == torch.float32 for p in algorithm.parameters())
     x = torch.randn(5, 1, 28, 28)
+    assert algorithm.features(x).dtype == torch.float32
     logits = algorithm.adapt(torch.randn(12, 1, 28, 28), torch.arange(12) % NUM_CLASSES, NUM_CLASSES)(x)
     assert logits.dtype == torch.float32 and logits.shape == (5, NUM_CLASSES)
