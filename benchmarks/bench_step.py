@@ -64,7 +64,6 @@ def bench(dataset: str, input_shape, n_classes: int, T: int, S: int, Q: int, d: 
     minibatches = [(xs[i::3], ys[i::3]) for i in range(3)]  # n images over 3 environments
     logs = {}
     assert n == sum(len(b[0]) for b in minibatches)
-
     return (*paired_times(lambda: logs.update(sparse.update(tasks)), lambda: erm.update(minibatches), repeats,
                           device=device), logs)
 

@@ -12,11 +12,9 @@ from torch import nn
 from harness.algorithms.base import Algorithm
 from harness.algorithms.episodic import feature_norm, head_logits, task_features
 from harness.algorithms.sparse_shared.implicit import sparse_heads
-from harness.algorithms.sparse_shared.solver import feature_usage, sharing_entropy
+from harness.algorithms.sparse_shared.solver import OPTIONS, feature_usage, sharing_entropy
 from harness.errors import UserError
 from harness.registry import ALGORITHMS
-
-OPTIONS = {"sparsity": ("l1", "group"), "sharing": ("entropy", "none"), "sharing_in": ("inner", "outer")}
 
 
 def check_hparams(h: dict) -> None:
@@ -25,8 +23,9 @@ def check_hparams(h: dict) -> None:
         if h[name] not in allowed:
             raise UserError(f"SparseShared hparam {name} must be one of {' | '.join(allowed)}, got {h[name]!r}")
     bounds = {"alpha": (0 <= h["alpha"] <= 1, "in [0, 1] (relative to each task's lambda_max)"),
-              "beta": (h["beta"] >= 0, ">= 0"), "rho": (h["rho"] > 0, "> 0"), "inner_tol": (h["inner_tol"] > 0, "> 0"),
-              "inner_max_iter": (h["inner_max_iter"] >= 1, ">= 1"), "adapt_max_iter": (h["adapt_max_iter"] >= 1, ">= 1")}
+              "beta": (h["beta"] >= 0, ">= 0"), "rho": (h["rho"] > 0, "> 0"),
+              "inner_tol": (h["inner_tol"] > 0, "> 0"), "inner_max_iter": (h["inner_max_iter"] >= 1, ">= 1"),
+              "adapt_max_iter": (h["adapt_max_iter"] >= 1, ">= 1")}
     for name, (ok, domain) in bounds.items():
         if not ok:
             raise UserError(f"SparseShared hparam {name} must be {domain}, got {h[name]!r}")

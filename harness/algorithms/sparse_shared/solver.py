@@ -74,13 +74,13 @@ def head_dims(n_classes: int) -> Tuple[bool, int]:
     return binary, (1 if binary else n_classes)
 
 
+OPTIONS = {"sparsity": ("l1", "group"), "sharing": ("entropy", "none"), "sharing_in": ("inner", "outer")}
+
+
 def _check_options(sparsity: str, sharing: str, sharing_in: str) -> None:
-    if sparsity not in ("l1", "group"):
-        raise ValueError(f"sparsity must be 'l1' or 'group', got {sparsity!r}")
-    if sharing not in ("entropy", "none"):
-        raise ValueError(f"sharing must be 'entropy' or 'none', got {sharing!r}")
-    if sharing_in not in ("inner", "outer"):
-        raise ValueError(f"sharing_in must be 'inner' or 'outer', got {sharing_in!r}")
+    for name, value in (("sparsity", sparsity), ("sharing", sharing), ("sharing_in", sharing_in)):
+        if value not in OPTIONS[name]:
+            raise ValueError(f"{name} must be one of {' | '.join(OPTIONS[name])}, got {value!r}")
 
 
 def _targets(Y: torch.Tensor, K: int, binary: bool, dtype) -> torch.Tensor:
@@ -150,7 +150,7 @@ def _penalty_rows(W: torch.Tensor, sparsity: str) -> torch.Tensor:
 def prox(V: torch.Tensor, thr: torch.Tensor, sparsity: str) -> torch.Tensor:
     """Prox of ``thr_t * R``; ``thr`` broadcastable to (T,1,1). Exact zeros."""
     if sparsity == "l1":
-        # = sign(V) * max(|V| - thr, 0) in three operations instead of five (that form gives -0.0 where this gives 0.0)
+        # = sign(V) * max(|V| - thr, 0) in 3 operations instead of 5 (that form gives -0.0 where this gives 0.0)
         return V - torch.clamp(V, min=-thr, max=thr)
     nrm = torch.linalg.vector_norm(V, dim=2, keepdim=True)
     scale = torch.clamp(1 - thr / nrm.clamp_min(torch.finfo(V.dtype).tiny), min=0)
