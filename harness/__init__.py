@@ -1,6 +1,6 @@
 """A benchmark harness for representation learning under distribution shift.
 
-Built around SparseShared (Fumero et al., NeurIPS 2023, arXiv 2304.07939); see DESIGN.md.
+Built around SparseShared (Fumero et al., NeurIPS 2023, arXiv 2304.07939); see docs/design.md.
 Importing this package is cheap: torch and friends load only when a run needs them.
 """
 

@@ -154,7 +154,7 @@ ALGORITHM_SPACES: dict[str, dict[str, HP]] = {
         "svm_tol": HP(1e-4),
         "init_scale": HP(1.0, log_uniform(-1, 1)),
     },
-    "SparseShared": {  # Fumero et al., arXiv 2304.07939; DESIGN.md section 4
+    "SparseShared": {  # Fumero et al., arXiv 2304.07939; docs/design.md, "SparseShared as implemented"
         **EPISODIC,
         "alpha": HP(0.3, uniform(0.05, 0.7)),  # relative to each task's lambda_max
         "beta": HP(0.05, log_uniform(-3, 0)),

@@ -19,7 +19,7 @@ rejects, and its ``eval`` needs ``torch_scatter``. The harness computes average 
 worst-group accuracy itself (``env{i}_{in,out}_acc`` / ``_wg_acc``) from each environment's
 ``groups``; labels, groups and splits follow WILDS' definitions.
 
-Protocols (DESIGN.md section 7):
+Protocols (docs/design.md, "Evaluation protocols"):
 
 - **Waterbirds, CivilComments** (spurious correlations / subpopulation shift): environments are
   WILDS' official splits ``train``, ``val``, ``test``; sweeps hold out ``val`` and ``test``

@@ -18,7 +18,7 @@ from harness.registry import ALGORITHMS
 
 
 def check_hparams(h: dict) -> None:
-    """One-line errors for SparseShared hparams outside their domain (DESIGN.md section 4)."""
+    """One-line errors for SparseShared hparams outside their domain (docs/design.md, "SparseShared as implemented")."""
     for name, allowed in OPTIONS.items():
         if h[name] not in allowed:
             raise UserError(f"SparseShared hparam {name} must be one of {' | '.join(allowed)}, got {h[name]!r}")
@@ -37,7 +37,7 @@ class SparseShared(Algorithm):
 
     Each task's linear head solves ``CE(support) + alpha*||W_t||_1 + beta*H(p(W)) + rho/2||W||^2``
     jointly over the batch (``solver.py``); the backbone gets the query loss gradient through
-    the heads by implicit differentiation (``implicit.py``). See DESIGN.md section 4.
+    the heads by implicit differentiation (``implicit.py``). See docs/design.md, "SparseShared as implemented".
     """
 
     EPISODIC = True
