@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ["--dataset", "SyntheticLinear", "--steps", "1500", "--checkpoint_freq", "1500"]
 
@@ -20,6 +22,7 @@ def final_record(algorithm: str, out: Path) -> dict:
     return json.loads((out / "results.jsonl").read_text().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_sparse_shared_identifies_factors_and_multitask_does_not(tmp_path):
     sparse = final_record("SparseShared", tmp_path / "sparse")
     dense = final_record("MultiTask", tmp_path / "dense")
