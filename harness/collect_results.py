@@ -1,22 +1,23 @@
-"""Tables and plots from a sweep: ``python -m harness.collect_results [--input_dir results/]``.
+"""Tables from a sweep: ``python -m harness.collect_results [--input_dir results/]``.
 
 Reads every ``*/results.jsonl`` below the input directory, applies the model-selection
 methods of ``harness.selection`` per (dataset, algorithm, test env, trial seed), and prints
 one table per dataset, selection method and metric: rows are algorithms, columns the test
 environments and their average, cells ``mean ± stderr`` over trial seeds. As in DomainBed's
 ``collect_results.py`` (Gulrajani & Lopez-Paz, arXiv 2007.01434) the standard error is
-``std / sqrt(n)`` with the population std (so a single trial shows ± 0.0), and ``Avg`` is the
-mean of the column means; its error is over the trials that have every test environment.
-Runs without test environments get one table per dataset and selection, one column per metric.
+``std / sqrt(n)`` with the population std, and ``Avg`` is the mean of the column means; its error is
+over the trials that have every test environment. A cell of a single trial shows no error (one
+trial says nothing about the spread). Runs without test environments get one table per dataset
+and selection, one column per metric. A dataset whose runs have different lengths gets separate
+tables per length (``Sprites (200 steps)``): their checkpoints are not comparable.
 
 Cells that cannot be computed show ``X``; cells averaged over fewer trial seeds than the
-dataset has show ``*``. The footer of each table says why.
+dataset has show ``*``. The footer of each table says why. Plots: ``harness/plots.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -24,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from harness import selection as sel
-from harness.errors import UserError, cli
+from harness.errors import cli
+from harness.records import LoadStats, load_records, plural, read_jsonl, records_frame  # noqa: F401 (API)
 
-RESULTS, DONE = "results.jsonl", "done"
 # metric -> title; all are fractions in [0, 1] and are shown x100 with one decimal
 METRICS = {
     "acc": "accuracy (%)",
@@ -44,91 +45,6 @@ SHORT = {"acc": "Acc", "wg_acc": "WG acc", "dci_disentanglement": "DCI D", "dci_
          "dci_informativeness": "DCI I", "mcc": "MCC", "fewshot_acc": "Few-shot", "fewshot_ci95": "Few-shot CI95",
          "task_acc": "Task acc", "ood_task_acc": "OOD task acc"}
 NO_TEST_ENV = "none"  # the column/test_env label of runs without test environments
-
-
-# --- reading ------------------------------------------------------------------------------
-@dataclass
-class LoadStats:
-    """What was read and what was skipped, for the summary line."""
-
-    runs: int = 0
-    records: int = 0
-    corrupt_lines: int = 0
-    corrupt_files: int = 0
-    unfinished: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        return (f"read {plural(self.records, 'record')} from {plural(self.runs, 'run')}; skipped "
-                f"{plural(self.corrupt_lines, 'corrupt line')} in {plural(self.corrupt_files, 'file')}, "
-                f"{plural(len(self.unfinished), 'unfinished run')}")
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def read_jsonl(path: Path) -> tuple[list[dict], int]:
-    """Checkpoint records of one file and the number of lines that are not one (truncated, corrupt)."""
-    records, bad = [], 0
-    for line in path.read_text(errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(record, dict) and "step" in record and isinstance(record.get("args"), dict):
-            records.append(record)
-        else:
-            bad += 1
-    return records, bad
-
-
-def load_records(input_dir: Path) -> tuple[list[dict], LoadStats]:
-    """Records of every finished run below ``input_dir``; each gets ``run`` (its directory)."""
-    if not input_dir.is_dir():
-        raise UserError(f"input directory {input_dir} does not exist")
-    files = sorted(input_dir.rglob(RESULTS))
-    if not files:
-        raise UserError(f"no {RESULTS} below {input_dir}")
-    stats, records = LoadStats(), []
-    for path in files:
-        run = path.parent.relative_to(input_dir).as_posix()
-        if not (path.parent / DONE).exists():
-            stats.unfinished.append(run)
-            continue
-        found, bad = read_jsonl(path)
-        stats.corrupt_lines += bad
-        stats.corrupt_files += bad > 0
-        stats.runs += bool(found)
-        stats.records += len(found)
-        records += [{**r, "run": run} for r in found]
-    if not records:
-        raise UserError(f"no finished runs with records below {input_dir} ({stats.summary()})")
-    return records, stats
-
-
-def records_frame(records: list[dict]):
-    """One row per checkpoint: the record's top-level values, ``args`` flattened (``test_envs`` as
-    a tuple; an arg whose name is taken, like ``hparams``, becomes ``args.NAME``) and ``hparams.NAME``."""
-    import pandas as pd
-
-    rows = []
-    for r in records:
-        row = {k: v for k, v in r.items() if k not in ("args", "hparams")}
-        for k, v in r["args"].items():
-            row[f"args.{k}" if k in r else k] = v
-        row.update({f"hparams.{k}": v for k, v in (r.get("hparams") or {}).items()})
-        row["test_envs"] = tuple(sorted(row.get("test_envs") or ()))
-        row.setdefault("trial_seed", 0)
-        row.setdefault("hparams_seed", 0)
-        rows.append(row)
-    df = pd.DataFrame(rows)
-    missing = [c for c in ("dataset", "algorithm") if c not in df.columns]
-    if missing:
-        raise UserError(f"records lack args {missing}; are these harness results?")
-    return df
 
 
 # --- selection and aggregation -------------------------------------------------------------
@@ -218,13 +134,13 @@ class Cell:
 
 
 def aggregate(values: list[float], scale: float = 100.0) -> tuple[float | None, float | None]:
-    """DomainBed's ``format_mean``: mean and std/sqrt(n) (population std), times ``scale``."""
+    """DomainBed's ``format_mean``: mean and std/sqrt(n) (population std), times ``scale``; no error for n = 1."""
     if not values:
         return None, None
     n = len(values)
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / n)
-    return scale * mean, scale * std / math.sqrt(n)
+    return scale * mean, (scale * std / math.sqrt(n) if n > 1 else None)
 
 
 def make_cell(trials, n_trials: int) -> Cell:
@@ -275,7 +191,7 @@ class Table:
 def format_cell(cell: Cell, pm: str = "±") -> str:
     if cell.mean is None:
         return "X"
-    err = "" if cell.stderr is None else f" {pm} {cell.stderr:.1f}"
+    err = "" if cell.stderr is None or cell.n < 2 else f" {pm} {cell.stderr:.1f}"
     return f"{cell.mean:.1f}{err}{cell.mark}"
 
 
@@ -390,91 +306,6 @@ def render_csv(tables: list[Table]) -> str:
 RENDERERS = {"text": render_text, "markdown": render_markdown, "latex": render_latex, "csv": render_csv}
 
 
-# --- plots --------------------------------------------------------------------------------
-def slug(s: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in s).strip("_")
-
-
-def write_plots(df, out_dir: Path) -> list[Path]:
-    """Training curves per dataset, SparseShared usage heatmaps per run, metric-vs-hparam scatters."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for dataset, ddf in df.groupby("dataset"):
-        written += plot_curves(plt, dataset, ddf, out_dir)
-        written += plot_hparam_scatter(plt, dataset, ddf, out_dir)
-    written += plot_usage(plt, df, out_dir)
-    return written
-
-
-def curve_metrics(ddf) -> dict[str, Any]:
-    """What the curves show: mean out-split accuracy over all envs, then the other logged metrics."""
-    metrics = {"mean out acc": sel.mean_out(ddf, sel.env_indices(ddf))}
-    for col in ("loss", "dci_disentanglement", "mcc", "fewshot_acc", "probe_sharing"):
-        if col in ddf.columns and ddf[col].notna().any():
-            metrics[col] = ddf[col]
-    return metrics
-
-
-def plot_curves(plt, dataset: str, ddf, out_dir: Path) -> list[Path]:
-    metrics = curve_metrics(ddf)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2), squeeze=False)
-    for ax, (name, values) in zip(axes[0], metrics.items()):
-        per_step = ddf.assign(value=values).groupby(["algorithm", "step"])["value"].mean()
-        for algorithm, curve in per_step.groupby(level="algorithm"):
-            ax.plot(curve.index.get_level_values("step"), curve.values, marker=".", label=algorithm)
-        ax.set(xlabel="step", title=name)
-    axes[0][0].legend()
-    fig.suptitle(f"{dataset}: mean over runs")
-    return [save(fig, plt, out_dir / f"curves_{slug(dataset)}.png")]
-
-
-def plot_usage(plt, df, out_dir: Path) -> list[Path]:
-    if "usage" not in df.columns:
-        return []
-    written = []
-    for run, rdf in df[df["usage"].map(lambda u: isinstance(u, list) and len(u) > 0)].groupby("run"):
-        last = rdf.sort_values("step").iloc[-1]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        im = ax.imshow(last["usage"], aspect="auto", cmap="viridis", interpolation="nearest")
-        fig.colorbar(im, ax=ax, label="importance |W_t[j]|")
-        ax.set(xlabel="feature", ylabel="task", title=f"{run} (step {last['step']})")
-        written.append(save(fig, plt, out_dir / f"usage_{slug(run)}.png"))
-    return written
-
-
-def plot_hparam_scatter(plt, dataset: str, ddf, out_dir: Path) -> list[Path]:
-    """Final-checkpoint metric (DCI D where recorded, else mean out acc) vs every numeric hparam that varies."""
-    final = sel.final_checkpoints(ddf)
-    name = "dci_disentanglement" if "dci_disentanglement" in final.columns else "mean out acc"
-    y = final[name] if name in final.columns else sel.mean_out(final, sel.env_indices(final))
-    written = []
-    for col in [c for c in final.columns if c.startswith("hparams.")]:
-        x = final[col]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x) or x.nunique() < 2:
-            continue
-        fig, ax = plt.subplots(figsize=(4.5, 3.5))
-        for algorithm, idx in final.groupby("algorithm").groups.items():
-            ax.scatter(x[idx], y[idx], label=algorithm)
-        ax.set(xlabel=col.removeprefix("hparams."), ylabel=name, title=dataset)
-        if x.min() > 0 and x.max() / x.min() > 20:
-            ax.set_xscale("log")
-        ax.legend()
-        written.append(save(fig, plt, out_dir / f"hparam_{slug(dataset)}_{slug(col.removeprefix('hparams.'))}.png"))
-    return written
-
-
-def save(fig, plt, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 # --- command line ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness.collect_results",
@@ -486,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--selection", nargs="+", default=None, metavar="NAME",
                    help=f"selection methods (default: all that apply): {', '.join(sel.METHODS)}")
     p.add_argument("--plots", default=None, metavar="DIR",
-                   help="write PNG plots (training curves, SparseShared's feature-usage heatmaps, metric vs hparam) "
+                   help="write PNG plots (training curves, metric vs hparam, what algorithms declare in PLOT_LOGS) "
                         "into DIR (default: INPUT_DIR/plots)")
     p.add_argument("--no_plots", action="store_true", help="tables only")
     return p
@@ -501,9 +332,16 @@ def collect(args: argparse.Namespace) -> str:
     df = records_frame(records)
     text = RENDERERS[args.format](build_tables(df, args.selection))
     if not args.no_plots:
+        from harness.plots import write_plots
+
         plots = Path(args.plots or Path(args.input_dir) / "plots")
-        written = write_plots(df, plots)
-        print(f"wrote {plural(len(written), 'plot')} to {plots}", file=sys.stderr)
+        try:
+            written = write_plots(df, plots)
+        except OSError as e:  # e.g. a read-only results folder: the tables still matter
+            print(f"warning: no plots written ({e.strerror or e}: {e.filename or plots}); "
+                  "pass --plots DIR or --no_plots", file=sys.stderr)
+        else:
+            print(f"wrote {plural(len(written), 'plot')} to {plots}", file=sys.stderr)
     return text
 
 

@@ -9,7 +9,9 @@ to ``dci_disentanglement``? SparseShared records ``probe_sharing = 1 - H(p) / lo
 (1: every task uses the same feature; 0: importance spread evenly over all features).
 
 Prints, per dataset, the number of runs, Pearson's r with its two-sided p-value, and Spearman's
-rho; writes a scatter plot with one panel per dataset.
+rho; writes a scatter plot with one panel per dataset, by default to
+``results/plots/<input dir name>_<x>_vs_<y>.png`` under the current directory (never into the input
+directory, which may be records kept in the repository).
 """
 
 from __future__ import annotations
@@ -67,6 +69,12 @@ def scatter(final, x: str, y: str, path: Path) -> None:
     plt.close(fig)
 
 
+def default_plot(input_dir: Path, x: str, y: str) -> Path:
+    from harness.plots import slug
+
+    return Path("results") / "plots" / f"{slug(input_dir.resolve().name)}_{slug(x)}_vs_{slug(y)}.png"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness.correlate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--x", default="probe_sharing", help="a recorded value (final checkpoint of each run)")
     p.add_argument("--y", default="dci_disentanglement", help="a recorded value (final checkpoint of each run)")
     p.add_argument("--algorithm", default=None, help="only runs of this algorithm")
-    p.add_argument("--plot", default=None, metavar="PNG", help="scatter plot path (default: INPUT_DIR/plots/X_vs_Y.png)")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="scatter plot path (default: results/plots/<INPUT_DIR name>_X_vs_Y.png)")
     return p
 
 
@@ -82,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     def run() -> None:
         from tabulate import tabulate
 
-        from harness.collect_results import load_records, records_frame
+        from harness.records import load_records, records_frame
 
         args = build_parser().parse_args(argv)
         records, stats = load_records(Path(args.input_dir))
@@ -95,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         table, final = correlations(df, args.x, args.y)
         print(f"{args.x} vs {args.y}, final checkpoint of each run:")
         print(tabulate(table.values.tolist(), headers=list(table.columns), floatfmt=".3f"))
-        plot = Path(args.plot or Path(args.input_dir) / "plots" / f"{args.x}_vs_{args.y}.png")
+        plot = Path(args.plot) if args.plot else default_plot(Path(args.input_dir), args.x, args.y)
         scatter(final, args.x, args.y, plot)
         print(f"wrote {plot}", file=sys.stderr)
 

@@ -2,7 +2,7 @@
 Domain Generalization", arXiv 2007.01434, Sec. 3 and ``domainbed/model_selection.py``).
 
 A method sees every checkpoint record of one (dataset, algorithm, trial_seed) — one row per
-checkpoint of a DataFrame built by ``harness.collect_results.records_frame`` — and a test
+checkpoint of a DataFrame built by ``harness.records.records_frame`` — and a test
 environment ``t`` (``None`` for runs without test environments). Like DomainBed it
 
 1. gives each hparams draw (``hparams_seed``) a score and a chosen checkpoint (``run_choice``),

@@ -145,7 +145,7 @@ def test_no_test_env_uses_final_checkpoint():
     choice = sel.TrainingDomainValidation.select(df, None)
     assert choice.record["step"] == 2 and choice.record["dci_disentanglement"] == 0.4
     tables = build_tables(df, ["training_domain"])
-    assert tables[0].header == ["Algorithm", "Acc", "DCI D"] and tables[0].rows == [["A", "60.0 ± 0.0", "40.0 ± 0.0"]]
+    assert tables[0].header == ["Algorithm", "Acc", "DCI D"] and tables[0].rows == [["A", "60.0", "40.0"]]
 
 
 def test_table_cells_mean_and_stderr_over_trials():
@@ -223,3 +223,53 @@ def test_correlate_reports_pearson_over_final_checkpoints(cli, tmp_path):
     assert plot.stat().st_size > 1000
     proc = cli("harness.correlate", "--input_dir", str(SWEEP), "--x", "nope", "--plot", str(plot), check=False)
     assert proc.returncode == 2 and "no run records 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- newcomer findings ---------------------------------------------------------------------
+def test_single_trial_shows_no_spread():
+    table = build_tables(records_frame([rec([0], 0, 1, [0.5, 0.9])]), ["oracle"])[0]
+    assert table.rows == [["A", "50.0", "50.0"]] and table.cells[0]["stderr"] is None
+
+
+def test_runs_of_different_lengths_get_separate_tables():
+    short = {**rec([0], 0, 2, [0.5, 0.9]), "run": "short"}
+    long = [{**rec([0], 0, s, [0.7, 0.9]), "run": "long"} for s in (2, 10)]
+    titles = [t.title for t in build_tables(records_frame([short, *long]), ["oracle"])]
+    assert sorted(titles) == ["D (10 steps) | test-domain validation (oracle) | accuracy (%)",
+                              "D (2 steps) | test-domain validation (oracle) | accuracy (%)"], titles
+
+
+def test_input_that_is_a_file_is_one_clear_line(cli):
+    path = SWEEP / "Shapes3D" / next(p.name for p in (SWEEP / "Shapes3D").iterdir()) / "results.jsonl"
+    proc = cli("harness.collect_results", "--input_dir", str(path), check=False)
+    assert proc.returncode == 2 and "is a file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_read_only_plot_folder_warns_and_prints_the_tables(cli, tmp_path):
+    shutil.copytree(SWEEP / "Shapes3D", tmp_path / "Shapes3D")
+    blocker = tmp_path / "plots"
+    blocker.write_text("a file where the plot folder would go")
+    proc = cli("harness.collect_results", "--input_dir", str(tmp_path))
+    assert "warning: no plots written" in proc.stderr and "Traceback" not in proc.stderr
+    assert "== Shapes3D | training-domain validation" in proc.stdout
+
+
+def test_plots_follow_what_algorithms_declare(monkeypatch):
+    from harness import plots
+    from harness.algorithms.erm import ERM
+
+    monkeypatch.setattr(ERM, "PLOT_LOGS", {"my_matrix": "heatmap", "my_stat": "curve", "x": "bogus"}, raising=False)
+    plots.plot_logs.cache_clear()
+    try:
+        df = records_frame([{**rec([0], 0, 1, [0.5, 0.9]), "args": {**rec([0], 0, 1, [0.5])["args"], "algorithm": "ERM"},
+                             "my_matrix": [[1.0, 0.0]], "my_stat": 0.3}])
+        assert plots.declared(df, "heatmap") == ["my_matrix"] and "my_stat" in plots.curve_metrics(df)
+    finally:
+        plots.plot_logs.cache_clear()
+
+
+def test_correlate_default_plot_stays_out_of_the_input_dir(cli, tmp_path):
+    shutil.copytree(SWEEP / "Shapes3D", tmp_path / "kept" / "Shapes3D")
+    proc = cli("harness.correlate", "--input_dir", str(tmp_path / "kept"), cwd=str(tmp_path))
+    assert not list((tmp_path / "kept").rglob("*.png"))
+    assert (tmp_path / "results" / "plots" / "kept_probe_sharing_vs_dci_disentanglement.png").exists(), proc.stderr

@@ -132,7 +132,7 @@ def write_expected() -> None:
     from harness.collect_results import build_parser, collect
 
     for fmt, name in FORMATS.items():
-        text = collect(build_parser().parse_args(["--input_dir", str(SWEEP), "--format", fmt]))
+        text = collect(build_parser().parse_args(["--input_dir", str(SWEEP), "--format", fmt, "--no_plots"]))
         (HERE / name).write_text(text)
         print(f"wrote {HERE / name}")
 
