@@ -83,8 +83,17 @@ def compress(M: torch.Tensor) -> ActiveSet:
     return ActiveSet(idx, valid, j_idx, idx - j_idx * K, (j_idx < d1 - 1) & valid)
 
 
+def row_penalty(pen: torch.Tensor, T: int, d: int) -> torch.Tensor:
+    """The penalty weight of each task and W row, (T, d+1), zero on the bias row, from a weight per
+    task ((T,) or (T, 1, 1)) or per task and row ((T, d, 1))."""
+    rows = pen.reshape(T, -1).expand(T, d)
+    return torch.cat([rows, torch.zeros(T, 1, dtype=rows.dtype, device=rows.device)], dim=1)
+
+
 def active_hessian(Za, P, U, A: ActiveSet, binary: bool, alpha_t, rho: float, sparsity: str):
-    """Hessian of CE + rho/2 ||W||^2 + alpha_t R(W) on the compressed active set, (T, m, m).
+    """Hessian of CE + rho/2 ||W||^2 + sum_j alpha_tj R(W_tj) on the compressed active set, (T, m, m).
+
+    ``alpha_t``: the penalty weight per task ((T,) or (T, 1, 1)) or per task and row ((T, d, 1)).
 
     Identity on padding slots; softmax heads get ``GAUGE`` curvature along the constant-bias
     direction (the null space of CE), so the matrix is positive definite.
@@ -111,7 +120,7 @@ def active_hessian(Za, P, U, A: ActiveSet, binary: bool, alpha_t, rho: float, sp
         Wn = torch.linalg.vector_norm(U[:, :d, :], dim=2)  # (T, d)
         Wn1 = torch.cat([Wn, torch.ones(T, 1, dtype=dtype, device=Za.device)], dim=1)
         nr = Wn1.gather(1, A.j_idx) * wf + (1 - wf)  # 1 where unused
-        sc = alpha_t.reshape(T, 1) / nr * wf
+        sc = row_penalty(alpha_t, T, d).gather(1, A.j_idx) / nr * wf
         Ej = A.same_w_row().to(dtype)
         un = A.gather(U) / nr
         Hm = Hm - Ej * (sc.unsqueeze(2) * un.unsqueeze(2) * un.unsqueeze(1))
@@ -143,7 +152,8 @@ def _group_hessian(Za, P, U, A: ActiveSet, alpha_t, rho: float):
     Ur = U.gather(1, rows.unsqueeze(2).expand(T, r, K))  # (T, r, K)
     nr = torch.linalg.vector_norm(Ur, dim=2, keepdim=True)
     u = Ur / torch.where(rw.unsqueeze(2), nr, torch.ones_like(nr))
-    sc = torch.where(rw.unsqueeze(2), alpha_t.reshape(T, 1, 1) / nr, torch.zeros_like(nr)).unsqueeze(3)
+    pen = row_penalty(alpha_t, T, d1 - 1).gather(1, rows).unsqueeze(2)  # (T, r, 1)
+    sc = torch.where(rw.unsqueeze(2), pen / nr, torch.zeros_like(nr)).unsqueeze(3)
     # diagonal blocks: rho I + alpha_t / ||W_j|| (I - u u^T) on W rows, the gauge on the bias row, I on padding
     block = torch.where(rw.view(T, r, 1, 1), rho * eye + sc * (eye - u.unsqueeze(3) * u.unsqueeze(2)),
                         torch.where(rvalid.view(T, r, 1, 1), torch.full_like(eye, GAUGE / K), eye))

@@ -12,8 +12,9 @@ from torch import nn
 from harness.algorithms.base import Algorithm
 from harness.algorithms.episodic import feature_norm, head_logits, task_features
 from harness.algorithms.sparse_shared.implicit import sparse_heads
-from harness.algorithms.sparse_shared.solver import OPTIONS, feature_usage, sharing_entropy
+from harness.algorithms.sparse_shared.solver import OPTIONS, row_importance, sharing_entropy
 from harness.errors import UserError
+from harness.metrics.sharing import sharing_stats
 from harness.registry import ALGORITHMS
 
 
@@ -24,6 +25,7 @@ def check_hparams(h: dict) -> None:
             raise UserError(f"SparseShared hparam {name} must be one of {' | '.join(allowed)}, got {h[name]!r}")
     bounds = {"alpha": (0 <= h["alpha"] <= 1, "in [0, 1] (relative to each task's lambda_max)"),
               "beta": (h["beta"] >= 0, ">= 0"), "rho": (h["rho"] > 0, "> 0"),
+              "sharing_eps": (0 < h["sharing_eps"] <= 1, "in (0, 1]"), "mm_rounds": (h["mm_rounds"] >= 1, ">= 1"),
               "inner_tol": (h["inner_tol"] > 0, "> 0"), "inner_max_iter": (h["inner_max_iter"] >= 1, ">= 1"),
               "adapt_max_iter": (h["adapt_max_iter"] >= 1, ">= 1")}
     for name, (ok, domain) in bounds.items():
@@ -53,10 +55,13 @@ class SparseShared(Algorithm):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.featurizer(x))
 
-    def solve(self, z_support: torch.Tensor, y_support: torch.Tensor, n_classes: int, max_iter: int | None = None):
+    def solve(self, z_support: torch.Tensor, y_support: torch.Tensor, n_classes: int, max_iter: int | None = None,
+              shared: bool = True):
+        """The batch's heads; ``shared=False`` solves with the sparsity penalty alone (beta = 0)."""
         h = self.hparams
-        return sparse_heads(z_support, y_support, n_classes, alpha=h["alpha"], beta=h["beta"], rho=h["rho"],
-                            sparsity=h["sparsity"], sharing=h["sharing"], sharing_in=h["sharing_in"],
+        return sparse_heads(z_support, y_support, n_classes, alpha=h["alpha"], beta=h["beta"] if shared else 0.0,
+                            rho=h["rho"], sparsity=h["sparsity"], sharing=h["sharing"], sharing_in=h["sharing_in"],
+                            sharing_eps=h["sharing_eps"], mm_rounds=h["mm_rounds"],
                             max_iter=max_iter or h["inner_max_iter"], tol=h["inner_tol"])
 
     def update(self, tasks) -> dict[str, float]:
@@ -71,39 +76,36 @@ class SparseShared(Algorithm):
         loss.backward()
         self.optimizer.step()
         return {"loss": loss.item(), "inner_iters": float(info["iters"]),
-                "inner_newton_steps": float(info["newton_steps"]), "kkt": float(info["kkt"]),
+                "inner_newton_steps": float(info["newton_steps"]), "inner_mm_rounds": float(info["mm_rounds"]),
+                "kkt": float(info["kkt"]),
                 "frac_zero": float(info["frac_zero"]), "entropy": entropy.item(), "scale": self.log_scale.exp().item()}
 
     @torch.no_grad()
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, num_classes: int | None = None):
-        """A new task solved by the same sparse solver on frozen features (one task, T = 1).
-
-        The cap is ``adapt_max_iter``, not ``inner_max_iter``: a DG head (thousands of points, all
-        classes) needs far more FISTA iterations than a training episode; at 200 iterations a
-        10-class RotatedFashionMNIST head scored 0.20 where the converged one scores 0.56
-        (measured before SmallCNN's He init)."""
+        """A new task solved by the sparse solver on frozen features with the sparsity penalty alone:
+        with one task the sharing term no longer measures sharing. The cap is ``adapt_max_iter``:
+        a DG head (thousands of points, all classes) needs far more iterations than an episode."""
         was_training = self.training
         self.eval()
         n_classes = num_classes or int(support_y.max()) + 1
         W, b, _ = self.solve(self.features(support_x)[None], support_y[None], n_classes,
-                             max_iter=self.hparams["adapt_max_iter"])
+                             max_iter=self.hparams["adapt_max_iter"], shared=False)
         self.train(was_training)
         return lambda x: head_logits(self.features(x), W[0], b[0])
 
     @torch.no_grad()
     def checkpoint_logs(self, probe) -> dict[str, Any]:
-        """Feature usage (T x d) on the fixed probe tasks, sparsity and sharing statistics.
+        """Feature usage (T x d) on the fixed probe tasks and its sharing statistics
+        (:func:`harness.metrics.sharing.sharing_stats`).
 
-        Solved to ``adapt_max_iter`` like a new task: the picture should show the inner problem's
-        solution, and eval-mode features can need more iterations than a training episode."""
+        The probe heads are solved like new tasks (sparsity alone, to ``adapt_max_iter``), so the
+        statistics describe the representation, not the training beta's direct pull on the heads."""
         T, S = probe.support_y.shape
         zs = self.features(probe.support_x.flatten(0, 1)).view(T, S, -1)
-        W, _, info = self.solve(zs, probe.support_y, probe.n_classes, max_iter=self.hparams["adapt_max_iter"])
-        usage = feature_usage(W)
-        p = usage.sum(0) / usage.sum().clamp_min(1e-12)
-        H = -(p[p > 0] * p[p > 0].log()).sum().item()
-        return {"usage": usage.cpu().tolist(), "probe_frac_zero": (W == 0).float().mean().item(),
-                "probe_features_used": int((usage.sum(0) > 0).sum()), "probe_entropy": H,
-                "probe_sharing": 1.0 - H / math.log(usage.shape[1]), "probe_inner_iters": info["iters"],
-                "probe_inner_newton_steps": info["newton_steps"],
+        W, _, info = self.solve(zs, probe.support_y, probe.n_classes, max_iter=self.hparams["adapt_max_iter"],
+                                shared=False)
+        usage = row_importance(W, self.hparams["sparsity"])
+        stats = {f"probe_{k}": v for k, v in sharing_stats(usage).items()}
+        return {"usage": usage.cpu().tolist(), "probe_frac_zero": (W == 0).float().mean().item(), **stats,
+                "probe_inner_iters": info["iters"], "probe_inner_newton_steps": info["newton_steps"],
                 "probe_kkt": info["kkt"]}

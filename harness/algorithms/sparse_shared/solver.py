@@ -1,26 +1,38 @@
-"""Batched inner solver for SparseShared heads (Fumero et al., NeurIPS 2023).
+"""Batched inner solver for SparseShared heads (Fumero et al., NeurIPS 2023, arXiv 2304.07939).
 
-Inner problem, jointly over a batch of ``T`` tasks::
+Inner problem, jointly over a batch of ``T`` tasks (``sharing="reweighted"``, the default)::
 
-    W*, b* = argmin_{W,b}  sum_t mean_i CE(Z_t W_t + b_t ; Y_t)
-                           + sum_t alpha_t R(W_t) + beta H(p(W)) + rho/2 ||W||^2
+    W*, b* = argmin_{W,b}  sum_t mean_i CE(Z_t W_t + b_t ; Y_t) + rho/2 ||W||^2
+                           + sum_t alpha_t R(W_t) + beta * lam_bar * Phi(A(W))
 
-with ``R`` either the entrywise l1 norm or the row-wise L2,1 norm (group over
-classes), ``a_tj = sqrt(||W_t[j,:]||^2 + eps)``, ``p_j = sum_t a_tj / sum a`` and
-``H(p) = -sum_j p_j log p_j``.  ``alpha_t = alpha * lambda_max_t`` is relative
-to the smallest penalty that makes ``W_t = 0`` optimal.
+``R`` is the entrywise l1 norm or the row-wise L2,1 norm (group over classes), ``alpha_t = alpha *
+lambda_max_t`` is relative to the smallest penalty that makes ``W_t = 0`` optimal and ``lam_bar``
+is the batch's mean ``lambda_max_t``. ``A_tj`` is row j's share of ``R(W_t)`` (the row's l1 norm,
+or its l2 norm for group sparsity), ``A_j = sum_t A_tj``, ``S = sum_j A_j``, and
+
+    Phi(A) = sum_j At_j log(St / At_j),   At_j = A_j + delta S / d,   St = (1 + delta) S,
+
+that is ``St * H(pt)`` with ``pt = At / St`` the importance distribution mixed with a fraction
+``delta`` (``sharing_eps``) of the uniform one. Phi is concave and 1-homogeneous in A: the sharing
+term scales like the sparsity term, is invariant to nothing that R is not, and its derivative
+``w_j = dPhi/dA_j = -log pt_j + delta/d sum_k (-log pt_k) > 0`` is a per-feature penalty weight
+(never a reward for growth). ``delta`` bounds the weight of an unused feature (its entry barrier)
+by about ``log(d / delta)``. Majorise-minimise (:func:`_reweighted`): each round linearises Phi at
+the previous heads, leaving the convex weighted problem with per-row penalties
+``alpha_t + beta lam_bar w_j``, solved by the fixed-step FISTA with active-set Newton finish
+below; every round decreases the full objective.
+
+``sharing="entropy"`` keeps the original form ``beta H(p(W))`` with smoothed importances
+``a_tj = sqrt(||W_t[j,:]||^2 + eps)``, inside the inner problem (``sharing_in="inner"``, a
+float64 backtracking FISTA, :func:`_fista_backtracking`) or on the outer loss (``"outer"``).
 
 Binary tasks (``n_classes == 2``) use a single logit (``K = 1``) and the
 logistic loss; otherwise ``K = n_classes`` and softmax cross-entropy.
 
-The solver is FISTA with gradient-based adaptive restart (O'Donoghue & Candes)
-and a per-task step ``1 / L_t`` from a Lipschitz bound; when the entropy term is
-inside the inner problem a global backtracked curvature estimate is added to
-the step and a monotone (function-value) safeguard is used, because the smoothed
-entropy is non-convex and has no useful global Lipschitz bound for small ``eps``.
-Without the entropy inside, the solver finishes with active-set Newton once the
-support has (nearly) stopped changing (:func:`_newton_polish`): FISTA identifies
-the support in tens of iterations but needs hundreds more to converge on it.
+FISTA runs with gradient-based adaptive restart (O'Donoghue & Candes) and a per-task step
+``1 / L_t`` from a Lipschitz bound; the fixed-step solver finishes with active-set Newton once the
+support has (nearly) stopped changing (:func:`_newton_polish`): FISTA identifies the support in
+tens of iterations but needs hundreds more to converge on it.
 
 Pure torch; works for float32/float64 on the device of ``Z``.
 """
@@ -55,12 +67,17 @@ __all__ = [
     "DEFAULT_MAX_ITER",
     "DEFAULT_EPS",
     "DEFAULT_RHO",
+    "DEFAULT_SHARING_EPS",
+    "row_importance",
+    "sharing_weights",
 ]
 
 DEFAULT_TOL = 1e-5
 DEFAULT_MAX_ITER = 2000
 DEFAULT_EPS = 1e-8
 DEFAULT_RHO = 1e-3
+DEFAULT_SHARING_EPS = 0.1  # delta: the uniform share mixed into the importances of the reweighted sharing term
+MM_TOL = 1e-3  # majorise-minimise stops when no feature's importance share pt_j moves by more than this
 
 
 # --------------------------------------------------------------------------- #
@@ -74,7 +91,7 @@ def head_dims(n_classes: int) -> Tuple[bool, int]:
     return binary, (1 if binary else n_classes)
 
 
-OPTIONS = {"sparsity": ("l1", "group"), "sharing": ("entropy", "none"), "sharing_in": ("inner", "outer")}
+OPTIONS = {"sparsity": ("l1", "group"), "sharing": ("reweighted", "entropy", "none"), "sharing_in": ("inner", "outer")}
 
 
 def _check_options(sparsity: str, sharing: str, sharing_in: str) -> None:
@@ -140,11 +157,25 @@ def _intercept_at_zero(Yt: torch.Tensor, binary: bool) -> torch.Tensor:
     return torch.log(freq.clamp_min(tiny))
 
 
-def _penalty_rows(W: torch.Tensor, sparsity: str) -> torch.Tensor:
-    """Per-task R(W_t), (T,)."""
+def row_importance(W: torch.Tensor, sparsity: str) -> torch.Tensor:
+    """A_tj, row j's share of R(W_t): its l1 norm (l1) or l2 norm (group), (T, d)."""
     if sparsity == "l1":
-        return W.abs().sum(dim=(1, 2))
-    return torch.linalg.vector_norm(W, dim=2).sum(dim=1)
+        return W.abs().sum(dim=2)
+    return torch.linalg.vector_norm(W, dim=2)
+
+
+def sharing_weights(W: torch.Tensor, sparsity: str, delta: float = DEFAULT_SHARING_EPS):
+    """(w, pt): w_j = dPhi/dA_j of the reweighted sharing term (see the module doc) and the mixed
+    importance distribution pt, both (d,). All-zero heads give the uniform distribution."""
+    A = row_importance(W.detach(), sparsity).sum(dim=0)
+    d = A.shape[0]
+    S = A.sum()
+    if float(S) <= 0:
+        pt = torch.full_like(A, 1.0 / d)
+    else:
+        pt = (A + delta * S / d) / ((1 + delta) * S)
+    nlog = -torch.log(pt)
+    return nlog + (delta / d) * nlog.sum(), pt
 
 
 def prox(V: torch.Tensor, thr: torch.Tensor, sparsity: str) -> torch.Tensor:
@@ -245,22 +276,26 @@ def solve_heads(
     beta: float = 0.0,
     rho: float = DEFAULT_RHO,
     sparsity: str = "l1",
-    sharing: str = "entropy",
+    sharing: str = "reweighted",
     sharing_in: str = "inner",
     eps: float = DEFAULT_EPS,
     max_iter: int = DEFAULT_MAX_ITER,
     tol: float = DEFAULT_TOL,
     init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
     lam: Optional[torch.Tensor] = None,
+    sharing_eps: float = DEFAULT_SHARING_EPS,
+    mm_rounds: int = 10,
 ):
     """Solve the batched sparse inner problem.
 
     Args:
         Z: (T, n, d) support features.  Y: (T, n) integer labels in [0, n_classes).
         alpha: relative sparsity level in [0, 1]; alpha_t = alpha * lambda_max_t.
-        beta: entropy sharing weight (used here only if sharing == "entropy" and
-            sharing_in == "inner").
-        rho: ridge on W.  eps: smoothing of the feature importances.
+        beta: sharing weight (sharing "reweighted": relative to the batch's mean lambda_max;
+            "entropy": used here only with sharing_in == "inner").
+        rho: ridge on W.  eps: smoothing of the feature importances of sharing "entropy".
+        sharing_eps: delta of sharing "reweighted" (module doc); mm_rounds: its cap on
+            majorise-minimise rounds after the first, unshared solve.
         tol: stopping threshold on the KKT residual (max over tasks).
         init: optional warm start (W0, b0).
         lam: optional precomputed lambda_max (T,) (e.g. to hold it fixed in
@@ -268,7 +303,9 @@ def solve_heads(
 
     Returns:
         W (T, d, K), b (T, K), info dict with ``iters`` (FISTA iterations), ``newton_steps``
-        (of the active-set Newton finish), ``kkt``, ``frac_zero``.
+        (of the active-set Newton finish), ``kkt``, ``frac_zero``, ``mm_rounds`` and ``penalty``,
+        the per-task (T, 1, 1) or per-row (T, d, 1) l1 weights of the last convex solve (what the
+        implicit backward differentiates).
         For softmax heads b is centred (sum_k b_tk = 0), the intercept being
         defined only up to a constant shift.
         K = 1 for binary problems, n_classes otherwise.  Zeros in W are exact (W is a
@@ -283,12 +320,13 @@ def solve_heads(
     binary, K = head_dims(n_classes)
     dtype, dev = Z.dtype, Z.device
     Yt = _targets(Y.to(dev), K, binary, dtype)
+    rounds = 0
     beta_in = float(beta) if (sharing == "entropy" and sharing_in == "inner" and beta > 0) else 0.0
 
     if lam is None:
         lam = lambda_max(Z, Y.to(dev), n_classes, sparsity)
     lam = lam.detach().to(device=dev, dtype=dtype).reshape(T)
-    alpha_t = (float(alpha) * lam).view(T, 1, 1)
+    alpha_t = penalty = (float(alpha) * lam).view(T, 1, 1)
     L = _lipschitz(Z, binary) + rho  # (T,)
 
     if init is not None:
@@ -309,6 +347,10 @@ def solve_heads(
                                                     rho, beta_in, eps, alpha_t.to(wd), L.to(wd),
                                                     sparsity, max_iter, tol)
         W, b = W.to(dtype), b.to(dtype)
+    elif sharing == "reweighted" and beta > 0:
+        W, b, it, kkt, newton, penalty, rounds = _reweighted(
+            _Data.of(Z, Yt, binary), W, b, rho, alpha_t, float(beta) * float(lam.mean()), float(sharing_eps), L,
+            sparsity, max_iter, tol, mm_rounds)
     else:
         W, b, it, kkt, newton = _fista_fixed(_Data.of(Z, Yt, binary), W, b, rho, alpha_t, L, sparsity, max_iter,
                                              tol)
@@ -322,18 +364,46 @@ def solve_heads(
         "newton_steps": int(newton),
         "kkt": float(kkt),
         "frac_zero": float((W == 0).to(torch.float64).mean().item()),
+        "mm_rounds": rounds,
+        "penalty": penalty,
     }
     return W, b, info
 
 
-STEP_GROWTH = 2.0  # first try steps STEP_GROWTH / L_t; halved (down to 1 / L_t) where the objective rises
+def _reweighted(D: _Data, W, b, rho, alpha_t, scale, delta, L, sparsity, max_iter, tol, max_rounds):
+    """Majorise-minimise for the reweighted sharing term (module doc).
+
+    Round 0 solves with ``alpha_t`` alone; each later round adds ``scale * w_j`` (``scale = beta *
+    lam_bar``, w from the previous heads) to every row's penalty and re-solves from the previous
+    heads. Linearising the concave Phi majorises it, so each round lowers the full objective; it
+    stops once no importance share moves by more than ``MM_TOL``, or after ``max_rounds``.
+    Returns (W, b, FISTA iterations, KKT of the last solve, Newton steps, its penalty, rounds).
+    """
+    W, b, it, kkt, newton = _fista_fixed(D, W, b, rho, alpha_t, L, sparsity, max_iter, tol)
+    w, pt = sharing_weights(W, sparsity, delta)
+    penalty, rounds = alpha_t, 0
+    for rounds in range(1, max_rounds + 1):
+        penalty = alpha_t + scale * w.view(1, -1, 1)
+        W, b, i, kkt, k = _fista_fixed(D, W, b, rho, penalty, L, sparsity, max_iter, tol)
+        it, newton = it + i, newton + k
+        w, pt_next = sharing_weights(W, sparsity, delta)
+        moved = float((pt_next - pt).abs().max())
+        pt = pt_next
+        if moved <= MM_TOL:
+            break
+    return W, b, it, kkt, newton, penalty, rounds
+
+
+STEP_GROWTH = 2.0  # first try steps STEP_GROWTH / L_t; halved (down to 1 / L_t) where the objective stops falling
 STEP_CHECK = 10  # iterations between objective checks
 
 
 def _task_objective(D: _Data, W, b, rho, alpha_t, sparsity):
-    """Per-task inner objective (T,): CE + rho/2 ||W_t||^2 + alpha_t R(W_t)."""
+    """Per-task convex objective (T,): CE + rho/2 ||W_t||^2 + sum_j alpha_tj A_tj, with ``alpha_t`` a
+    weight per task ((T, 1, 1)) or per task and row ((T, d, 1))."""
+    T = W.shape[0]
     return (D.ce(D.scores(W, b)) + 0.5 * rho * (W * W).sum(dim=(1, 2))
-            + alpha_t.reshape(-1) * _penalty_rows(W, sparsity))
+            + (alpha_t.reshape(T, -1) * row_importance(W, sparsity)).sum(dim=1))
 
 
 class _Augmented(NamedTuple):
@@ -390,7 +460,7 @@ def _fista_fixed(D: _Data, W, b, rho, alpha_t, L, sparsity, max_iter, tol):
 
     Steps start at ``STEP_GROWTH / L_t``: the Lipschitz bound is worst-case, and a 2x longer step
     cut iterations by a third in benchmarks/bench_inner.py. Every ``STEP_CHECK`` iterations the
-    objective of each task is compared with the last check; a task whose objective rose goes
+    objective of each task is compared with the last check; a task whose objective did not fall goes
     back to that point with its step halved, never below the always-safe ``1 / L_t``.
     Every ``NEWTON_CHECK`` iterations, once the support has settled, :func:`_newton_polish`.
     The head is iterated as ``U = [W; b]`` (its bias row has no penalty and no ridge): at these
@@ -434,7 +504,9 @@ def _fista_fixed(D: _Data, W, b, rho, alpha_t, L, sparsity, max_iter, tol):
         Yu = torch.addcmul(Xn, mom, stepU)
         if it % STEP_CHECK == 0 and bool((growth > 1).any()):
             F = objective(X)
-            rose = ((F > ck_F * (1 + 1e-6) + 1e-12) & (growth.view(T) > 1)).view(T, 1, 1)
+            # not decreased counts as failed too: with the long step the iterates can settle into a
+            # 2-cycle whose objective repeats exactly at every check (KKT stuck at 0.1 for 20000 iterations)
+            rose = ((F >= ck_F - 1e-9 * ck_F.abs()) & (growth.view(T) > 1)).view(T, 1, 1)
             if bool(rose.any()):  # back to the last check with half the step, momentum reset
                 growth = torch.where(rose, (growth / 2).clamp_min(1.0), growth)
                 eta = growth / Lv
