@@ -20,13 +20,12 @@ from harness.datasets.factors import FileFactorDataset, ProceduralFactorDataset,
 from harness.errors import UserError
 from harness.registry import DATASETS
 
-SHAPE_NAMES = ("cube", "cylinder", "sphere", "capsule")
 SHAPES_GRID: dict[str, np.ndarray] = {
     "floor_hue": np.linspace(0.0, 0.9, 10),
     "wall_hue": np.linspace(0.0, 0.9, 10),
     "object_hue": np.linspace(0.0, 0.9, 10),
     "scale": np.linspace(0.75, 1.25, 8),
-    "shape": np.arange(4, dtype=np.float64),
+    "shape": np.arange(4, dtype=np.float64),  # cube, cylinder, sphere, capsule
     "orientation": np.linspace(-30.0, 30.0, 15),  # degrees
 }
 

@@ -19,9 +19,8 @@ from harness.datasets.factors import FileFactorDataset, NpzMember, ProceduralFac
 from harness.errors import UserError
 from harness.registry import DATASETS
 
-SPRITE_SHAPES = ("square", "ellipse", "heart")
 SPRITE_GRID: dict[str, np.ndarray] = {
-    "shape": np.arange(3, dtype=np.float64),  # class index (the file stores 1, 2, 3)
+    "shape": np.arange(3, dtype=np.float64),  # square, ellipse, heart (the file stores 1, 2, 3)
     "scale": np.linspace(0.5, 1.0, 6),
     "orientation": np.arange(40) * (2 * np.pi / 40),  # radians in [0, 2 pi)
     "posX": np.linspace(0.0, 1.0, 32),
