@@ -187,6 +187,20 @@ def install_domain_folders(name: str, staging: Path, data_dir: Path) -> Path:
     return target
 
 
+def inside(base: Path, name: object, top: Path) -> Path | None:
+    """``base / name`` when it resolves (symlinks followed) inside ``top``; None for an absolute path,
+    ``..`` escapes, a link out of the archive or a name that is not a string. Paths read from a
+    metadata file must never reach files outside the unpacked archive."""
+    if not isinstance(name, str) or not name or "\x00" in name or Path(name).is_absolute():
+        return None
+    try:
+        path = (base / name).resolve()
+        path.relative_to(top.resolve())
+    except (ValueError, OSError, RuntimeError):
+        return None
+    return path
+
+
 def reorganise_terra(staging: Path, data_dir: Path) -> Path:
     """DomainBed's TerraIncognita reorganisation: ``location_<L>/<category>/<file>`` from images + annotations."""
     jsons = [p for p in staging.rglob("*.json") if p.is_file()]
@@ -204,26 +218,32 @@ def reorganise_terra(staging: Path, data_dir: Path) -> Path:
                         "pass caltech_camera_traps.json.zip with --archive too")
     images_dir = find_root(staging, lambda d: d.name == "eccv_18_all_images_sm", "eccv_18_all_images_sm/") \
         if any(staging.rglob("eccv_18_all_images_sm")) else None
-    category = {c["id"]: c["name"] for c in annotations["categories"]}
-    by_image: dict = {}
-    for a in annotations["annotations"]:
-        by_image.setdefault(a["image_id"], []).append(category.get(a["category_id"]))
+    try:
+        category = {c["id"]: c["name"] for c in annotations["categories"]}
+        by_image: dict = {}
+        for a in annotations["annotations"]:
+            by_image.setdefault(a["image_id"], []).append(category.get(a["category_id"]))
+        images = [i for i in annotations["images"] if isinstance(i, dict) and "id" in i]
+    except (KeyError, TypeError) as e:
+        raise UserError(f"TerraIncognita: the annotations json is malformed ({type(e).__name__}: {e})") from None
     target = data_dir / "terra_incognita"
     tmp = data_dir / f".terra_incognita.{uuid.uuid4().hex[:8]}"
     n = 0
-    for image in annotations["images"]:
+    for image in images:
         loc = str(image.get("location"))
         if loc not in TERRA_LOCATIONS:
             continue
         src = None
         for base in ([images_dir] if images_dir else []) + [staging]:
-            if (base / image["file_name"]).is_file():
-                src = base / image["file_name"]
+            cand = inside(base, image.get("file_name"), staging)
+            if cand is not None and cand.is_file():
+                src = cand
                 break
         if src is None:
             continue
-        for cat in sorted({c for c in by_image.get(image["id"], []) if c in TERRA_CATEGORIES}):
-            dst = tmp / f"location_{loc}" / cat / Path(image["file_name"]).name
+        cats = by_image.get(image["id"], []) if isinstance(image["id"], (str, int)) else []
+        for cat in sorted({c for c in cats if c in TERRA_CATEGORIES}):
+            dst = tmp / f"location_{loc}" / cat / src.name
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
             n += 1
@@ -260,9 +280,27 @@ def install_miniimagenet(staging: Path, data_dir: Path) -> Path:
 
     src = find_root(staging, ok, "miniImageNet (images/ with train.csv, val.csv, test.csv; or "
                                  "mini-imagenet-cache-{train,val,test}.pkl)")
+    for split in ("train", "val", "test"):
+        pkl = src / f"mini-imagenet-cache-{split}.pkl"
+        if pkl.is_file():
+            check_pickle(pkl)
     target = data_dir / "miniImageNet"
     _move_into_place(src, target)
     return target
+
+
+def check_pickle(path: Path) -> None:
+    """Refuse a pickle that names anything but the mini-imagenet-cache format's types (it could run code)."""
+    from harness.datasets.fewshot_images import ForeignPickle, SafeUnpickler
+
+    try:
+        with open(path, "rb") as f:
+            SafeUnpickler(f, encoding="latin1").load()
+    except ForeignPickle as e:
+        raise UserError(f"MiniImageNet: {path.name} in the archive refers to {e}, which a mini-imagenet-cache "
+                        "pickle never does; refusing to install it (pickles can run code)") from None
+    except Exception as e:
+        raise UserError(f"MiniImageNet: {path.name} in the archive cannot be read: {type(e).__name__}: {e}") from None
 
 
 def install_cifarfs(staging: Path, data_dir: Path) -> Path:

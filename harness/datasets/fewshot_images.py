@@ -133,7 +133,10 @@ class MiniImageNet(FewShotImageDataset):
 
         try:
             with open(path, "rb") as f:
-                data = pickle.load(f)
+                data = SafeUnpickler(f, encoding="latin1").load()
+        except ForeignPickle as e:
+            raise UserError(f"MiniImageNet: {path} refers to {e}, which a mini-imagenet-cache pickle never "
+                            "does; refusing to load it (pickles can run code)") from None
         except Exception as e:  # a truncated or foreign file
             raise UserError(f"MiniImageNet: cannot read {path}: {type(e).__name__}: {e}") from None
         if not isinstance(data, dict) or "image_data" not in data or "class_dict" not in data:
@@ -148,6 +151,29 @@ class MiniImageNet(FewShotImageDataset):
             raise UserError(f"MiniImageNet: {path} class_dict leaves {(y < 0).sum().item()} images without a class")
         x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
         return TensorEnv(x, y, transform=_tensor_normalise())
+
+
+class ForeignPickle(Exception):
+    """A pickle names a global outside the mini-imagenet-cache format."""
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Unpickles only what mini-imagenet-cache files hold: numpy arrays and dtypes, dicts, lists, strings,
+    numbers. Any other global (``os.system``, ``builtins.eval``, a class) is refused before it is looked up,
+    so a crafted file cannot run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # protocol-2 pickles store bytes as _codecs.encode(text, "latin1")
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise ForeignPickle(f"{module}.{name}")
+        return super().find_class(module, name)
 
 
 @DATASETS.register("CIFARFS")
