@@ -1,0 +1,281 @@
+"""The sharing study's report: does sharing go with disentanglement (Fumero et al., arXiv 2304.07939)?
+
+    python -m harness.report --input_dir docs/measured/sharing_study --out docs/study
+
+reads the finished runs below ``--input_dir`` (the sweeps ``sweeps/sharing_*.json``) and writes
+``sharing.md`` with its PNG plots into ``--out``: means with 95% t-intervals over seeds, the beta
+sweep against MultiTask and ERM, the alpha x beta phase diagram, correlated factors, and the
+correlation of each sharing statistic with DCI disentanglement, completeness and MCC (Pearson and
+Spearman with p-values, a bootstrap interval, and the partial correlation controlling for alpha).
+The statistics are those SparseShared logs at each checkpoint (``probe_*``, from heads fitted with
+the sparsity penalty alone on a fixed probe batch of tasks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from harness.errors import UserError, cli
+
+PAPER_R = 0.947  # the paper's Pearson correlation between sharing and DCI disentanglement
+TARGETS = {"dci_disentanglement": "DCI D", "dci_completeness": "DCI C", "mcc": "MCC"}
+STATS = {"probe_sharing": "sharing (importance)", "probe_sharing_counts": "sharing (counts)",
+         "probe_mean_reuse": "mean reuse", "probe_features_used": "features used"}
+COLUMNS = {**TARGETS, "task_acc": "new-task acc", "probe_sharing": "sharing", "probe_features_used": "features",
+           "probe_features_per_task": "features/task"}
+HP = ["alpha", "beta", "sharing", "factor_correlation"]
+
+
+def final_runs(input_dir: Path):
+    """One row per finished run (its last checkpoint) with the study's hparams as plain columns, and
+    the per-checkpoint frame for the curves."""
+    from harness.records import load_records, records_frame
+
+    df = records_frame(load_records(input_dir)[0])
+    for h in HP:
+        df[h] = df.get(f"hparams.{h}")
+    df["factor_correlation"] = df["factor_correlation"].fillna(0.0)
+    final = df.sort_values("step").groupby("run").tail(1)
+    return final, df
+
+
+def interval(values) -> tuple[float, float, int]:
+    """(mean, half-width of the 95% t-interval, n); the half-width is nan for n < 2."""
+    from scipy import stats
+
+    v = [float(x) for x in values if x is not None and not math.isnan(float(x))]
+    n = len(v)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = sum(v) / n
+    if n < 2:
+        return mean, math.nan, n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
+    return mean, stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n), n
+
+
+def fmt(mean: float, half: float) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
+
+
+def summary_table(groups: list[tuple[str, object]]) -> str:
+    """Markdown table, one row per (label, frame of final runs), a column per metric in COLUMNS."""
+    from tabulate import tabulate
+
+    rows = []
+    for label, g in groups:
+        cells = [fmt(*interval(g[c])[:2]) if c in g else "–" for c in COLUMNS]
+        rows.append([label, len(g), *cells])
+    return tabulate(rows, headers=["run", "n", *COLUMNS.values()], tablefmt="github")
+
+
+def correlations(final, seed: int = 0, n_boot: int = 2000) -> str:
+    """Pearson (p, bootstrap 95% interval), Spearman (p) and partial-on-alpha Pearson of each sharing
+    statistic against each target, over the given runs."""
+    import numpy as np
+    from scipy import stats
+    from tabulate import tabulate
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s, s_name in STATS.items():
+        for t, t_name in TARGETS.items():
+            sub = final[[s, t, "alpha"]].dropna()
+            if len(sub) < 4 or sub[s].nunique() < 2 or sub[t].nunique() < 2:
+                continue
+            x, y, a = (sub[c].to_numpy(float) for c in (s, t, "alpha"))
+            pr = stats.pearsonr(x, y)
+            sr = stats.spearmanr(x, y)
+            i = rng.integers(0, len(x), (n_boot, len(x)))
+            xb, yb = x[i] - x[i].mean(1, keepdims=True), y[i] - y[i].mean(1, keepdims=True)
+            den = np.sqrt((xb * xb).sum(1) * (yb * yb).sum(1))
+            boot = (xb * yb).sum(1)[den > 0] / den[den > 0]
+            lo, hi = np.percentile(boot, [2.5, 97.5])
+            partial = "–"
+            if np.ptp(a) > 0:
+                rx = x - np.polyval(np.polyfit(a, x, 1), a)
+                ry = y - np.polyval(np.polyfit(a, y, 1), a)
+                partial = f"{stats.pearsonr(rx, ry).statistic:+.2f}"
+            rows.append([s_name, t_name, len(x), f"{pr.statistic:+.2f} (p={pr.pvalue:.2g})", f"[{lo:+.2f}, {hi:+.2f}]",
+                         f"{sr.statistic:+.2f} (p={sr.pvalue:.2g})", partial])
+    return tabulate(rows, headers=["statistic", "target", "runs", "Pearson r", "bootstrap 95%", "Spearman rho",
+                                   "partial r | alpha"], tablefmt="github")
+
+
+def plot_curves(df, runs, out: Path, name: str, key: str = "beta") -> Path:
+    """DCI disentanglement against step, mean over seeds, one line per value of ``key``."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    sub = df[df["run"].isin(runs)].dropna(subset=["dci_disentanglement"])
+    for value, g in sub.groupby(key, dropna=False):
+        curve = g.groupby("step")["dci_disentanglement"].mean()
+        ax.plot(curve.index, curve.values, marker="o", label=f"{key} {value}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("DCI disentanglement")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / name
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_phase(final, out: Path, name: str) -> Path | None:
+    """Heatmaps over alpha x beta of the seed-mean D, MCC and new-task accuracy."""
+    import matplotlib.pyplot as plt
+
+    if final["alpha"].nunique() < 2 or final["beta"].nunique() < 2:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for ax, col in zip(axes, ["dci_disentanglement", "mcc", "task_acc"]):
+        grid = final.pivot_table(index="alpha", columns="beta", values=col, aggfunc="mean")
+        im = ax.imshow(grid.values, origin="lower", cmap="viridis", aspect="auto")
+        ax.set_xticks(range(grid.shape[1]), [f"{b:g}" for b in grid.columns])
+        ax.set_yticks(range(grid.shape[0]), [f"{a:g}" for a in grid.index])
+        for (i, j), v in __import__("numpy").ndenumerate(grid.values):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
+        ax.set_xlabel("beta")
+        ax.set_ylabel("alpha")
+        ax.set_title(COLUMNS.get(col, col))
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    path = out / name
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_scatter(final, out: Path, name: str) -> Path:
+    """Sharing (importance) against DCI disentanglement, one point per run, coloured by beta."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    sc = ax.scatter(final["probe_sharing"], final["dci_disentanglement"], c=final["beta"], cmap="plasma")
+    fig.colorbar(sc, ax=ax, label="beta")
+    ax.set_xlabel("sharing 1 - H(p)/log d (probe)")
+    ax.set_ylabel("DCI disentanglement")
+    fig.tight_layout()
+    path = out / name
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def build_report(input_dir: Path, out: Path) -> str:
+    """Write the plots into ``out`` and return the Markdown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    final, df = final_runs(input_dir)
+    df = df.merge(final[["run", *HP]].rename(columns={h: f"_{h}" for h in HP}), on="run")
+    for h in HP:
+        df[h] = df[f"_{h}"]
+    syn = final[final["dataset"] == "SyntheticLinear"]
+    ss = syn[syn["algorithm"] == "SparseShared"]
+    rew = ss[(ss["sharing"] == "reweighted") & (ss["factor_correlation"] == 0)]
+    alpha0 = rew["alpha"].mode().iloc[0] if len(rew) else math.nan
+    main = rew[rew["alpha"] == alpha0]
+    lines = [f"# Sharing and disentanglement: the study\n",
+             f"Generated by `python -m harness.report --input_dir {input_dir} --out {out}` from "
+             f"{len(final)} finished runs. Intervals are 95% t-intervals over seeds (`n` runs per row; "
+             "no interval where n = 1). DCI and MCC are measured on held-out points; `new-task acc` is "
+             "the accuracy of heads fitted on new factor tasks with the backbone frozen; `sharing` is "
+             "1 - H(p)/log d of the probe heads' feature importances, `features` the features any probe "
+             "task uses (SyntheticLinear has 10 factors and d = 10).\n"]
+    wall = input_dir / "wall_time.txt"
+    if wall.exists():
+        lines.append(f"Wall time: {wall.read_text().strip()}\n")
+
+    lines.append(f"## (a) The sharing weight beta at alpha = {alpha0:g} (SyntheticLinear)\n")
+    groups = [(f"SparseShared beta {b:g}", g) for b, g in main.groupby("beta")]
+    ent = ss[(ss["sharing"] == "entropy") & (ss["factor_correlation"] == 0)]
+    groups += [(f"SparseShared, entropy form, beta {b:g}", g) for b, g in ent.groupby("beta")]
+    groups += [(name, syn[syn["algorithm"] == name]) for name in ("MultiTask", "ERM") if (syn["algorithm"] == name).any()]
+    lines += [summary_table(groups), ""]
+    if len(main):
+        p = plot_curves(df, set(main["run"]), out, "sharing_dci_vs_step.png")
+        lines.append(f"DCI disentanglement along training (mean over seeds): ![curves]({p.name})\n")
+
+    grid = rew.groupby(["alpha", "beta"])
+    if rew["alpha"].nunique() > 1:
+        lines.append("## (b) Phase diagram: alpha x beta (seed means)\n")
+        lines += [summary_table([(f"alpha {a:g}, beta {b:g}", g) for (a, b), g in grid]), ""]
+        p = plot_phase(rew, out, "sharing_phase.png")
+        if p:
+            lines.append(f"![phase diagram]({p.name})\n")
+
+    corr = ss[(ss["sharing"] == "reweighted") & (ss["factor_correlation"] > 0)]
+    if len(corr):
+        lines.append("## (c) Correlated factors (Gaussian copula, equicorrelation rho)\n")
+        base = main.assign(factor_correlation=0.0)
+        both = [g for g in (base, corr) if len(g)]
+        import pandas as pd
+
+        allc = pd.concat(both)
+        allc = allc[allc["beta"].isin(corr["beta"].unique()) & (allc["alpha"] == alpha0)]
+        lines += [summary_table([(f"rho {r:g}, beta {b:g}", g)
+                                 for (r, b), g in allc.groupby(["factor_correlation", "beta"])]), ""]
+
+    others = final[(final["dataset"] != "SyntheticLinear") & (final["algorithm"] == "SparseShared")]
+    for ds, g in others.groupby("dataset"):
+        lines.append(f"## (d) {ds}\n")
+        lines += [summary_table([(f"beta {b:g}", gb) for b, gb in g.groupby("beta")]), ""]
+
+    lines.append("## Sharing against disentanglement\n")
+    lines.append(f"Over all {len(rew)} SparseShared runs with the reweighted term on independent factors "
+                 "(every alpha and beta, every seed):\n")
+    lines += [correlations(rew), ""]
+    if len(main) >= 4:
+        lines.append(f"At alpha = {alpha0:g} only ({len(main)} runs):\n")
+        lines += [correlations(main), ""]
+    p = plot_scatter(rew, out, "sharing_vs_dci.png")
+    lines.append(f"![sharing vs DCI]({p.name})\n")
+    lines.append(verdict(rew))
+    return "\n".join(lines)
+
+
+def verdict(runs) -> str:
+    """The headline comparison with the paper, in words chosen by the numbers."""
+    import numpy as np
+    from scipy import stats
+
+    sub = runs[["probe_sharing", "dci_disentanglement"]].dropna()
+    if len(sub) < 4:
+        return "Too few runs for a correlation.\n"
+    r = stats.pearsonr(sub["probe_sharing"], sub["dci_disentanglement"])
+    z, se = np.arctanh(r.statistic), 1 / math.sqrt(len(sub) - 3)
+    lo, hi = np.tanh(z - 1.96 * se), np.tanh(z + 1.96 * se)
+    if hi < PAPER_R:
+        relation = "below the paper's value: its 95% interval excludes 0.947"
+    else:
+        relation = "consistent with the paper's value: its 95% interval includes 0.947"
+    sign = "no detectable correlation" if lo <= 0 <= hi else ("a positive" if r.statistic > 0 else "a negative") + \
+        " correlation"
+    return (f"**Paper: Pearson r = {PAPER_R} between sharing and DCI disentanglement. Here: r = {r.statistic:+.3f} "
+            f"(Fisher 95% interval [{lo:+.2f}, {hi:+.2f}], p = {r.pvalue:.2g}, {len(sub)} runs): {sign}, "
+            f"{relation}.**\n")
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--input_dir", required=True, type=Path, help="folder holding the study's finished runs")
+    parser.add_argument("--out", required=True, type=Path, help="folder for sharing.md and its plots")
+    args = parser.parse_args(argv)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --out {args.out}: {e.strerror}") from None
+    text = build_report(args.input_dir, args.out)
+    (args.out / "sharing.md").write_text(text)
+    print(f"wrote {args.out / 'sharing.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""The sharing study's report (harness.report) on records written in the trainer's format."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write_run(root: Path, name: str, algorithm: str, hp: dict, seed: int, finals: dict, steps=(500, 1000)):
+    run = root / name
+    run.mkdir(parents=True)
+    lines = []
+    for i, step in enumerate(steps):
+        scale = (i + 1) / len(steps)
+        rec = {"step": step, "args": {"dataset": "SyntheticLinear", "algorithm": algorithm, "trial_seed": seed,
+                                      "hparams_seed": 0, "test_envs": [], "steps": steps[-1]},
+               "hparams": hp, **{k: v * scale if isinstance(v, float) else v for k, v in finals.items()}}
+        lines.append(json.dumps(rec))
+    (run / "results.jsonl").write_text("\n".join(lines) + "\n")
+    (run / "done").write_text("")
+
+
+def test_report_tables_correlations_and_plots(tmp_path):
+    rng = np.random.default_rng(0)
+    sharing, dci = [], []
+    cells = [(0.3, b) for b in (0.0, 0.03, 0.1) for _ in range(3)] + [(a, b) for a in (0.1, 0.6) for b in (0.0, 0.1)]
+    for i, (alpha, beta) in enumerate(cells):
+        s = 0.1 + beta + 0.05 * rng.random()
+        d = 0.6 + 2 * beta + 0.1 * rng.random()
+        sharing.append(s)
+        dci.append(d)
+        hp = {"alpha": alpha, "beta": beta, "sharing": "reweighted"}
+        _write_run(tmp_path / "runs", f"ss{i}", "SparseShared", hp, i % 3,
+                   {"dci_disentanglement": d, "dci_completeness": d - 0.05, "mcc": d + 0.1, "task_acc": 0.8,
+                    "probe_sharing": s, "probe_sharing_counts": s / 2, "probe_mean_reuse": 0.3 + s,
+                    "probe_features_used": 10 - i % 4, "probe_features_per_task": 3.0})
+    for i in range(3):
+        _write_run(tmp_path / "runs", f"mt{i}", "MultiTask", {}, i, {"dci_disentanglement": 0.2 + 0.01 * i, "mcc": 0.5})
+    (tmp_path / "runs" / "unfinished").mkdir()
+    (tmp_path / "runs" / "unfinished" / "results.jsonl").write_text("")
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "harness.report", "--input_dir", str(tmp_path / "runs"),
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join((out / "sharing.md").read_text().split())
+    r = stats.pearsonr(sharing, dci).statistic
+    assert f"| 13 | {r:+.2f} (p=" in text  # the headline correlation over all 13 runs
+    assert "alpha = 0.3" in text and "| SparseShared beta 0.1 | 3 |" in text
+    assert f"r = {r:+.3f}" in text and "0.947" in text
+    mt = [0.2, 0.21, 0.22]
+    half = stats.t.ppf(0.975, 2) * np.std(mt, ddof=1) / np.sqrt(3)
+    assert f"| MultiTask | 3 | {np.mean(mt):.3f} ± {half:.3f} |" in text
+    for png in ("sharing_dci_vs_step.png", "sharing_phase.png", "sharing_vs_dci.png"):
+        assert (out / png).stat().st_size > 1000
+
+
+def test_report_missing_input_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "harness.report", "--input_dir", str(tmp_path / "nope"),
+                           "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr
