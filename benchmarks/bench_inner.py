@@ -139,7 +139,7 @@ def main():
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, dtype {args.dtype}, "
           f"alpha {args.alpha}, n_support {n}, median of {args.repeats}")
     hdr = (f"{'config':<44}{'ridge ms':>10}{'sparse ms':>11}{'(fwd ms)':>10}{'ratio':>8}{'iters':>7}{'newton':>8}"
-           f"{'zero%':>7}")
+           f"{'zero%':>7}{'mm':>4}")
     print(hdr)
     print("-" * len(hdr))
 
@@ -147,10 +147,12 @@ def main():
         opts = dict(base, **over)
         tr, ts, tf, info = bench(T, n, d, C, opts, dtype, args.repeats)
         print(f"{name:<44}{tr * 1e3:>10.2f}{ts * 1e3:>11.2f}{tf * 1e3:>10.2f}{ts / tr:>8.1f}"
-              f"{info['iters']:>7d}{info['newton_steps']:>8d}{100 * info['frac_zero']:>7.1f}", flush=True)
+              f"{info['iters']:>7d}{info['newton_steps']:>8d}{100 * info['frac_zero']:>7.1f}{info['mm_rounds']:>4d}",
+              flush=True)
         return tr
 
-    ridge = [row("MAIN T=16 d=64 C=5 l1 (sharing outer)", 16, 64, 5),
+    ridge = [row("MAIN T=16 d=64 C=5 l1 (reweighted, default)", 16, 64, 5, sharing="reweighted"),
+             row("MAIN T=16 d=64 C=5 l1 (sharing outer)", 16, 64, 5),
              row("MAIN T=16 d=64 C=5 group (sharing outer)", 16, 64, 5, sparsity="group"),
              row("MAIN T=16 d=64 C=5 l1 (entropy inner)", 16, 64, 5, sharing_in="inner"),
              row("MAIN T=16 d=64 C=5 l1 tol=1e-4", 16, 64, 5, tol=1e-4)]
@@ -171,6 +173,7 @@ def main():
     for C in (2, 5, 20):
         row(f"T=16 d=64 C={C} l1", 16, 64, C)
     row("T=16 d=2048 C=20 l1", 16, 2048, 20)
+    row("T=16 d=2048 C=5 l1 (reweighted, default)", 16, 2048, 5, sharing="reweighted")
     row("T=16 d=256 C=5 l1 (entropy inner)", 16, 256, 5, sharing_in="inner")
     row("T=16 d=2048 C=5 l1 (entropy inner)", 16, 2048, 5, sharing_in="inner")
 

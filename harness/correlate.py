@@ -1,7 +1,7 @@
 """Correlation of two recorded quantities over a sweep's runs:
 ``python -m harness.correlate --input_dir results/sharing_vs_dci``.
 
-By default it asks the question of Fumero et al. (arXiv 2304.07939, Sec. 5.1), who report a
+By default it asks the question of Fumero et al. (arXiv 2304.07939, Sec. 4.1), who report a
 Pearson correlation of 0.947 between feature sharing and DCI disentanglement: over the final
 checkpoints of the runs, per dataset, how does the realised sharing ``probe_sharing`` relate
 to ``dci_disentanglement``? SparseShared records ``probe_sharing = 1 - H(p) / log d``, with

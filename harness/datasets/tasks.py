@@ -89,8 +89,8 @@ class FactorTaskSampler:
     """Binary linear-threshold tasks on random subsets of 1..``max_factors`` ground-truth factors.
 
     Each task draws a subset S of factors, a direction w on S, and labels a point by whether
-    ``w . z_S`` exceeds its median over the task's points (so classes are balanced). This is
-    the task distribution of Fumero et al. (arXiv 2304.07939, Sec. 5.1).
+    ``w . z_S`` exceeds its median over the task's points (so classes are balanced): this
+    harness's protocol for the sparse factor tasks of Fumero et al. (arXiv 2304.07939, Sec. 2).
 
     ``split``: ``train`` draws only subsets outside :func:`heldout_combinations` (hparam
     ``ood_task_fraction``; the held-out set depends on ``data_seed`` only, so every algorithm

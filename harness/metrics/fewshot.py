@@ -2,8 +2,9 @@
 
 Mean accuracy and 95% interval (1.96 * std / sqrt(episodes)) over seeded episodes, the
 protocol of Snell et al. (arXiv 1703.05175) and Lee et al. (arXiv 1904.03758) for N-way
-K-shot classes, and of Fumero et al. (arXiv 2304.07939, Sec. 5.1) for binary tasks on
-ground-truth factors, in- and out-of-distribution (held-out factor combinations).
+K-shot classes; for binary tasks on ground-truth factors, in- and out-of-distribution (held-out
+factor combinations), it is this harness's protocol, in the spirit of Fumero et al.'s synthetic
+experiments (arXiv 2304.07939, Sec. 4.1).
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def sparse_heads(
     init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
     lam: Optional[torch.Tensor] = None,
     sharing_eps: float = DEFAULT_SHARING_EPS,
-    mm_rounds: int = 10,
+    mm_rounds: int = 5,
     backward: str = "auto",
     backward_tol: Optional[float] = None,
     backward_max_iter: int = 1000,

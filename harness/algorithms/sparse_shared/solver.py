@@ -284,7 +284,7 @@ def solve_heads(
     init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
     lam: Optional[torch.Tensor] = None,
     sharing_eps: float = DEFAULT_SHARING_EPS,
-    mm_rounds: int = 10,
+    mm_rounds: int = 5,
 ):
     """Solve the batched sparse inner problem.
 
