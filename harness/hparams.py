@@ -5,8 +5,10 @@ seeded by a hash of (algorithm, dataset, seed, hparam name), so adding an hparam
 algorithm) never shifts the values drawn for the others. The space of a run is the union of
 the common space, the dataset's and the algorithm's (later ones override earlier ones).
 
-Adding an algorithm: add its entry to ``ALGORITHM_SPACES`` (or, for a plugin, give the
-class a ``HPARAMS = {"name": HP(default, sampler)}`` attribute). This module imports no torch.
+Algorithms and datasets, built-in or plugins, declare their hparams on the class:
+``HPARAMS = {"name": HP(default, sampler)}``; an algorithm with ``EPISODIC = True`` also gets
+the episodic hparams below. This module imports no torch; :func:`space` imports the classes
+(hence torch) when it is called.
 """
 
 from __future__ import annotations
@@ -79,25 +81,9 @@ EPISODIC: dict[str, HP] = {
     "max_factors": HP(3),  # factor tasks depend on a random subset of 1..max_factors factors
 }
 
-# Datasets with factors: a fraction of the multi-factor combinations is kept out of the training
-# tasks and used for out-of-distribution tasks at evaluation (harness/datasets/tasks.py).
-# SyntheticLinear keeps every combination by default: holding out 20% of them lowered SparseShared's
-# MCC from 0.966 to 0.858 and DCI D from 0.915 to 0.806 (1500 steps, lr 1e-3, seed 0; seed 1: 0.919 ->
-# 0.861, 0.864 -> 0.810): identifiability needs the task diversity.
-FACTOR_TASKS: dict[str, HP] = {"ood_task_fraction": HP(0.2)}
-
+# Datasets whose classes do not declare HPARAMS yet:
+# their entries move onto the classes, then this table goes.
 DATASET_SPACES: dict[str, dict[str, HP]] = {
-    # lr 3e-3: at 1e-3, 1500 SparseShared steps left seed 2 at MCC 0.867 / DCI D 0.804 (seeds 0-2 at 3e-3:
-    # MCC 0.968, 0.978, 0.967 and D 0.908, 0.934, 0.902)
-    "SyntheticLinear": {"backbone": HP("MLP"), "feature_dim": HP(10), "batch_size": HP(64, int_pow2(5, 7)),
-                        "lr": HP(3e-3, log_uniform(-3.5, -2)),
-                        "n_factors": HP(10), "n_per_env": HP(4000), "data_seed": HP(0), "ood_task_fraction": HP(0.0),
-                        "factor_correlation": HP(0.0)},
-    # procedural and real datasets with ground-truth factors (harness/datasets/{sprites,shapes,mpi3d}.py)
-    **{name: {"backbone": HP("SmallCNN"), "feature_dim": HP(32), "batch_size": HP(32, int_pow2(3, 6)),
-              "n_per_env": HP(4000), "data_seed": HP(0), "factor_correlation": HP(0.0), "data_cache": HP(True),
-              **FACTOR_TASKS, **({"mpi3d_variant": HP("toy")} if name == "MPI3D" else {})}
-       for name in ("Sprites", "DSprites", "Shapes", "Shapes3D", "MPI3D")},
     # DomainBed's image benchmarks (arXiv 2007.01434, its hparams_registry): ResNet-50, lr 5e-5, batch 32 per env
     **{name: {"backbone": HP("resnet50"), "lr": HP(5e-5, log_uniform(-5, -3.5)), "batch_size": HP(32, int_pow2(3, 5)),
               "weight_decay": HP(0.0, log_uniform(-6, -2)), "data_augmentation": HP(True),
@@ -114,48 +100,11 @@ DATASET_SPACES: dict[str, dict[str, HP]] = {
                      "k_shot": HP(5), "n_episodes": HP(600), "pretrained": HP(False)},
     "CIFARFS": {"backbone": HP("SmallCNN"), "feature_dim": HP(128), "batch_size": HP(64, int_pow2(4, 7)),
                 "k_shot": HP(5), "n_episodes": HP(600), "pretrained": HP(False)},
-    # WILDS (harness/datasets/wilds_datasets.py). Images: ImageNet-pretrained ResNet-50 with DomainBed's Adam
-    # settings; "pretrained": true (hub), false, or a local weight file/folder; BatchNorm frozen as DomainBed.
-    "Waterbirds": {"backbone": HP("resnet50"), "pretrained": HP(True), "project": HP(False), "freeze_bn": HP(True),
-                   "lr": HP(5e-5, log_uniform(-5, -3.5)), "weight_decay": HP(1e-4, log_uniform(-6, -2)),
-                   "batch_size": HP(32, int_pow2(3, 6)), "data_augmentation": HP(False), "image_size": HP(224)},
-    "Camelyon17": {"backbone": HP("resnet50"), "pretrained": HP(True), "project": HP(False), "freeze_bn": HP(True),
-                   "lr": HP(5e-5, log_uniform(-5, -3.5)), "weight_decay": HP(0.0, log_uniform(-6, -2)),
-                   "batch_size": HP(32, int_pow2(3, 5)), "data_augmentation": HP(False), "image_size": HP(96)},
-    # WILDS' CivilComments settings: DistilBERT, lr 1e-5, weight decay 0.01, batch 16, 300 tokens
-    "CivilComments": {"backbone": HP("distilbert-base-uncased"), "pretrained": HP(True), "project": HP(False),
-                      "pooling": HP("cls"), "max_length": HP(300), "lr": HP(1e-5, log_uniform(-5.5, -4.5)),
-                      "weight_decay": HP(0.01, log_uniform(-4, -1)), "batch_size": HP(16, int_pow2(3, 5))},
 }
 
+# Algorithms whose classes do not declare HPARAMS yet: their entries move onto the classes, then
+# this table goes (an entry here lists the episodic hparams itself).
 ALGORITHM_SPACES: dict[str, dict[str, HP]] = {
-    "ERM": {},
-    # DomainBed's defaults and ranges (domainbed/hparams_registry.py) for the DomainBed algorithms.
-    "IRM": {"irm_lambda": HP(1e2, log_uniform(-1, 5)),
-            "irm_penalty_anneal_iters": HP(500, lambda r: int(10 ** r.uniform(0, 4)))},
-    "GroupDRO": {"groupdro_eta": HP(1e-2, log_uniform(-3, -1))},
-    "CORAL": {"mmd_gamma": HP(1.0, log_uniform(-1, 1))},
-    "MMD": {"mmd_gamma": HP(1.0, log_uniform(-1, 1))},
-    "VREx": {"vrex_lambda": HP(1e1, log_uniform(-1, 5)),
-             "vrex_penalty_anneal_iters": HP(500, lambda r: int(10 ** r.uniform(0, 4)))},
-    "Mixup": {"mixup_alpha": HP(0.2, log_uniform(-1, 1))},
-    "Fish": {"meta_lr": HP(0.5, choice(0.05, 0.1, 0.5))},
-    # Episodic baselines (not in DomainBed): heads fitted per task.
-    "ProtoNet": {**EPISODIC},  # Snell et al., arXiv 1703.05175
-    "R2D2": {  # Bertinetto et al., arXiv 1805.08136; lambda, scale, bias are meta-learned from these inits
-        **EPISODIC,
-        "ridge_lambda": HP(1.0, log_uniform(-2, 2)),
-        "learn_lambda": HP(True),
-        "init_scale": HP(10.0, log_uniform(0, 2)),
-    },
-    "MetaOptNet": {  # Lee et al., arXiv 1904.03758; C = 0.1 and the dual ridge 1.0 are their code's values
-        **EPISODIC,
-        "svm_C": HP(0.1, log_uniform(-2, 0)),
-        "svm_dual_ridge": HP(1.0),
-        "svm_max_iter": HP(200),
-        "svm_tol": HP(1e-4),
-        "init_scale": HP(1.0, log_uniform(-1, 1)),
-    },
     "SparseShared": {  # Fumero et al., arXiv 2304.07939; docs/design.md, "SparseShared as implemented"
         **EPISODIC,
         "alpha": HP(0.3, uniform(0.05, 0.7)),  # relative to each task's lambda_max
@@ -173,21 +122,27 @@ ALGORITHM_SPACES: dict[str, dict[str, HP]] = {
         "adapt_max_iter": HP(3000),  # the solver's cap in adapt (evaluation heads: larger problems)
         "weight_decay": HP(0.0),
     },
-    "MultiTask": {  # dense ablation of SparseShared: per-task heads by unrolled gradient descent
-        **EPISODIC,
-        "feature_norm": HP("batchnorm"),
-        "init_scale": HP(5.0),
-        "head_steps": HP(10),
-        "head_lr": HP(0.5, log_uniform(-1.5, 0.5)),
-        "weight_decay": HP(0.0),
-    },
 }
 
 
 def space(algorithm: str, dataset: str) -> dict[str, HP]:
     """The full hparam space of (algorithm, dataset)."""
-    return {**COMMON, **_space_of(dataset, DATASET_SPACES, "datasets"),
-            **_space_of(algorithm, ALGORITHM_SPACES, "algorithms")}
+    return {**COMMON, **dataset_space(dataset), **algorithm_space(algorithm)}
+
+
+def algorithm_space(name: str) -> dict[str, HP]:
+    """The class's ``HPARAMS``, after the episodic hparams when it says ``EPISODIC = True``."""
+    if name in ALGORITHM_SPACES:
+        return ALGORITHM_SPACES[name]
+    cls = _registered("algorithms", name)
+    return {**(EPISODIC if getattr(cls, "EPISODIC", False) else {}), **getattr(cls, "HPARAMS", {})}
+
+
+def dataset_space(name: str) -> dict[str, HP]:
+    """The dataset class's ``HPARAMS``."""
+    if name in DATASET_SPACES:
+        return DATASET_SPACES[name]
+    return dict(getattr(_registered("datasets", name), "HPARAMS", {}))
 
 
 SAMPLERS: dict[str, Callable[..., Sampler]] = {
@@ -223,16 +178,14 @@ def searched_hparams(algorithm: str, dataset: str, seed: int, search: dict[str, 
     return {k: _plain(sampler(_rng(algorithm, dataset, seed, k))) for k, sampler in samplers.items() if k in known}
 
 
-def _space_of(name: str, table: dict[str, dict[str, HP]], kind: str) -> dict[str, HP]:
-    if name in table:
-        return table[name]
-    from harness.registry import REGISTRIES  # plugins declare theirs on the class
+def _registered(kind: str, name: str) -> Any:
+    """The registered class, or None for an unknown name (the caller reports those)."""
+    from harness.registry import REGISTRIES
 
     try:
-        obj = REGISTRIES[kind].get(name)
+        return REGISTRIES[kind].get(name)
     except UserError:
-        return {}
-    return dict(getattr(obj, "HPARAMS", {}))
+        return None
 
 
 def _rng(algorithm: str, dataset: str, seed: int, name: str) -> np.random.RandomState:

@@ -20,7 +20,9 @@ def test_random_draws_are_deterministic_and_vary_with_seed():
 
 def test_adding_an_hparam_never_shifts_the_others(monkeypatch):
     before = hp.random_hparams("ERM", "SyntheticLinear", 7)
-    monkeypatch.setitem(hp.ALGORITHM_SPACES, "ERM", {"aaa_new": hp.HP(1.0, hp.log_uniform(-3, 0))})
+    from harness.algorithms.erm import ERM
+
+    monkeypatch.setattr(ERM, "HPARAMS", {"aaa_new": hp.HP(1.0, hp.log_uniform(-3, 0))})
     after = hp.random_hparams("ERM", "SyntheticLinear", 7)
     assert "aaa_new" in after
     assert {k: after[k] for k in before} == before
@@ -33,3 +35,35 @@ def test_overrides_merge_and_unknown_key_names_valid_keys():
         hp.resolve("ERM", "SyntheticLinear", 0, '{"lrr": 0.5}')
     with pytest.raises(UserError, match="not valid JSON"):
         hp.resolve("ERM", "SyntheticLinear", 0, "{lr: 1}")
+
+
+# Built-ins whose hparams still sit in harness/hparams.py's tables (their modules are owned elsewhere);
+# when one moves onto its class, drop it here.
+STILL_IN_TABLES = {"SparseShared", "PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet",
+                   "RotatedFashionMNIST", "MiniImageNet", "CIFARFS"}
+
+
+def test_every_algorithm_and_dataset_declares_its_hparams_on_its_class():
+    from harness.registry import ALGORITHMS, DATASETS
+
+    assert set(hp.ALGORITHM_SPACES) | set(hp.DATASET_SPACES) == STILL_IN_TABLES
+    for name in ALGORITHMS.names():
+        cls = ALGORITHMS.get(name)
+        want = {**(hp.EPISODIC if cls.EPISODIC else {}), **cls.HPARAMS}
+        if name not in STILL_IN_TABLES:
+            assert hp.algorithm_space(name) == want, name
+        assert all(isinstance(v, hp.HP) for v in hp.algorithm_space(name).values()), name
+    for name in DATASETS.names():
+        cls = DATASETS.get(name)
+        if name not in STILL_IN_TABLES:
+            assert hp.dataset_space(name) == cls.HPARAMS, name
+        assert all(isinstance(v, hp.HP) for v in hp.dataset_space(name).values()), name
+
+
+def test_episodic_hparams_come_from_the_class_flag():
+    from harness.algorithms.multitask import MultiTask
+
+    assert MultiTask.EPISODIC and set(hp.EPISODIC) <= set(hp.default_hparams("MultiTask", "Sprites"))
+    assert not set(hp.EPISODIC) & set(hp.default_hparams("ERM", "Sprites"))
+    assert hp.default_hparams("ERM", "MPI3D")["mpi3d_variant"] == "toy"
+    assert "mpi3d_variant" not in hp.default_hparams("ERM", "Shapes3D")

@@ -34,6 +34,7 @@ from harness.backbones import build_backbone
 
 class Algorithm(nn.Module):
     EPISODIC: bool = False
+    HPARAMS: dict = {}  # name -> harness.hparams.HP; the engine adds the episodic ones when EPISODIC
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, num_domains: int, hparams: dict):
         super().__init__()

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.algorithms.base import Algorithm
+from harness.hparams import HP, log_uniform
 from harness.registry import ALGORITHMS
 
 
@@ -17,6 +18,8 @@ class GroupDRO(Algorithm):
     gradient ascent on the group losses, ``q_e <- q_e exp(eta * loss_e)`` renormalised; the
     model minimises the q-weighted loss.
     """
+
+    HPARAMS = {"groupdro_eta": HP(1e-2, log_uniform(-3, -1))}  # DomainBed's default and range
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)

@@ -10,6 +10,7 @@ from torch import nn
 
 from harness.algorithms.base import Algorithm
 from harness.algorithms.episodic import feature_norm, head_logits, task_features
+from harness.hparams import HP, log_uniform
 from harness.registry import ALGORITHMS
 
 
@@ -21,6 +22,9 @@ class MultiTask(Algorithm):
     sharing: each head starts at zero and takes ``head_steps`` gradient steps on its support
     loss (differentiably), and the backbone is trained on the query loss through them.
     """
+
+    HPARAMS = {"feature_norm": HP("batchnorm"), "init_scale": HP(5.0), "head_steps": HP(10),
+               "head_lr": HP(0.5, log_uniform(-1.5, 0.5)), "weight_decay": HP(0.0)}
 
     EPISODIC = True
 

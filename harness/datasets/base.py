@@ -103,6 +103,8 @@ class MultiEnvDataset:
       METRICS        what it reports besides accuracy: "wg_acc" (has groups), "disentanglement"
                      (has factors: DCI and MCC), "fewshot"
       N_STEPS, CHECKPOINT_FREQ   defaults for ``harness.train``
+      HPARAMS        the dataset's hparams (``{"name": harness.hparams.HP(default, sampler)}``),
+                     overriding the common ones (backbone, lr, batch size, ...)
       TEST_ENV_SETS  the test-environment sets a sweep runs (default: each environment in turn)
       FEWSHOT        with "fewshot" in METRICS: episode settings for ``metrics.fewshot``
                      (n_way, k_shot, n_query, n_episodes), and ``fewshot_env()`` returns the
@@ -119,6 +121,7 @@ class MultiEnvDataset:
     CHECKPOINT_FREQ: int = 100
     TEST_ENV_SETS: list[list[int]] | None = None
     FEWSHOT: dict = {"n_way": 5, "k_shot": 5, "n_query": 15, "n_episodes": 600}
+    HPARAMS: dict = {}
 
     def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
         self.data_dir = data_dir

@@ -14,6 +14,7 @@ import numpy as np
 from harness.datasets.base import MultiEnvDataset
 from harness.datasets.factors import FileFactorDataset, NpzMember, file_fingerprint, find_file
 from harness.errors import UserError
+from harness.hparams import HP
 from harness.registry import DATASETS
 
 MPI3D_FACTORS = ("object_color", "object_shape", "object_size", "camera_height", "background_color",
@@ -44,6 +45,8 @@ class MPI3D(FileFactorDataset, MultiEnvDataset):
     once. hparams: ``n_per_env`` (4000), ``data_seed`` (0), ``factor_correlation`` (0.0, copula
     over the seven factors, camera_height fixed per environment), ``data_cache`` (True).
     """
+
+    HPARAMS = {**FileFactorDataset.HPARAMS, "mpi3d_variant": HP("toy")}
 
     FAMILY = "mpi3d"
     LABEL_FACTOR = 1  # object_shape

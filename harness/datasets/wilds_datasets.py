@@ -42,6 +42,7 @@ import torch
 from harness.datasets.base import EnvDataset, MultiEnvDataset
 from harness.datasets.domainbed_images import IMAGENET_MEAN, IMAGENET_STD, ImageListEnv
 from harness.errors import UserError
+from harness.hparams import HP, int_pow2, log_uniform
 from harness.registry import DATASETS
 
 VERSION = "1.0"
@@ -144,6 +145,12 @@ class Waterbirds(WildsDataset):
     2 waterbird/land, 3 waterbird/water. Environments: WILDS' splits train, val, test.
     """
 
+    # ImageNet-pretrained ResNet-50 with DomainBed's Adam settings, BatchNorm frozen as DomainBed does;
+    # "pretrained": true (hub), false, or a local weight file or folder
+    HPARAMS = {"backbone": HP("resnet50"), "pretrained": HP(True), "project": HP(False), "freeze_bn": HP(True),
+               "lr": HP(5e-5, log_uniform(-5, -3.5)), "weight_decay": HP(1e-4, log_uniform(-6, -2)),
+               "batch_size": HP(32, int_pow2(3, 6)), "data_augmentation": HP(False), "image_size": HP(224)}
+
     ENVIRONMENTS = ["train", "val", "test"]
     WILDS_NAME = "waterbirds"
     GROUP_NAMES = ["landbird_land", "landbird_water", "waterbird_land", "waterbird_water"]
@@ -178,6 +185,10 @@ class Camelyon17(WildsDataset):
     """Camelyon17-WILDS (Bandi et al. 2018; Koh et al., ICML 2021): does the centre of a 96x96
     lymph-node patch hold tumour tissue? One environment per hospital (centre 0..4); groups are slides.
     """
+
+    HPARAMS = {"backbone": HP("resnet50"), "pretrained": HP(True), "project": HP(False), "freeze_bn": HP(True),
+               "lr": HP(5e-5, log_uniform(-5, -3.5)), "weight_decay": HP(0.0, log_uniform(-6, -2)),
+               "batch_size": HP(32, int_pow2(3, 5)), "data_augmentation": HP(False), "image_size": HP(96)}
 
     ENVIRONMENTS = ["hospital0", "hospital1", "hospital2", "hospital3", "hospital4"]
     WILDS_NAME = "camelyon17"
@@ -270,6 +281,11 @@ class CivilComments(WildsDataset):
     WILDS' splits train, val, test. Text is tokenised with the tokenizer of the chosen text
     backbone (``backbone`` + ``pretrained``), truncated/padded to ``max_length`` tokens.
     """
+
+    # WILDS' settings: DistilBERT, lr 1e-5, weight decay 0.01, batch 16, 300 tokens
+    HPARAMS = {"backbone": HP("distilbert-base-uncased"), "pretrained": HP(True), "project": HP(False),
+               "pooling": HP("cls"), "max_length": HP(300), "lr": HP(1e-5, log_uniform(-5.5, -4.5)),
+               "weight_decay": HP(0.01, log_uniform(-4, -1)), "batch_size": HP(16, int_pow2(3, 5))}
 
     ENVIRONMENTS = ["train", "val", "test"]
     WILDS_NAME = "civilcomments"

@@ -8,6 +8,7 @@ import numpy as np
 from harness.datasets.factors.cache import cached_arrays, digest
 from harness.datasets.factors.sampling import band_range, check_rho, choose_rows, env_rng, sample_factor_classes
 from harness.errors import UserError
+from harness.hparams import HP, int_pow2
 
 
 def _hp_rho(hparams: dict) -> float:
@@ -34,6 +35,11 @@ class FactorDatasetMixin:
     ENV_FACTOR    index (in GRID) of the factor whose thirds are the environments
     """
 
+    # ood_task_fraction: the share of multi-factor combinations kept out of the training tasks, for
+    # out-of-distribution tasks at evaluation (harness/datasets/tasks.py)
+    HPARAMS = {"backbone": HP("SmallCNN"), "feature_dim": HP(32), "batch_size": HP(32, int_pow2(3, 6)),
+               "n_per_env": HP(4000), "data_seed": HP(0), "factor_correlation": HP(0.0), "data_cache": HP(True),
+               "ood_task_fraction": HP(0.2)}
     FAMILY: str = ""
     GRID: dict[str, np.ndarray] = {}
     LABEL_FACTOR: int = 0
