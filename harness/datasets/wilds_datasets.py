@@ -125,6 +125,12 @@ class GroupedImageEnv(ImageListEnv):
                                self.transform, self.augmented)
 
 
+# The image datasets: an ImageNet-pretrained ResNet-50 with DomainBed's Adam settings, BatchNorm frozen as
+# DomainBed does; "pretrained": true (hub), false, or a local weight file or folder
+RESNET50_HPARAMS = {"backbone": HP("resnet50"), "pretrained": HP(True), "project": HP(False), "freeze_bn": HP(True),
+                    "lr": HP(5e-5, log_uniform(-5, -3.5)), "data_augmentation": HP(False)}
+
+
 class WildsDataset(MultiEnvDataset):
     """Common declarations of the WILDS datasets."""
 
@@ -145,11 +151,8 @@ class Waterbirds(WildsDataset):
     2 waterbird/land, 3 waterbird/water. Environments: WILDS' splits train, val, test.
     """
 
-    # ImageNet-pretrained ResNet-50 with DomainBed's Adam settings, BatchNorm frozen as DomainBed does;
-    # "pretrained": true (hub), false, or a local weight file or folder
-    HPARAMS = {"backbone": HP("resnet50"), "pretrained": HP(True), "project": HP(False), "freeze_bn": HP(True),
-               "lr": HP(5e-5, log_uniform(-5, -3.5)), "weight_decay": HP(1e-4, log_uniform(-6, -2)),
-               "batch_size": HP(32, int_pow2(3, 6)), "data_augmentation": HP(False), "image_size": HP(224)}
+    HPARAMS = {**RESNET50_HPARAMS, "weight_decay": HP(1e-4, log_uniform(-6, -2)), "batch_size": HP(32, int_pow2(3, 6)),
+               "image_size": HP(224)}
 
     ENVIRONMENTS = ["train", "val", "test"]
     WILDS_NAME = "waterbirds"
@@ -186,9 +189,8 @@ class Camelyon17(WildsDataset):
     lymph-node patch hold tumour tissue? One environment per hospital (centre 0..4); groups are slides.
     """
 
-    HPARAMS = {"backbone": HP("resnet50"), "pretrained": HP(True), "project": HP(False), "freeze_bn": HP(True),
-               "lr": HP(5e-5, log_uniform(-5, -3.5)), "weight_decay": HP(0.0, log_uniform(-6, -2)),
-               "batch_size": HP(32, int_pow2(3, 5)), "data_augmentation": HP(False), "image_size": HP(96)}
+    HPARAMS = {**RESNET50_HPARAMS, "weight_decay": HP(0.0, log_uniform(-6, -2)), "batch_size": HP(32, int_pow2(3, 5)),
+               "image_size": HP(96)}
 
     ENVIRONMENTS = ["hospital0", "hospital1", "hospital2", "hospital3", "hospital4"]
     WILDS_NAME = "camelyon17"
