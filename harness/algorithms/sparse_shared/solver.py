@@ -91,7 +91,7 @@ def head_dims(n_classes: int) -> Tuple[bool, int]:
     return binary, (1 if binary else n_classes)
 
 
-OPTIONS = {"sparsity": ("l1", "group"), "sharing": ("reweighted", "entropy", "none"), "sharing_in": ("inner", "outer")}
+OPTIONS = {"sparsity": ("l1", "group"), "sharing": ("reweighted", "entropy"), "sharing_in": ("inner", "outer")}
 
 
 def _check_options(sparsity: str, sharing: str, sharing_in: str) -> None:
