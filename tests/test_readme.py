@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
@@ -34,6 +36,7 @@ def test_no_citation_of_files_outside_the_repository():
     assert not offenders, offenders
 
 
+@pytest.mark.slow  # pip install and a short training run: about a minute on 2 cores
 def test_readme_plugin_example_installs_as_written(cli, tmp_path):
     (module,) = [b for b in code_blocks("python") if b.startswith("# my_pkg/label_smooth.py")]
     (pyproject,) = code_blocks("toml")
