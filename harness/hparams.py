@@ -105,23 +105,6 @@ DATASET_SPACES: dict[str, dict[str, HP]] = {
 # Algorithms whose classes do not declare HPARAMS yet: their entries move onto the classes, then
 # this table goes (an entry here lists the episodic hparams itself).
 ALGORITHM_SPACES: dict[str, dict[str, HP]] = {
-    "SparseShared": {  # Fumero et al., arXiv 2304.07939; docs/design.md, "SparseShared as implemented"
-        **EPISODIC,
-        "alpha": HP(0.3, uniform(0.05, 0.7)),  # relative to each task's lambda_max
-        "beta": HP(0.05, log_uniform(-3, 0)),
-        "rho": HP(1e-3),
-        "sparsity": HP("l1"),
-        "sharing": HP("reweighted"),  # reweighted: beta * lam_bar * Phi (scale-free); entropy: beta * H(p)
-        "sharing_in": HP("inner"),  # sharing "entropy" only: inside the inner problem or on the outer loss
-        "sharing_eps": HP(0.1),  # delta, the uniform share in the reweighted term's importances
-        "mm_rounds": HP(5),  # majorise-minimise rounds of the reweighted term after the unshared solve
-        "feature_norm": HP("batchnorm"),
-        "init_scale": HP(5.0),
-        "inner_max_iter": HP(200),
-        "inner_tol": HP(1e-4),
-        "adapt_max_iter": HP(3000),  # the solver's cap in adapt (evaluation heads: larger problems)
-        "weight_decay": HP(0.0),
-    },
 }
 
 

@@ -23,8 +23,6 @@ from harness import selection as sel
 PLOT_KINDS = ("curve", "heatmap")
 # the engine's own metrics drawn as curves when a dataset records them
 CURVES = ("loss", "dci_disentanglement", "mcc", "fewshot_acc")
-# SparseShared declares no PLOT_LOGS yet; this entry goes once its class does.
-_UNTIL_DECLARED = {"SparseShared": {"usage": "heatmap", "probe_sharing": "curve"}}
 
 
 def slug(s: str) -> str:
@@ -41,8 +39,7 @@ def plot_logs(algorithm: str) -> dict[str, str]:
     except Exception as e:  # records of an algorithm not installed here, or one that fails to import
         print(f"warning: no plots declared by {algorithm} ({type(e).__name__}: {e})", file=sys.stderr)
         return {}
-    if declared is None:
-        declared = _UNTIL_DECLARED.get(algorithm, {})
+    declared = declared or {}
     unknown = {k: v for k, v in declared.items() if v not in PLOT_KINDS}
     if unknown:
         print(f"warning: {algorithm}.PLOT_LOGS kinds must be one of {PLOT_KINDS}; ignored {unknown}", file=sys.stderr)

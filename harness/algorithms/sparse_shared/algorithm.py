@@ -14,6 +14,7 @@ from harness.algorithms.episodic import feature_norm, head_logits, task_features
 from harness.algorithms.sparse_shared.implicit import sparse_heads
 from harness.algorithms.sparse_shared.solver import OPTIONS, row_importance, sharing_entropy
 from harness.errors import UserError
+from harness.hparams import HP, log_uniform, uniform
 from harness.metrics.sharing import sharing_stats
 from harness.registry import ALGORITHMS
 
@@ -43,6 +44,23 @@ class SparseShared(Algorithm):
     """
 
     EPISODIC = True
+    HPARAMS = {
+        "alpha": HP(0.3, uniform(0.05, 0.7)),  # relative to each task's lambda_max
+        "beta": HP(0.05, log_uniform(-3, 0)),  # the sharing weight, relative to the batch's mean lambda_max
+        "rho": HP(1e-3),
+        "sparsity": HP("l1"),  # l1 | group (over the classes of a feature row)
+        "sharing": HP("reweighted"),  # reweighted: beta * lam_bar * Phi (scale-free); entropy: beta * H(p)
+        "sharing_in": HP("inner"),  # sharing "entropy" only: inside the inner problem or on the outer loss
+        "sharing_eps": HP(0.1),  # delta, the uniform share in the reweighted term's importances
+        "mm_rounds": HP(5),  # majorise-minimise rounds of the reweighted term after the unshared solve
+        "feature_norm": HP("batchnorm"),
+        "init_scale": HP(5.0),
+        "inner_max_iter": HP(200),
+        "inner_tol": HP(1e-4),
+        "adapt_max_iter": HP(3000),  # the solver's cap in adapt (evaluation heads: larger problems)
+        "weight_decay": HP(0.0),
+    }
+    PLOT_LOGS = {"usage": "heatmap", "probe_sharing": "curve", "probe_features_used": "curve"}
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         check_hparams(hparams)
