@@ -38,7 +38,10 @@ def run_job(command: Sequence[str], env: dict[str, str] | None = None) -> int:
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        print(f"job failed ({proc.returncode}): {last}", file=sys.stderr)
+        if "is being run by" in last:  # another launcher's process holds its lock: not a failure
+            print(f"job running elsewhere: {last.removeprefix('error: ')}", file=sys.stderr)
+        else:
+            print(f"job failed ({proc.returncode}): {last}", file=sys.stderr)
     return proc.returncode
 
 
@@ -51,11 +54,18 @@ def dummy_launcher(jobs: Sequence[Any], options: dict) -> None:
 
 @LAUNCHERS.register("local")
 def local_launcher(jobs: Sequence[Any], options: dict) -> None:
-    """Run the jobs one after another in this machine."""
+    """Run the jobs one after another in this machine, each with as many threads as ``multi`` with one worker."""
+    env = thread_env(threads_per_worker(1))
     with _progress(len(jobs), "jobs") as bar:
         for job in jobs:
-            run_job(job.command)
+            run_job(job.command, env)
             bar.update(1)
+
+
+def threads_per_worker(workers: int) -> int:
+    """CPU threads of each of ``workers`` parallel jobs: the cores shared out (a run pins the count it
+    starts with: harness.train resumes with it under any launcher)."""
+    return max(1, (os.cpu_count() or 1) // workers)
 
 
 def _n_gpus() -> int:
@@ -71,7 +81,7 @@ def _n_gpus() -> int:
 def multi_launcher(jobs: Sequence[Any], options: dict) -> None:
     """Run the jobs in ``--workers`` parallel processes without oversubscribing the cores."""
     workers = max(1, int(options.get("workers") or os.cpu_count() or 1))
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads_per_worker(workers)
     gpus = _n_gpus()
     slots: queue.Queue[int] = queue.Queue()
     for i in range(workers):

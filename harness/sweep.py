@@ -24,6 +24,8 @@ import argparse
 import hashlib
 import itertools
 import json
+import math
+import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -77,13 +79,13 @@ class Job:
 
     @property
     def state(self) -> str:
-        from harness.lock import is_alive, read_lock
+        from harness.lock import is_held
 
         if (self.output_dir / "done").exists():
             return "done"
         if not self.output_dir.exists():
             return "not launched"
-        return "running" if is_alive(read_lock(self.output_dir)) else "incomplete"
+        return "running" if is_held(self.output_dir) else "incomplete"
 
     def last_error(self) -> str:
         err = self.output_dir / "err.txt"
@@ -93,17 +95,121 @@ class Job:
 
 # --- building the job list ----------------------------------------------------------------
 def load_spec(name: str | None) -> dict[str, Any]:
+    """A spec by name (``sweeps/NAME.json``) or by path (``path/to/spec.json``)."""
     if name is None:
         return {}
-    for d in SPEC_DIRS:
-        path = d / f"{name}.json"
-        if path.exists():
+    candidates = [Path(name)] if name.endswith(".json") or os.sep in name else []
+    candidates += [d / f"{name}.json" for d in SPEC_DIRS]
+    for path in candidates:
+        if path.is_file():
             try:
-                return json.loads(path.read_text())
+                spec = json.loads(path.read_bytes().decode(), parse_constant=_no_constant(path))
+            except UnicodeDecodeError as e:
+                raise UserError(f"sweep spec {path} is not UTF-8 text (byte {e.start})") from None
             except json.JSONDecodeError as e:
                 raise UserError(f"sweep spec {path} is not valid JSON: {e}") from None
+            except RecursionError:
+                raise UserError(f"sweep spec {path} is nested too deeply") from None
+            if not isinstance(spec, dict):
+                raise UserError(f"sweep spec {path} must be a JSON object, got {type(spec).__name__}")
+            return spec
     known = sorted({p.stem for d in SPEC_DIRS if d.exists() for p in d.glob("*.json")})
-    raise UserError(f"unknown sweep '{name}'. Known: {', '.join(known)}")
+    raise UserError(f"unknown sweep '{name}' (neither a file nor sweeps/{Path(name).stem}.json). Known: {', '.join(known)}")
+
+
+def _no_constant(path: Path):
+    def reject(name: str):
+        raise UserError(f"sweep spec {path}: {name} is not a number JSON allows")
+
+    return reject
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_options(opts: dict[str, Any]) -> None:
+    """One schema check of the merged options (spec and flags) before any job is planned."""
+    from harness.registry import ALGORITHMS, DATASETS
+
+    def fail(key: str, what: str) -> None:
+        raise UserError(f"sweep option {key!r} must be {what}, got {json.dumps(opts[key], default=str)[:80]}")
+
+    for key in ("algorithms", "datasets"):
+        v = opts[key]
+        if not isinstance(v, list) or not v or not all(isinstance(x, str) for x in v):
+            fail(key, "a non-empty list of names")
+    for key, lo in (("n_hparams", 1), ("n_trials", 1), ("n_hparams_from", 0)):
+        if not _is_int(opts[key]) or opts[key] < lo:
+            fail(key, f"an integer >= {lo}")
+    if opts["n_hparams_from"] >= opts["n_hparams"]:
+        fail("n_hparams_from", f"smaller than n_hparams ({opts['n_hparams']})")
+    for key in ("steps", "checkpoint_freq", "dci_freq", "workers"):
+        if opts[key] is not None and (not _is_int(opts[key]) or opts[key] < 1):
+            fail(key, "an integer >= 1 (or absent)")
+    h = opts["holdout_fraction"]
+    if not isinstance(h, (int, float)) or isinstance(h, bool) or not 0 < h < 1:
+        fail("holdout_fraction", "a number strictly between 0 and 1")
+    if opts["dci"] is not None and opts["dci"] not in ("full", "fast"):
+        fail("dci", '"full" or "fast"')
+    if not isinstance(opts["launcher"], str):
+        fail("launcher", "a launcher name")
+    for key in ("hparams", "search"):
+        if opts[key] is not None and not isinstance(opts[key], dict):
+            fail(key, "a JSON object")
+    grid = opts["grid"]
+    if grid is not None and (not isinstance(grid, dict) or
+                             not all(isinstance(v, list) and v for v in grid.values())):
+        fail("grid", 'a JSON object of non-empty lists, e.g. {"lr": [1e-3, 1e-4]}')
+    for name in opts["algorithms"]:
+        ALGORITHMS.get(name)  # unknown names: one line with the known ones
+    for name in opts["datasets"]:
+        DATASETS.get(name)
+    from harness.registry import LAUNCHERS
+
+    LAUNCHERS.get(opts["launcher"])
+    te = opts["test_envs"]
+    for dataset in opts["datasets"]:
+        sets = te.get(dataset) if isinstance(te, dict) else te
+        if te is None or (isinstance(te, dict) and dataset not in te):
+            continue
+        if not isinstance(sets, list) or not all(isinstance(s, list) and all(_is_int(i) for i in s) for s in sets):
+            fail("test_envs", "a list of lists of environment indices (or an object of them per dataset)")
+        n = len(DATASETS.get(dataset).ENVIRONMENTS)
+        for s in sets:
+            if any(not 0 <= i < n for i in s) or len(set(s)) != len(s) or (n and len(set(s)) >= n):
+                raise UserError(f"sweep option 'test_envs': {s} is not a valid set for {dataset} "
+                                f"(environments 0..{n - 1}, no repeats, at least one left to train on)")
+    _check_hparam_values(opts)
+
+
+def _check_hparam_values(opts: dict[str, Any]) -> None:
+    """hparams and grid values: known names with values of the right type, for every (algorithm, dataset)."""
+    from harness import hparams as hp
+    from harness.train import parse_hparams
+
+    fixed = dict(opts["hparams"] or {})
+    grid = opts["grid"] or {}
+    for algorithm in opts["algorithms"]:
+        for dataset in opts["datasets"]:
+            valid = hp.resolve(algorithm, dataset, 0, None)
+            unknown = sorted((set(fixed) | set(grid)) - set(valid))
+            if unknown:
+                raise UserError(f"sweep hparams/grid name unknown hparam(s) {', '.join(unknown)} for {algorithm} "
+                                f"on {dataset}. Valid: {', '.join(sorted(valid))}")
+            for point in grid_points(grid):
+                parse_hparams(json.dumps({**fixed, **point}), algorithm, dataset)
+
+
+def check_data(opts: dict[str, Any]) -> None:
+    """Datasets that read files from --data_dir and say where (a ``root`` classmethod): present before any job starts."""
+    from harness.registry import DATASETS
+
+    data_dir = opts.get("data_dir") or os.environ.get("HARNESS_DATA", "data")
+    for name in opts["datasets"]:
+        root = getattr(DATASETS.get(name), "root", None)
+        if callable(root):
+            root(data_dir)
 
 
 def test_env_sets(dataset: str, spec_value: Any) -> list[list[int]]:
@@ -169,7 +275,12 @@ def resolve_options(args: argparse.Namespace) -> dict[str, Any]:
     opts.update({k: v for k, v in vars(args).items() if v is not None})
     if not opts["datasets"]:
         raise UserError("no datasets: name them with --datasets or give a --sweep spec that lists them")
-    opts["output_dir"] = args.output_dir or str(Path("results") / (spec_name or "sweep"))
+    if isinstance(opts["datasets"], str) or isinstance(opts["algorithms"], str):
+        key = "datasets" if isinstance(opts["datasets"], str) else "algorithms"
+        raise UserError(f"sweep option {key!r} must be a list of names, e.g. [{json.dumps(opts[key])}]")
+    stem = Path(spec_name).stem if spec_name else "sweep"
+    opts["output_dir"] = args.output_dir or str(Path("results") / stem)
+    check_options(opts)
     return opts
 
 
@@ -191,7 +302,8 @@ def confirm(question: str, skip: bool) -> bool:
         return False
 
 
-def launch(jobs: list[Job], opts: dict[str, Any]) -> None:
+def launch(jobs: list[Job], opts: dict[str, Any]) -> int:
+    """Run what is not done; exit status 1 when a job it ran did not finish."""
     from harness.registry import LAUNCHERS
 
     launcher = LAUNCHERS.get(opts["launcher"])
@@ -200,16 +312,23 @@ def launch(jobs: list[Job], opts: dict[str, Any]) -> None:
     print(f"{len(jobs)} jobs: {len(states['done'])} done, {len(states['running'])} running elsewhere (skipped), "
           f"{len(states['incomplete'])} incomplete (will resume), {len(states['not launched'])} to start")
     if not todo:
-        return
+        return 0
+    if opts["launcher"] != "dummy":
+        check_data(opts)
     if not confirm(f"Launch {len(todo)} jobs with the '{opts['launcher']}' launcher?", opts["skip_confirmation"]):
         print("nothing launched")
-        return
+        return 0
     Path(opts["output_dir"]).mkdir(parents=True, exist_ok=True)
     launcher(todo, opts)
-    after = count_states(jobs)
-    print(f"finished: {len(after['done'])}/{len(jobs)} done, {len(after['incomplete'])} incomplete")
-    if after["incomplete"] and opts["launcher"] != "dummy":
-        print_failures(after["incomplete"])
+    if opts["launcher"] == "dummy" or opts.get("no_wait"):
+        return 0
+    after = {id(job): job.state for job in todo}
+    failed = [job for job in todo if after[id(job)] in ("incomplete", "not launched")]
+    elsewhere = [job for job in todo if after[id(job)] == "running"]
+    done = sum(job.state == "done" for job in jobs)
+    print(f"finished: {done}/{len(jobs)} done, {len(failed)} failed, {len(elsewhere)} running elsewhere")
+    print_failures(failed)
+    return 1 if failed else 0
 
 
 def print_failures(jobs: list[Job], file=sys.stderr) -> None:
@@ -232,19 +351,46 @@ def delete_incomplete(jobs: list[Job], opts: dict[str, Any]) -> None:
     victims = count_states(jobs)["incomplete"]  # "running" jobs hold a live lock: never deleted
     print(f"{len(victims)} incomplete jobs")
     if victims and confirm(f"Delete {len(victims)} incomplete job directories?", opts["skip_confirmation"]):
-        for job in victims:
-            shutil.rmtree(job.output_dir)
-        print(f"deleted {len(victims)}")
+        deleted = sum(delete_run(job.output_dir) for job in victims)
+        print(f"deleted {deleted}" + (f" ({len(victims) - deleted} started again meanwhile: kept)"
+                                      if deleted < len(victims) else ""))
+
+
+def delete_run(run_dir: Path) -> bool:
+    """Delete an incomplete run holding its lock, so a run that started since it was listed is kept."""
+    from harness.lock import LOCK, RunLock
+
+    if not run_dir.exists() or (run_dir / "done").exists():
+        return False
+    try:
+        with RunLock(run_dir, wait_s=0.5):
+            if (run_dir / "done").exists():
+                return False
+            for entry in run_dir.iterdir():
+                if entry.name != LOCK:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            (run_dir / LOCK).unlink(missing_ok=True)  # under the flock: a racing run sees a new file
+            run_dir.rmdir()
+    except UserError as e:
+        print(f"  kept {run_dir}: {e}", file=sys.stderr)
+        return False
+    except OSError as e:
+        print(f"  could not delete {run_dir}: {e.strerror or e}", file=sys.stderr)
+        return False
+    return True
 
 
 COMMANDS = {"launch": launch, "status": status, "delete_incomplete": delete_incomplete}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m harness.sweep", description=__doc__,
+    from harness.train import OneLineParser
+
+    p = OneLineParser(prog="python -m harness.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=list(COMMANDS))
-    p.add_argument("--sweep", help="a spec under sweeps/ (default: sweeps/default.json when no --datasets)")
+    p.add_argument("--sweep", help="a spec: NAME (sweeps/NAME.json) or a path to a .json file "
+                                   "(default: sweeps/default.json when no --datasets)")
     p.add_argument("--algorithms", nargs="+")
     p.add_argument("--datasets", nargs="+")
     p.add_argument("--n_hparams", type=int, help="hparam draws per (algorithm, dataset): seeds n_hparams_from..n_hparams-1 (0 = defaults)")
@@ -278,9 +424,11 @@ def main(argv: list[str] | None = None) -> None:
         command = COMMANDS[args.command]
         opts = resolve_options(args)
         jobs = make_jobs(opts)
-        command(jobs, opts)
+        return command(jobs, opts)
 
-    cli(_main)()
+    code = cli(_main)()
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

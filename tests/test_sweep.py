@@ -144,3 +144,86 @@ def test_search_ranges_are_drawn_within_bounds_and_checked(tmp_path):
         searched_hparams("ERM", "Sprites", 1, {"lr": [1e-5, 1e-4]})
     with pytest.raises(UserError, match="unknown hparam"):
         check_search_names({"algorithms": ["ERM"], "datasets": ["Sprites"], "search": {"lrr": {"uniform": [0, 1]}}})
+
+
+# --- spec validation, exit status (issue 21) ------------------------------------------------------
+BAD_SPECS = [
+    ({"n_hparams": "3"}, "'n_hparams' must be an integer"), ({"n_trials": 0}, "'n_trials' must be an integer >= 1"),
+    ({"steps": 2.5}, "'steps'"), ({"steps": True}, "'steps'"), ({"holdout_fraction": 1}, "'holdout_fraction'"),
+    ({"grid": {"lr": 3}}, "'grid'"), ({"grid": [1]}, "'grid'"), ({"hparams": "x"}, "'hparams' must be a JSON object"),
+    ({"algorithms": None}, "'algorithms'"), ({"algorithms": []}, "'algorithms'"),
+    ({"datasets": "SyntheticLinear"}, "must be a list of names"), ({"algorithms": ["SparseShard"]}, "did you mean"),
+    ({"datasets": ["Nope"]}, "unknown dataset 'Nope'"), ({"hparams": {"lrr": 1}}, "unknown hparam(s) lrr"),
+    ({"grid": {"lrr": [1]}}, "unknown hparam(s) lrr"), ({"hparams": {"lr": "fast"}}, "hparam lr must be a float"),
+    ({"test_envs": [[5]]}, "'test_envs': [5]"), ({"test_envs": [[0, 1, 2]]}, "at least one left"),
+    ({"test_envs": [0]}, "'test_envs'"), ({"dci": "slow"}, "'dci'"), ({"launcher": "nope"}, "unknown launcher"),
+    ({"n_hparams_from": 3, "n_hparams": 2}, "'n_hparams_from'"), ({"workers": 0}, "'workers'"),
+    ({"wat": 1}, "unknown keys"),
+]
+
+
+@pytest.mark.parametrize("spec, expected", BAD_SPECS)
+def test_bad_specs_are_one_line_before_any_job_is_planned(capsys, tmp_path, spec, expected):
+    from harness import sweep
+
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({"datasets": ["SyntheticLinear"], **spec}))
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["launch", "--sweep", str(path), "--output_dir", str(tmp_path / "out"), "--skip_confirmation"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("raw, expected", [(b'{"n_trials": NaN}', "NaN"), (b"\xff\xfe{}", "not UTF-8"),
+                                           (b"[1]", "must be a JSON object"), (b"{", "not valid JSON")])
+def test_unparsable_specs_are_one_line(capsys, tmp_path, raw, expected):
+    from harness import sweep
+
+    path = tmp_path / "spec.json"
+    path.write_bytes(raw)
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["status", "--sweep", str(path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and expected in err[0], err
+
+
+def test_sweep_accepts_a_path_with_or_without_json(capsys, tmp_path):
+    from harness import sweep
+
+    (tmp_path / "mine.json").write_text(json.dumps({"datasets": ["SyntheticLinear"], "n_hparams": 2}))
+    for name in (str(tmp_path / "mine.json"), str(tmp_path / "mine")):
+        sweep.main(["status", "--sweep", name, "--output_dir", str(tmp_path / "o")])
+        assert "2 jobs" in capsys.readouterr().out
+
+
+def test_missing_data_stops_the_launch_before_any_job(capsys, tmp_path):
+    from harness import sweep
+
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["launch", "--datasets", "PACS", "--data_dir", str(tmp_path / "nodata"), "--output_dir",
+                    str(tmp_path / "out"), "--skip_confirmation"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "PACS not found" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_launch_exits_non_zero_when_a_job_failed(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "harness.sweep", "launch", *FAST[:-2], "--hparams",
+                           '{"n_per_env": 400, "lr": 1e12}', "--steps", "5", "--output_dir", str(tmp_path / "o"),
+                           "--skip_confirmation"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 1, proc.stderr
+    assert "finished: 0/1 done, 1 failed" in proc.stdout and "diverged" in proc.stderr
+
+
+def test_a_job_running_elsewhere_is_reported_as_running(capsys, tmp_path):
+    from harness.launchers import run_job
+
+    job = Job({"dataset": "SyntheticLinear", "algorithm": "ERM", "steps": 5}, tmp_path)
+    job.output_dir.mkdir(parents=True)
+    with RunLock(job.output_dir):
+        assert job.state == "running"
+        assert run_job(job.command, {"OMP_NUM_THREADS": "1"}) == 2
+    err = capsys.readouterr().err
+    assert "job running elsewhere" in err and "job failed" not in err
