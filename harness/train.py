@@ -5,14 +5,27 @@ state), ``out.txt``/``err.txt`` and ``done`` last. Re-running with the same argu
 from the last checkpoint and yields the same records as an uninterrupted run: every random
 draw is a pure function of (seed, step), so nothing but the model and optimizer state needs
 saving.
+
+The CPU thread count is part of what a run pins: floating-point reductions split over a
+different number of threads round differently, so a 1-thread and a 2-thread run differ
+after a few dozen steps. A fresh run uses ``--threads`` (default: $OMP_NUM_THREADS, else
+PyTorch's default), records it in every record and in its checkpoint, and a resumed run
+takes it from the checkpoint whatever launcher or environment it now runs under.
+
+Faults a run cannot survive (a corrupt checkpoint, records that disagree with it, a full
+disk) stop it with one line naming the file and what to do, exit status 2; nothing
+finished is deleted.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import hashlib
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -20,15 +33,67 @@ from typing import Any, Callable
 
 RESULTS, CHECKPOINT, DONE = "results.jsonl", "checkpoint.pt", "done"
 # Arguments that do not change what a run computes (paths, device): excluded from its identity.
-NON_IDENTITY_ARGS = ("output_dir", "data_dir", "device", "eval_batch_size")
+NON_IDENTITY_ARGS = ("output_dir", "data_dir", "device", "eval_batch_size", "threads")
+SEED_MAX = 2**31 - 1  # seeds reach numpy and scikit-learn, which take at most 32 bits
+CHECKSUM_TAG = b"\n#harness-sha256:"  # checkpoint.pt = torch.save bytes + tag + 64 hex digits
+PROGRESS_LINES = 10  # without a terminal: a progress line every tenth of the run
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (``error: ...``) and exit status 2, like a UserError."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" only where there is a default to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.required or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def int_at_least(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be in [{lo}, {hi}], got {value}" if hi is not None
+                                             else f"must be >= {lo}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def open_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
+    return value
+
+
+def device_name(text: str) -> str:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m harness.train",
         description="Train one algorithm on one dataset and write results.jsonl, checkpoint.pt and done "
                     "into --output_dir. Re-run the same command to resume after a crash.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
+    seed = int_at_least(0, SEED_MAX)
     p.add_argument("--dataset", default="SyntheticLinear", help="dataset name (python -m harness.list)")
     p.add_argument("--algorithm", default="ERM", help="algorithm name (python -m harness.list)")
     p.add_argument("--output_dir", required=True, help="directory of this run")
@@ -36,23 +101,96 @@ def build_parser() -> argparse.ArgumentParser:
                    help="root of real datasets (env HARNESS_DATA)")
     p.add_argument("--hparams", default=None, help='JSON object of hparam overrides, e.g. \'{"lr": 1e-4}\'; '
                    '\'{"precision": "bf16"}\' runs the backbone under bfloat16 autocast')
-    p.add_argument("--hparams_seed", type=int, default=0, help="0: default hparams; N: random-search draw N")
-    p.add_argument("--trial_seed", type=int, default=0, help="seed of the data splits (a 'trial')")
-    p.add_argument("--seed", type=int, default=0, help="seed of everything else (init, batches, tasks)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the dataset's)")
-    p.add_argument("--checkpoint_freq", type=int, default=None, help="evaluate and checkpoint every N steps")
-    p.add_argument("--test_envs", type=int, nargs="*", default=[], help="indices of held-out environments")
-    p.add_argument("--holdout_fraction", type=float, default=0.2, help="fraction of each environment held out ('out' split)")
-    p.add_argument("--dci_freq", type=int, default=5,
+    p.add_argument("--hparams_seed", type=seed, default=0, help="0: default hparams; N: random-search draw N")
+    p.add_argument("--trial_seed", type=seed, default=0, help="seed of the data splits (a 'trial')")
+    p.add_argument("--seed", type=seed, default=0, help=f"seed of everything else (init, batches, tasks); 0..{SEED_MAX}")
+    p.add_argument("--steps", type=int_at_least(1), default=None, help="training steps (default: the dataset's)")
+    p.add_argument("--checkpoint_freq", type=int_at_least(1), default=None,
+                   help="evaluate and checkpoint every N steps (default: the dataset's)")
+    p.add_argument("--test_envs", type=int_at_least(0), nargs="*", default=[], help="indices of held-out environments")
+    p.add_argument("--holdout_fraction", type=open_fraction, default=0.2,
+                   help="fraction of each environment held out ('out' split), in (0, 1)")
+    p.add_argument("--dci_freq", type=int_at_least(1), default=5,
                    help="compute the costly metrics (DCI/MCC, task and few-shot accuracy) every N checkpoints "
                         "(and always at the end); a full DCI fit on a few thousand points takes seconds")
     p.add_argument("--dci", choices=("full", "fast"), default="full",
                    help="DCI on datasets with factors: full = disentanglement_lib's (GBT of 100 trees, up to "
                         "10,000 train / 5,000 test held-out points); fast = 30 trees on at most 2,000 / 1,000 "
                         "(about 3x cheaper; scores within ~0.1 of full)")
-    p.add_argument("--eval_batch_size", type=int, default=512)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--eval_batch_size", type=int_at_least(1), default=512)
+    p.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int_at_least(1), default=None,
+                   help="CPU threads of a fresh run (default: $OMP_NUM_THREADS, else PyTorch's); results depend "
+                        "on it, so a resumed run reuses the count recorded in its checkpoint")
     return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Range checks argparse cannot express: one line (UserError) each, before anything is written."""
+    from harness.errors import UserError
+
+    dupes = sorted({i for i in args.test_envs if args.test_envs.count(i) > 1})
+    if dupes:
+        raise UserError(f"--test_envs lists environment(s) {dupes} more than once")
+    out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output_dir {out} is a file, not a directory; choose another path")
+    if args.device.startswith("cuda:"):
+        import torch
+
+        n = torch.cuda.device_count()
+        if int(args.device.split(":")[1]) >= max(n, 1):
+            raise UserError(f"--device {args.device}: this machine has {n} CUDA device(s)")
+
+
+# hparams whose values are bounded whatever the algorithm (others check their own, e.g. SparseShared's alpha)
+HPARAM_BOUNDS = {"lr": (0, False), "weight_decay": (0, True), "batch_size": (1, True), "feature_dim": (1, True),
+                 "n_per_env": (1, True), "tasks_per_batch": (1, True), "support": (1, True), "query": (1, True),
+                 "n_way": (2, True), "k_shot": (1, True), "n_episodes": (1, True)}
+
+
+def parse_hparams(text: str | None, algorithm: str, dataset: str) -> dict | None:
+    """--hparams as a dict whose values have the types of the defaults they override, finite and in range."""
+    from harness import hparams as hp
+    from harness.errors import UserError
+
+    if text is None:
+        return None
+
+    def no_constant(name: str):
+        raise UserError(f"--hparams: {name} is not a number JSON allows (give a finite value)")
+
+    try:
+        overrides = json.loads(text, parse_constant=no_constant)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--hparams is not valid JSON ({e.msg} at char {e.pos}): {text!r}") from None
+    except RecursionError:
+        raise UserError("--hparams is nested too deeply") from None
+    if not isinstance(overrides, dict):
+        raise UserError(f"--hparams must be a JSON object, got {type(overrides).__name__}")
+    defaults = hp.resolve(algorithm, dataset, 0, None)
+    for name, value in overrides.items():
+        if name not in defaults:
+            continue  # hp.resolve names the unknown ones with the valid ones
+        default = defaults[name]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool) or (name == "pretrained" and isinstance(value, str))
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:
+            ok = True
+        if not ok:
+            raise UserError(f"hparam {name} must be a {type(default).__name__} like its default {default!r}, "
+                            f"got {json.dumps(value)}")
+        if name in HPARAM_BOUNDS and isinstance(value, (int, float)) and not isinstance(value, bool):
+            lo, inclusive = HPARAM_BOUNDS[name]
+            if value < lo or (value == lo and not inclusive):
+                raise UserError(f"hparam {name} must be {'>=' if inclusive else '>'} {lo}, got {value}")
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,64 +199,142 @@ def main(argv: list[str] | None = None) -> None:
     cli(lambda: run(build_parser().parse_args(argv)))()
 
 
+def os_error(e: OSError):
+    """The one-line error for a file the run cannot write or read (full disk, read-only folder, ...)."""
+    from harness.errors import UserError
+
+    where = e.filename or "the output directory"
+    hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
+            errno.EROFS: "make it writable or choose another --output_dir",
+            errno.EACCES: "fix its permissions or choose another --output_dir",
+            errno.EPERM: "fix its permissions or choose another --output_dir",
+            errno.ENAMETOOLONG: "choose a shorter --output_dir"}.get(e.errno)
+    if hint is None:
+        return UserError(f"cannot access {where}: {e.strerror or e}")
+    return UserError(f"cannot write {where}: {e.strerror or e}; {hint}, then re-run the same command "
+                     "(it resumes from the last checkpoint)")
+
+
 def run(args: argparse.Namespace) -> Path:
     """Train (or resume) the run described by ``args``; returns its output directory."""
-    import torch
+    try:
+        return _run(args)
+    except OSError as e:
+        raise os_error(e) from None
 
+
+def _run(args: argparse.Namespace) -> Path:
     from harness import hparams as hp
     from harness.errors import UserError
-    from harness.precision import check_precision
+    from harness.lock import RunLock
     from harness.registry import ALGORITHMS, DATASETS
-    from harness.utils import resolve_device, seed_hash
 
     out = Path(args.output_dir)
     if (out / DONE).exists():
         print(f"{out} is already done (remove {out / DONE} to run again)")
         return out
+    check_args(args)
     dataset_cls, algorithm_cls = DATASETS.get(args.dataset), ALGORITHMS.get(args.algorithm)
-    hparams = hp.resolve(args.algorithm, args.dataset, args.hparams_seed, args.hparams)
+    n_envs = len(getattr(dataset_cls, "ENVIRONMENTS", None) or []) or None
+    if n_envs and set(range(n_envs)) <= set(args.test_envs):
+        raise UserError(f"--test_envs {args.test_envs} holds out every environment of {args.dataset}; "
+                        "leave at least one to train on")
+    hparams = hp.resolve(args.algorithm, args.dataset, args.hparams_seed,
+                         parse_hparams(args.hparams, args.algorithm, args.dataset))
     out.mkdir(parents=True, exist_ok=True)
-    from harness.lock import RunLock
-
-    with RunLock(out), Tee(out / "out.txt", "stdout"), Tee(out / "err.txt", "stderr"):
-        device = resolve_device(args.device)
-        check_precision(device, hparams["precision"])
-        torch.manual_seed(seed_hash(args.seed, "init"))
-        dataset = dataset_cls(args.data_dir, args.test_envs, hparams)
-        bad = [i for i in args.test_envs if not 0 <= i < len(dataset)]
-        if bad:
-            raise UserError(f"--test_envs {bad} out of range: {args.dataset} has environments "
-                            + ", ".join(f"{i}={n}" for i, n in enumerate(dataset.ENVIRONMENTS)))
-        steps = args.steps or dataset.N_STEPS
-        freq = args.checkpoint_freq or dataset.CHECKPOINT_FREQ
-        splits = holdout_splits(dataset, args.holdout_fraction, args.trial_seed)
-        train_envs = [splits[i][0] for i in range(len(dataset)) if i not in args.test_envs]
-        algorithm = algorithm_cls(dataset.input_shape, dataset.num_classes, len(train_envs), hparams).to(device)
-
-        identity = {k: v for k, v in vars(args).items() if k not in NON_IDENTITY_ARGS}
-        start = resume(out, identity, algorithm)
-        next_batch = batch_source(algorithm, dataset, train_envs, hparams, args.seed)
-        print(f"{args.algorithm} on {args.dataset} | test envs {args.test_envs} | device {device} | "
-              f"precision {hparams['precision']} | "
-              f"threads {torch.get_num_threads()} | steps {start}->{steps} | hparams {json.dumps(hparams)}")
-        train_loop(args, identity, hparams, algorithm, dataset, splits, train_envs, next_batch,
-                   start, steps, freq, device, out)
-        (out / DONE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+    with RunLock(out):
+        if (out / DONE).exists():  # another process finished it while we waited for the lock
+            print(f"{out} is already done (remove {out / DONE} to run again)")
+            return out
+        with Tee(out / "out.txt", "stdout"), Tee(out / "err.txt", "stderr", fresh=True):
+            try:
+                train_run(args, hparams, dataset_cls, algorithm_cls, out)
+            except OSError as e:
+                raise os_error(e) from None
     return out
 
 
+def train_run(args: argparse.Namespace, hparams: dict, dataset_cls, algorithm_cls, out: Path) -> None:
+    import torch
+
+    from harness.errors import UserError
+    from harness.precision import check_precision
+    from harness.utils import resolve_device, seed_hash
+
+    remove_stale_temporaries(out)
+    identity = {k: v for k, v in vars(args).items() if k not in NON_IDENTITY_ARGS}
+    state = load_checkpoint(out, identity)
+    threads = pinned_threads(args, state)
+    torch.set_num_threads(threads)
+    device = resolve_device(args.device)
+    check_precision(device, hparams["precision"])
+    torch.manual_seed(seed_hash(args.seed, "init"))
+    dataset = dataset_cls(args.data_dir, args.test_envs, hparams)
+    bad = [i for i in args.test_envs if not 0 <= i < len(dataset)]
+    if bad:
+        raise UserError(f"--test_envs {bad} out of range: {args.dataset} has environments "
+                        + ", ".join(f"{i}={n}" for i, n in enumerate(dataset.ENVIRONMENTS)))
+    if len(set(args.test_envs)) >= len(dataset):
+        raise UserError(f"--test_envs {args.test_envs} holds out every environment of {args.dataset}; "
+                        "leave at least one to train on")
+    steps = args.steps if args.steps is not None else dataset.N_STEPS
+    freq = args.checkpoint_freq if args.checkpoint_freq is not None else dataset.CHECKPOINT_FREQ
+    splits = holdout_splits(dataset, args.holdout_fraction, args.trial_seed)
+    train_envs = [splits[i][0] for i in range(len(dataset)) if i not in args.test_envs]
+    empty = [i for i in range(len(dataset)) if i not in args.test_envs and len(splits[i][0]) == 0]
+    if empty:
+        raise UserError(f"--holdout_fraction {args.holdout_fraction} leaves no training examples in "
+                        f"environment(s) {empty}; use a smaller fraction")
+    algorithm = algorithm_cls(dataset.input_shape, dataset.num_classes, len(train_envs), hparams).to(device)
+
+    start, record_steps = resume(out, state, algorithm)
+    next_batch = batch_source(algorithm, dataset, train_envs, hparams, args.seed)
+    print(f"{args.algorithm} on {args.dataset} | test envs {args.test_envs} | device {device} | "
+          f"precision {hparams['precision']} | "
+          f"threads {threads} | steps {start}->{steps} | hparams {json.dumps(hparams)}")
+    train_loop(args, identity, hparams, algorithm, dataset, splits, train_envs, next_batch,
+               start, steps, freq, device, out, threads, record_steps)
+    (out / DONE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+
+
+def pinned_threads(args: argparse.Namespace, state: dict | None) -> int:
+    """The run's CPU thread count: its checkpoint's when resuming, else --threads, $OMP_NUM_THREADS or torch's."""
+    import torch
+
+    if state is not None and isinstance(state.get("threads"), int):
+        if args.threads is not None and args.threads != state["threads"]:
+            print(f"note: this run was started with {state['threads']} threads and resumes with them "
+                  f"(--threads {args.threads} ignored: the thread count changes the numbers)")
+        return state["threads"]
+    if args.threads is not None:
+        return args.threads
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else torch.get_num_threads()
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Temporary files of atomic writes a kill interrupted (the lock is held: nobody is writing them)."""
+    for pattern in (f".{CHECKPOINT}.*.tmp", f".{RESULTS}.*.tmp"):
+        for tmp in out.glob(pattern):
+            tmp.unlink(missing_ok=True)
+
+
 def train_loop(args, identity, hparams, algorithm, dataset, splits, train_envs, next_batch: Callable[[int], Any],
-               start: int, steps: int, freq: int, device, out: Path) -> None:
+               start: int, steps: int, freq: int, device, out: Path, threads: int = 1,
+               record_steps: list[int] | None = None) -> None:
     import torch
     from tqdm import tqdm
 
     from harness.utils import atomic_write_bytes, seed_hash
 
+    record_steps = list(record_steps or [])
     stats: dict[str, list[float]] = {}
     min_env = min(len(e) for e in train_envs)
     n_checkpoints = start // freq
-    bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not sys.stderr.isatty(),
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not tty,
                file=sys.__stderr__, dynamic_ncols=True)
+    progress = Progress(start, steps, enabled=not sys.stdout.isatty())
     for step in range(start, steps):
         torch.manual_seed(seed_hash(args.seed, "step", step))
         batch = to_device(next_batch(step), device)
@@ -133,21 +349,40 @@ def train_loop(args, identity, hparams, algorithm, dataset, splits, train_envs, 
                 raise diverged(k, step, f"{k}={v}", hparams)
             stats.setdefault(k, []).append(v)
         bar.update(1)
+        progress.update(step + 1)
         if (step + 1) % freq == 0 or step + 1 == steps:
             n_checkpoints += 1
             with_dci = n_checkpoints % args.dci_freq == 0 or step + 1 == steps
             record = {"step": step + 1, "epoch": (step + 1) * hparams.get("batch_size", 1) / min_env,
-                      "args": identity, "hparams": hparams,
+                      "args": identity, "hparams": hparams, "threads": threads,
                       **{k: sum(v) / len(v) for k, v in stats.items()}, "mem_gb": peak_memory_gb(device)}
             try:
                 record.update(evaluate(algorithm, dataset, splits, train_envs, args, with_dci, next_batch(0)))
             except FloatingPointError as e:
                 raise diverged("the model", step + 1, e, hparams) from None
             append_record(out / RESULTS, record)
-            atomic_write_bytes(out / CHECKPOINT, checkpoint_bytes(step + 1, identity, algorithm))
+            record_steps.append(step + 1)
+            atomic_write_bytes(out / CHECKPOINT, checkpoint_bytes(step + 1, identity, algorithm, threads, record_steps))
             print(summary_line(record))
             stats = {}
     bar.close()
+
+
+class Progress:
+    """Without a terminal (a log file, a launcher): ``progress: step S/N (P%) | R steps/s | ETA`` every tenth of the run."""
+
+    def __init__(self, start: int, steps: int, enabled: bool):
+        self.start, self.steps, self.enabled = start, steps, enabled
+        self.every = max(1, steps // PROGRESS_LINES)
+        self.t0 = time.perf_counter()
+
+    def update(self, done: int) -> None:
+        if not self.enabled or done % self.every != 0 or done == self.steps:
+            return
+        rate = (done - self.start) / max(time.perf_counter() - self.t0, 1e-9)
+        eta = int((self.steps - done) / rate) if rate > 0 else 0
+        print(f"progress: step {done}/{self.steps} ({100 * done // self.steps}%) | {rate:.3g} steps/s | "
+              f"ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}", flush=True)
 
 
 def diverged(what: str, step: int, detail: Any, hparams: dict):
@@ -307,50 +542,125 @@ def disentanglement_metrics(algorithm, splits, args) -> dict[str, float]:
 
 
 # --- persistence --------------------------------------------------------------------------
-def checkpoint_bytes(step: int, identity: dict, algorithm) -> bytes:
+def checkpoint_bytes(step: int, identity: dict, algorithm, threads: int = 1,
+                     record_steps: list[int] | None = None) -> bytes:
+    """torch.save's bytes followed by their SHA-256, which ``load_checkpoint`` verifies."""
     import io
 
     import torch
 
     buf = io.BytesIO()
-    torch.save({"step": step, "args": json.dumps(identity, sort_keys=True), "model": algorithm.state_dict()}, buf)
-    return buf.getvalue()
+    torch.save({"step": step, "args": json.dumps(identity, sort_keys=True), "threads": threads,
+                "record_steps": list(record_steps or []), "model": algorithm.state_dict()}, buf)
+    data = buf.getvalue()
+    return data + CHECKSUM_TAG + hashlib.sha256(data).hexdigest().encode()
 
 
-def resume(out: Path, identity: dict, algorithm) -> int:
-    """Load ``checkpoint.pt`` if present; drop records written after it. Returns the step to start at."""
+def corrupt(path: Path, why: str):
+    from harness.errors import UserError
+
+    return UserError(f"{path} is corrupt ({why}); delete it to restart the run from scratch "
+                     f"(or restore it from a backup to resume)")
+
+
+def load_checkpoint(out: Path, identity: dict) -> dict | None:
+    """The verified checkpoint of ``out`` (None when there is none); a corrupt one is a UserError."""
+    import io
+
     import torch
 
     from harness.errors import UserError
 
     path = out / CHECKPOINT
     if not path.exists():
-        if (out / RESULTS).exists():
-            (out / RESULTS).unlink()  # records without a checkpoint are from a run that died early
-        return 0
-    state = torch.load(path, map_location=algorithm.device(), weights_only=True)
-    if state["args"] != json.dumps(identity, sort_keys=True):
-        raise UserError(f"{out} holds a run with other arguments ({state['args']}); "
+        return None
+    data = path.read_bytes()
+    cut = data.rfind(CHECKSUM_TAG)
+    if cut < 0:
+        raise corrupt(path, "truncated or not a harness checkpoint: no checksum")
+    payload, digest = data[:cut], data[cut + len(CHECKSUM_TAG):]
+    if hashlib.sha256(payload).hexdigest().encode() != digest:
+        raise corrupt(path, "checksum mismatch")
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as e:  # a checksummed file torch cannot read: written by an incompatible version
+        raise corrupt(path, f"unreadable: {type(e).__name__}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "model" not in state:
+        raise corrupt(path, "not a harness checkpoint")
+    if state.get("args") != json.dumps(identity, sort_keys=True):
+        raise UserError(f"{out} holds a run with other arguments ({state.get('args')}); "
                         "use another --output_dir or delete that one")
-    algorithm.load_state_dict(state["model"])
-    keep = [r for r in read_records(out / RESULTS) if r["step"] <= state["step"]]
+    return state
+
+
+def resume(out: Path, state: dict | None, algorithm) -> tuple[int, list[int]]:
+    """Load the checkpoint's state; drop records written after it. Returns (step to start at, record steps).
+
+    Records that disagree with the checkpoint (missing, or other steps than it wrote) stop the run:
+    resuming would end with a results.jsonl that is not what an uninterrupted run writes."""
+    from harness.errors import UserError
+
+    results = out / RESULTS
+    if state is None:
+        if results.exists():
+            results.unlink()  # records without a checkpoint are from a run that died before its first one
+        return 0, []
+    step = state["step"]
+    if not results.exists():
+        raise UserError(f"{results} is missing but {out / CHECKPOINT} is at step {step}; restore it, or delete "
+                        f"{out / CHECKPOINT} to restart the run from scratch")
+    keep = [r for r in read_records(results) if r["step"] <= step]
+    expected = state.get("record_steps")
+    got = [r["step"] for r in keep]
+    if (expected is not None and got != list(expected)) or (expected is None and step not in got):
+        raise UserError(f"{results} (records at steps {got[:6]}{'...' if len(got) > 6 else ''}) disagrees with "
+                        f"{out / CHECKPOINT} (step {step}); restore it, or delete both to restart the run from scratch")
+    try:
+        algorithm.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise corrupt(out / CHECKPOINT, f"its model does not fit: {str(e).splitlines()[0][:120]}") from None
+    write_text_keeping_mode(results, "".join(json.dumps(r) + "\n" for r in keep))
+    print(f"resuming from step {step} ({len(keep)} records kept)")
+    return step, got
+
+
+def write_text_keeping_mode(path: Path, text: str) -> None:
+    """Atomic rewrite that keeps the file's permission bits (a temporary file is created 0600)."""
     from harness.utils import atomic_write_text
 
-    atomic_write_text(out / RESULTS, "".join(json.dumps(r) + "\n" for r in keep))
-    print(f"resuming from step {state['step']} ({len(keep)} records kept)")
-    return int(state["step"])
+    mode = path.stat().st_mode & 0o7777 if path.exists() else None
+    atomic_write_text(path, text)
+    if mode is not None:
+        os.chmod(path, mode)
 
 
 def read_records(path: Path) -> list[dict]:
-    """Records of a results.jsonl; a truncated last line (a kill mid-write) is ignored."""
+    """Records of a results.jsonl; a truncated last line (a kill mid-write) is ignored, any other bad
+    line is a UserError naming it."""
+    from harness.errors import UserError
+
     if not path.exists():
         return []
+    try:
+        text = path.read_bytes().decode()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is corrupt (not UTF-8 at byte {e.start}); restore it, or delete it and "
+                        f"{path.parent / CHECKPOINT} to restart the run from scratch") from None
+    lines = text.split("\n")
     records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
             continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+            if i == len(lines):  # no newline after it: the write a kill interrupted
+                continue
+        if not isinstance(record, dict) or type(record.get("step")) is not int:
+            raise UserError(f"{path} line {i} is not a record (a JSON object with an integer step); restore "
+                            f"it, or delete it and {path.parent / CHECKPOINT} to restart the run from scratch")
+        records.append(record)
     return records
 
 
@@ -377,12 +687,17 @@ def summary_line(record: dict) -> str:
 
 
 class Tee:
-    """Copy sys.stdout or sys.stderr into a file (appending) for the duration of a ``with``."""
+    """Copy sys.stdout or sys.stderr into a file for the duration of a ``with``.
 
-    def __init__(self, path: Path, stream: str):
-        self.path, self.stream = path, stream
+    ``fresh``: the previous attempt's file moves to ``<name>.prev`` so the file holds this attempt only
+    (err.txt then says why the *last* attempt failed, not an earlier interruption)."""
+
+    def __init__(self, path: Path, stream: str, fresh: bool = False):
+        self.path, self.stream, self.fresh = path, stream, fresh
 
     def __enter__(self):
+        if self.fresh and self.path.exists() and self.path.stat().st_size > 0:
+            os.replace(self.path, self.path.with_name(self.path.name + ".prev"))
         self.file = open(self.path, "a")
         self.orig = getattr(sys, self.stream)
         setattr(sys, self.stream, self)
@@ -390,29 +705,41 @@ class Tee:
 
     def write(self, s: str) -> int:
         self.orig.write(s)
-        self.file.write(s)
-        self.file.flush()
+        try:
+            self.file.write(s)
+            self.file.flush()
+        except (OSError, ValueError):  # a full disk must not turn every print into a second error
+            pass
         return len(s)
 
     def flush(self) -> None:
         self.orig.flush()
-        self.file.flush()
+        try:
+            self.file.flush()
+        except (OSError, ValueError):
+            pass
 
     def isatty(self) -> bool:
         return self.orig.isatty()
 
     def __exit__(self, exc_type, exc, tb):
-        if exc is not None and self.stream == "stderr":  # the error goes to err.txt too
-            from harness.errors import UserError
-
-            if isinstance(exc, UserError):
-                self.file.write(f"error: {exc}\n")
-            else:
-                import traceback
-
-                self.file.write("".join(traceback.format_exception(exc_type, exc, tb)))
         setattr(sys, self.stream, self.orig)
-        self.file.close()
+        try:
+            if exc is not None and self.stream == "stderr":  # the error goes to err.txt too
+                from harness.errors import UserError
+
+                if isinstance(exc, UserError):
+                    self.file.write(f"error: {exc}\n")
+                elif isinstance(exc, KeyboardInterrupt):
+                    self.file.write(f"interrupted at {time.strftime('%Y-%m-%d %H:%M:%S')}; re-run the same "
+                                    "command to resume\n")
+                else:
+                    import traceback
+
+                    self.file.write("".join(traceback.format_exception(exc_type, exc, tb)))
+            self.file.close()
+        except OSError:
+            pass
 
 
 if __name__ == "__main__":
