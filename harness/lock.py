@@ -171,6 +171,7 @@ class RunLock:
             time.sleep(0.05)  # a status probe or a holder releasing right now
         try:
             self._write()
+            os.ftruncate(self._fd, _SIZE)  # a longer malformed lock we took over leaves no tail behind
         except BaseException:
             self._release()
             raise

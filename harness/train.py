@@ -51,7 +51,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows "(default: X)" only where there is a default to show."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.required or "default" in (action.help or ""):
+        if action.default is None or action.required or "(default" in (action.help or ""):
             return action.help or ""
         return super()._get_help_string(action)
 
@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DCI on datasets with factors: full = disentanglement_lib's (GBT of 100 trees, up to "
                         "10,000 train / 5,000 test held-out points); fast = 30 trees on at most 2,000 / 1,000 "
                         "(about 3x cheaper; scores within ~0.1 of full)")
-    p.add_argument("--eval_batch_size", type=int_at_least(1), default=512)
+    p.add_argument("--eval_batch_size", type=int_at_least(1), default=512,
+                   help="examples per evaluation batch (memory only: results do not depend on it)")
     p.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int_at_least(1), default=None,
                    help="CPU threads of a fresh run (default: $OMP_NUM_THREADS, else PyTorch's); results depend "
@@ -576,15 +577,16 @@ def load_checkpoint(out: Path, identity: dict) -> dict | None:
         return None
     data = path.read_bytes()
     cut = data.rfind(CHECKSUM_TAG)
-    if cut < 0:
-        raise corrupt(path, "truncated or not a harness checkpoint: no checksum")
-    payload, digest = data[:cut], data[cut + len(CHECKSUM_TAG):]
-    if hashlib.sha256(payload).hexdigest().encode() != digest:
-        raise corrupt(path, "checksum mismatch")
+    if cut < 0:  # written before checksums (or truncated: then torch cannot read it either)
+        payload = data
+    else:
+        payload, digest = data[:cut], data[cut + len(CHECKSUM_TAG):]
+        if hashlib.sha256(payload).hexdigest().encode() != digest:
+            raise corrupt(path, "checksum mismatch")
     try:
         state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    except Exception as e:  # a checksummed file torch cannot read: written by an incompatible version
-        raise corrupt(path, f"unreadable: {type(e).__name__}") from None
+    except Exception as e:  # truncated, garbage, or written by an incompatible version
+        raise corrupt(path, f"unreadable{'' if cut >= 0 else ', no checksum'}: {type(e).__name__}") from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "model" not in state:
         raise corrupt(path, "not a harness checkpoint")
     if state.get("args") != json.dumps(identity, sort_keys=True):

@@ -167,6 +167,13 @@ def test_corruption_stops_with_one_line_and_deletes_nothing(capsys, resumable, c
     assert not (resumable / LOCK).exists()
 
 
+def test_checkpoint_from_before_checksums_still_resumes(capsys, resumable, finished):
+    path = resumable / "checkpoint.pt"
+    path.write_bytes(path.read_bytes().rsplit(train.CHECKSUM_TAG, 1)[0])
+    assert run_train(capsys, resumable)[0] == 0
+    assert records(resumable) == records(finished)
+
+
 def test_truncated_last_record_is_a_kill_mid_write_and_resumes(capsys, resumable, finished):
     path = resumable / "results.jsonl"
     path.write_text(path.read_text() + '{"step": 30, "env0_in')  # no newline: the append a kill interrupted
