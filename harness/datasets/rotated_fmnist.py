@@ -16,6 +16,33 @@ images of the train and test files are concatenated, shuffled with a fixed seed,
 environment i (angle 0, 15, 30, 45, 60, 75 degrees) gets every 6th image starting at i,
 rotated once at construction (bilinear, zero fill). Images stay in memory as uint8; the
 hparam ``n_per_env`` keeps only the first N images of every environment (fast tests).
+
+Domain-generalisation protocol (DomainBed's; docs/rotated_fmnist.md has the measured table):
+
+- Splits. ``--test_envs`` are held out entirely. ``harness.train.holdout_splits`` splits every
+  environment into 'in' (80%) and 'out' (20%, ``--holdout_fraction``) with ``--trial_seed``;
+  training reads only the training domains' 'in' splits, model selection by training-domain
+  validation reads their 'out' splits, the held-out domain is only evaluated.
+- Backbone. DomainBed's ``MNIST_CNN`` (harness/backbones/domainbed_mnist.py, 128 features) by
+  default; lr 1e-3, batch 64 per domain, no weight decay, no augmentation, as DomainBed's RotatedMNIST.
+- Non-episodic algorithms (ERM, CORAL, IRM, ...): a step is one minibatch of ``batch_size``
+  images from each training domain's 'in' split; evaluated with their own classifier, trained
+  on all of it.
+- Episodic algorithms (SparseShared, ProtoNet, MultiTask, R2D2, MetaOptNet): a step is a batch of
+  ``tasks_per_batch`` tasks from ``harness.datasets.tasks.ClassTaskSampler`` over the training
+  domains' 'in' splits. Each task picks ONE training domain uniformly at random, ``n_way`` (5) of
+  its 10 classes at random, and ``support // n_way`` support plus ``query // n_way`` query images
+  per class from that domain (with replacement); labels are renumbered 0..n_way-1. Tasks are
+  classes within a domain, never mixed across domains, never from a held-out domain.
+- The episodic evaluation head. Episodic algorithms have no 10-class classifier, so at every
+  checkpoint ``harness.train.eval_predictor`` fits one on frozen features with the algorithm's
+  own ``adapt`` (SparseShared: its sparse solver with the sparsity penalty only; ProtoNet: class
+  means; MultiTask: unrolled gradient descent) on ``n_fit = 2000`` points drawn uniformly, without
+  replacement, from the union of the training domains' 'in' splits (all 10 classes, not
+  stratified by class or domain; the same indices at every checkpoint of a run, seeded by
+  ``--seed``). That head then scores every split, held-out domain included. The full data has
+  ~46,700 training-domain 'in' points, so the head sees ~4% of them; what fitting it on all of
+  them changes is measured in docs/rotated_fmnist.md (benchmarks/refit_head.py).
 """
 
 from __future__ import annotations
@@ -108,7 +135,9 @@ def load_fashion_mnist(data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor
 
 @DATASETS.register("RotatedFashionMNIST")
 class RotatedFashionMNIST(MultiEnvDataset):
-    """Fashion-MNIST rotated by 0-75 degrees, one environment per angle (DomainBed's RotatedMNIST protocol)."""
+    """Fashion-MNIST rotated by 0-75 degrees, one environment per angle (DomainBed's RotatedMNIST protocol,
+    Gulrajani & Lopez-Paz, arXiv 2007.01434; the module docstring describes how training tasks are drawn
+    for episodic algorithms and how their evaluation head is fitted). Default network: DomainBed's MNIST_CNN."""
 
     ENVIRONMENTS = ["0", "15", "30", "45", "60", "75"]
     ANGLES = (0, 15, 30, 45, 60, 75)
