@@ -59,12 +59,16 @@ def records(run: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
+def finished(tmp_path_factory):
     """One uninterrupted run: the reference for resumes and the source of the corrupted copies."""
+    import torch
+
+    threads = torch.get_num_threads()  # runs in this process pin theirs: give the rest of the session its own back
     out = tmp_path_factory.mktemp("faults") / "finished"
     train.main([*RUN, "--output_dir", str(out)])
     assert (out / "done").exists() and [r["step"] for r in records(out)] == [10, 20]
-    return out
+    yield out
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
