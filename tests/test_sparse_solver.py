@@ -683,3 +683,24 @@ def test_sharing_stats():
     s = sharing_stats(spread)
     assert s["sharing"] == pytest.approx(0.0, abs=1e-12) and s["sharing_counts"] == pytest.approx(0.0, abs=1e-12)
     assert s["mean_reuse"] == 0.25 and s["features_per_task"] == 1.0
+
+
+@pytest.mark.parametrize("C,sparsity,alpha", [(3, "l1", 0.05), (2, "l1", 0.1), (3, "group", 0.05)])
+def test_full_sharing_gradient_matches_finite_differences_at_the_mm_fixed_point(C, sparsity, alpha, monkeypatch):
+    from harness.algorithms.sparse_shared import solver
+
+    monkeypatch.setattr(solver, "MM_TOL", 1e-13)  # majorise-minimise run to its fixed point
+    Z, Y = _problem(4, 30, 8, C, seed=40 + C + (sparsity == "group"))
+    lam = lambda_max(Z, Y, C, sparsity)
+    kw = dict(beta=0.25, sparsity=sparsity, lam=lam, tol=1e-13, max_iter=50000, mm_rounds=3000)
+    g = torch.Generator().manual_seed(2)
+    GW = torch.randn(4, 8, 1 if C == 2 else C, generator=g, dtype=DT)
+    V = torch.randn(*Z.shape, generator=g, dtype=DT)
+    Zr = Z.clone().requires_grad_()
+    W, b, info = sparse_heads(Zr, Y, C, alpha, sharing_grad="full", backward_tol=1e-12, **kw)
+    assert info["mm_rounds"] < 3000
+    (W * GW).sum().backward()
+    h = 1e-6
+    f = lambda Zx: (solve_heads(Zx, Y, C, alpha, **kw)[0] * GW).sum()  # noqa: E731
+    fd = float((f(Z + h * V) - f(Z - h * V)) / (2 * h))
+    assert float((Zr.grad * V).sum()) == pytest.approx(fd, rel=1e-5, abs=1e-7)

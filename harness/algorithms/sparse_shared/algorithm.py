@@ -53,6 +53,7 @@ class SparseShared(Algorithm):
         "sharing_in": HP("inner"),  # sharing "entropy" only: inside the inner problem or on the outer loss
         "sharing_eps": HP(0.1),  # delta, the uniform share in the reweighted term's importances
         "mm_rounds": HP(5),  # majorise-minimise rounds of the reweighted term after the unshared solve
+        "sharing_grad": HP("last_solve"),  # last_solve | full: the reweighted term's Hessian in the gradient
         "feature_norm": HP("batchnorm"),
         "init_scale": HP(5.0),
         "inner_max_iter": HP(200),
@@ -79,7 +80,7 @@ class SparseShared(Algorithm):
         h = self.hparams
         return sparse_heads(z_support, y_support, n_classes, alpha=h["alpha"], beta=h["beta"] if shared else 0.0,
                             rho=h["rho"], sparsity=h["sparsity"], sharing=h["sharing"], sharing_in=h["sharing_in"],
-                            sharing_eps=h["sharing_eps"], mm_rounds=h["mm_rounds"],
+                            sharing_eps=h["sharing_eps"], mm_rounds=h["mm_rounds"], sharing_grad=h["sharing_grad"],
                             max_iter=max_iter or h["inner_max_iter"], tol=h["inner_tol"])
 
     def update(self, tasks) -> dict[str, float]:

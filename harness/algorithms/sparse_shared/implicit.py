@@ -48,6 +48,7 @@ from harness.algorithms.sparse_shared.solver import (
     DEFAULT_RHO,
     DEFAULT_SHARING_EPS,
     DEFAULT_TOL,
+    OPTIONS,
     _check_options,
     _probs,
     _targets,
@@ -94,18 +95,22 @@ def sparse_heads(
     lam: Optional[torch.Tensor] = None,
     sharing_eps: float = DEFAULT_SHARING_EPS,
     mm_rounds: int = 5,
+    sharing_grad: str = "last_solve",
     backward: str = "auto",
     backward_tol: Optional[float] = None,
     backward_max_iter: int = 1000,
 ):
     """Solve the inner problem; (W, b) are differentiable w.r.t. ``Z``.
 
-    With ``sharing="reweighted"`` the gradient is that of the last convex solve of the
-    majorise-minimise loop: its per-row penalties ``alpha_t + beta lam_bar w_j`` are held constant.
-    It leaves out how the weights w_j (through the importances) and lambda_max move with Z: the
-    full objective's second-order sharing term, which couples the tasks. It equals finite differences
-    of the last convex solve; against those of the fully converged solution it pointed the same way
-    but was 0-45% off in size on small float64 problems (tests/test_sparse_solver.py).
+    With ``sharing="reweighted"``, ``sharing_grad="last_solve"`` (the default) differentiates the
+    last convex solve of the majorise-minimise loop, its per-row penalties ``alpha_t + beta lam_bar
+    w_j`` held constant: it leaves out how the weights w_j move with the heads, the full objective's
+    second-order sharing term, which couples the tasks. It equals finite differences of the last
+    convex solve; against those of the converged MM solution it pointed the same way but was 0-45%
+    off in size on small float64 problems. ``sharing_grad="full"`` adds that term (``beta lam_bar
+    J^T Hess(Phi) J`` on the active set, J = dA/dW) and solves with MINRES: the gradient of the
+    stationary point of the full objective (tests/test_sparse_solver.py). lambda_max is a constant
+    in both.
 
     Same options as :func:`solve_heads`, plus
       backward: "auto" | "dense" | "iterative" (how ``H v = g`` is solved);
@@ -113,6 +118,8 @@ def sparse_heads(
         1e-6 in float32); backward_max_iter: MINRES iteration cap.
     """
     _check_options(sparsity, sharing, sharing_in)
+    if sharing_grad not in OPTIONS["sharing_grad"]:
+        raise ValueError(f"sharing_grad must be last_solve|full, got {sharing_grad!r}")
     if backward not in ("auto", "dense", "iterative"):
         raise ValueError(f"backward must be auto|dense|iterative, got {backward!r}")
     W, b, info = solve_heads(Z.detach(), Y, n_classes, alpha, beta=beta, rho=rho, sparsity=sparsity,
@@ -126,6 +133,8 @@ def sparse_heads(
         lam=lam.detach().to(device=Z.device, dtype=Z.dtype).reshape(-1), Y=Y.to(Z.device), n_classes=n_classes, alpha=float(alpha),
         beta_in=float(beta) if (sharing == "entropy" and sharing_in == "inner" and beta > 0) else 0.0,
         rho=float(rho), sparsity=sparsity, eps=float(eps), backward=backward, penalty=info["penalty"],
+        sharing_curvature=(float(beta) * float(lam.mean()), float(sharing_eps))
+        if sharing_grad == "full" and sharing == "reweighted" and beta > 0 else None,
         backward_tol=backward_tol, backward_max_iter=int(backward_max_iter),
     )
     Wo, bo = _ImplicitHeads.apply(Z, W, b, opts)
@@ -149,7 +158,7 @@ class _ImplicitHeads(torch.autograd.Function):
             gb = torch.zeros_like(b)
         gZ = implicit_grad_Z(Z, o["Y"], o["n_classes"], W, b, gW, gb, alpha=o["alpha"], lam=o["lam"],
                              beta_in=o["beta_in"], rho=o["rho"], sparsity=o["sparsity"], eps=o["eps"],
-                             penalty=o["penalty"],
+                             penalty=o["penalty"], sharing_curvature=o["sharing_curvature"],
                              backward=o["backward"], backward_tol=o["backward_tol"],
                              backward_max_iter=o["backward_max_iter"])
         return gZ, None, None, None
@@ -161,9 +170,11 @@ class _ImplicitHeads(torch.autograd.Function):
 @full_precision
 @torch.no_grad()
 def implicit_grad_Z(Z, Y, n_classes, W, b, gW, gb, alpha, lam=None, beta_in=0.0, rho=DEFAULT_RHO, sparsity="l1",
-                    eps=DEFAULT_EPS, backward="auto", backward_tol=None, backward_max_iter=1000, penalty=None):
+                    eps=DEFAULT_EPS, backward="auto", backward_tol=None, backward_max_iter=1000, penalty=None,
+                    sharing_curvature=None):
     """grad_Z of <gW, W*> + <gb, b*> by implicit differentiation (see module doc); ``penalty``: the
-    solve's per-task or per-row l1 weights (``info["penalty"]``), alpha * lambda_max when None."""
+    solve's per-task or per-row l1 weights (``info["penalty"]``), alpha * lambda_max when None;
+    ``sharing_curvature``: (beta * lam_bar, delta) to add the reweighted sharing term's Hessian."""
     T, n, d = Z.shape
     binary, K = head_dims(n_classes)
     dtype, dev = Z.dtype, Z.device
@@ -184,10 +195,12 @@ def implicit_grad_Z(Z, Y, n_classes, W, b, gW, gb, alpha, lam=None, beta_in=0.0,
         gb = gb - gb.mean(dim=1, keepdim=True)
     G = torch.cat([gW, gb.unsqueeze(1)], dim=1).to(dtype) * M
 
-    coupled = beta_in > 0
+    coupled = beta_in > 0 or sharing_curvature is not None
     A = compress(M)
     m = A.m
-    if backward == "auto":
+    if sharing_curvature is not None:
+        dense = False  # matrix-free: the sharing Hessian couples every task
+    elif backward == "auto":
         # coupled: per-task blocks plus T * m * (rows + 2) for the Woodbury factors
         dense = (m <= DENSE_MAX and T * m * (m + (d + 2 if coupled else 0)) <= DENSE_MAX_ELEMS
                  and (m <= DENSE_SMALL_M or T * m * m <= DENSE_SMALL_ELEMS))
@@ -198,7 +211,7 @@ def implicit_grad_Z(Z, Y, n_classes, W, b, gW, gb, alpha, lam=None, beta_in=0.0,
     if V is None:
         if backward_tol is None:
             backward_tol = 1e-10 if dtype == torch.float64 else 1e-6
-        op = _HVP(Za, P, U, M, binary, alpha_t, rho, sparsity, beta_in, eps)
+        op = _HVP(Za, P, U, M, binary, alpha_t, rho, sparsity, beta_in, eps, sharing_curvature)
         if coupled:
             dot = lambda x, y: (x * y).sum().view(1, 1, 1)  # noqa: E731
         else:
@@ -240,7 +253,7 @@ def _jp(P, S, binary):
 # matrix-free Hessian on the active set
 # --------------------------------------------------------------------------- #
 class _HVP:
-    def __init__(self, Za, P, U, M, binary, alpha_t, rho, sparsity, beta_in, eps):
+    def __init__(self, Za, P, U, M, binary, alpha_t, rho, sparsity, beta_in, eps, sharing_curvature=None):
         T, n, d1 = Za.shape
         self.Za, self.P, self.U, self.M, self.binary = Za, P, U, M, binary
         self.n, self.d = n, d1 - 1
@@ -256,6 +269,7 @@ class _HVP:
         if beta_in:
             a, A, S, p, logp, H, c = entropy_parts(W, eps)
             self.ent = (a, A, S, p, logp, H, c)
+        self.sharing = _SharingHessian(W, sparsity, *sharing_curvature) if sharing_curvature else None
 
     def __call__(self, V):
         V = V * self.M
@@ -270,6 +284,8 @@ class _HVP:
             extra = extra + self.g_scale * (Vw - self.g_dir * proj)
         if self.beta_in:
             extra = extra + self.beta_in * _entropy_hvp(self.W, Vw, self.ent)
+        if self.sharing is not None:
+            extra = extra + self.sharing(Vw)
         vb = V[:, d:, :]
         if self.binary:
             eb = torch.zeros_like(vb)
@@ -277,6 +293,33 @@ class _HVP:
             eb = (GAUGE / vb.shape[2]) * vb.sum(dim=2, keepdim=True).expand_as(vb)
         out = out + torch.cat([extra, eb], dim=1)
         return out * self.M
+
+
+class _SharingHessian:
+    """``scale * J^T Hess(Phi) J`` of the reweighted sharing term (solver module doc) as a product.
+
+    With Phi = St log St - sum_j At_j log At_j, At = M A, M = I + delta/d 11^T and v = 1 / At:
+    Hess(Phi) = M (11^T / St - diag(v)) M, applied to dA = J V (J = dA/dW: signs for l1, unit rows
+    for group; the row norms' own curvature is in the convex Hessian through the per-row penalty)."""
+
+    def __init__(self, W: torch.Tensor, sparsity: str, scale: float, delta: float):
+        if sparsity == "l1":
+            self.q = torch.sign(W)
+        else:
+            nr = torch.linalg.vector_norm(W, dim=2, keepdim=True)
+            self.q = W / torch.where(nr > 0, nr, torch.ones_like(nr))
+        A = (self.q * W).sum(dim=(0, 2))  # (d,)
+        d = A.shape[0]
+        S = A.sum()
+        self.v = 1.0 / (A + delta * S / d)
+        self.St, self.scale, self.mix = (1 + delta) * S, scale, delta / d
+
+    def __call__(self, Vw: torch.Tensor) -> torch.Tensor:
+        dA = (self.q * Vw).sum(dim=(0, 2))
+        mdA = dA + self.mix * dA.sum()  # M dA
+        h = mdA.sum() / self.St - self.v * mdA  # (11^T / St - diag(v)) M dA
+        h = h + self.mix * h.sum()  # M (...)
+        return self.scale * self.q * h.view(1, -1, 1)
 
 
 def _row_terms(op: "_HVP"):

@@ -91,7 +91,8 @@ def head_dims(n_classes: int) -> Tuple[bool, int]:
     return binary, (1 if binary else n_classes)
 
 
-OPTIONS = {"sparsity": ("l1", "group"), "sharing": ("reweighted", "entropy"), "sharing_in": ("inner", "outer")}
+OPTIONS = {"sparsity": ("l1", "group"), "sharing": ("reweighted", "entropy"), "sharing_in": ("inner", "outer"),
+           "sharing_grad": ("last_solve", "full")}
 
 
 def _check_options(sparsity: str, sharing: str, sharing_in: str) -> None:
