@@ -25,7 +25,7 @@ STATS = {"probe_sharing": "sharing (importance)", "probe_sharing_counts": "shari
          "probe_mean_reuse": "mean reuse", "probe_features_used": "features used"}
 COLUMNS = {**TARGETS, "task_acc": "new-task acc", "probe_sharing": "sharing", "probe_features_used": "features",
            "probe_features_per_task": "features/task"}
-HP = ["alpha", "beta", "sharing", "factor_correlation"]
+HP = ["alpha", "beta", "sharing", "factor_correlation", "sharing_grad"]
 
 
 def final_runs(input_dir: Path):
@@ -37,6 +37,7 @@ def final_runs(input_dir: Path):
     for h in HP:
         df[h] = df.get(f"hparams.{h}")
     df["factor_correlation"] = df["factor_correlation"].fillna(0.0)
+    df["sharing_grad"] = df["sharing_grad"].fillna("last_solve")  # records from before the hparam existed
     final = df.sort_values("step").groupby("run").tail(1)
     return final, df
 
@@ -103,7 +104,7 @@ def correlations(final, seed: int = 0, n_boot: int = 2000) -> str:
             rows.append([s_name, t_name, len(x), f"{pr.statistic:+.2f} (p={pr.pvalue:.2g})", f"[{lo:+.2f}, {hi:+.2f}]",
                          f"{sr.statistic:+.2f} (p={sr.pvalue:.2g})", partial])
     return tabulate(rows, headers=["statistic", "target", "runs", "Pearson r", "bootstrap 95%", "Spearman rho",
-                                   "partial r | alpha"], tablefmt="github")
+                                   "partial r (alpha)"], tablefmt="github")
 
 
 def plot_curves(df, runs, out: Path, name: str, key: str = "beta") -> Path:
@@ -177,6 +178,8 @@ def build_report(input_dir: Path, out: Path) -> str:
         df[h] = df[f"_{h}"]
     syn = final[final["dataset"] == "SyntheticLinear"]
     ss = syn[syn["algorithm"] == "SparseShared"]
+    full = ss[ss["sharing_grad"] == "full"]
+    ss = ss[ss["sharing_grad"] == "last_solve"]
     rew = ss[(ss["sharing"] == "reweighted") & (ss["factor_correlation"] == 0)]
     alpha0 = rew["alpha"].mode().iloc[0] if len(rew) else math.nan
     main = rew[rew["alpha"] == alpha0]
@@ -195,6 +198,7 @@ def build_report(input_dir: Path, out: Path) -> str:
     groups = [(f"SparseShared beta {b:g}", g) for b, g in main.groupby("beta")]
     ent = ss[(ss["sharing"] == "entropy") & (ss["factor_correlation"] == 0)]
     groups += [(f"SparseShared, entropy form, beta {b:g}", g) for b, g in ent.groupby("beta")]
+    groups += [(f"SparseShared beta {b:g}, full gradient", g) for b, g in full.groupby("beta")]
     groups += [(name, syn[syn["algorithm"] == name]) for name in ("MultiTask", "ERM") if (syn["algorithm"] == name).any()]
     lines += [summary_table(groups), ""]
     if len(main):
