@@ -98,7 +98,7 @@ def load_spec(name: str | None) -> dict[str, Any]:
     """A spec by name (``sweeps/NAME.json``) or by path (``path/to/spec.json``)."""
     if name is None:
         return {}
-    candidates = [Path(name)] if name.endswith(".json") or os.sep in name else []
+    candidates = [Path(name), Path(f"{name}.json")] if name.endswith(".json") or os.sep in name else []
     candidates += [d / f"{name}.json" for d in SPEC_DIRS]
     for path in candidates:
         if path.is_file():
