@@ -54,3 +54,17 @@ def test_readme_plugin_example_installs_as_written(cli, tmp_path):
     cli("harness.train", "--dataset", "SyntheticLinear", "--algorithm", "LabelSmoothERM", "--steps", "5",
         "--checkpoint_freq", "5", "--output_dir", str(out), env={"PYTHONPATH": str(site)})
     assert (out / "done").exists()
+
+
+@pytest.mark.slow  # trains SparseShared and ERM for 1000 steps each: about a minute on 2 idle cores
+def test_readme_quick_start_runs_as_written(tmp_path):
+    """The README's first command, less its ``pip install -e .`` (done already), from a fresh folder."""
+    first = code_blocks("bash")[0].strip()
+    steps = [s.strip() for s in first.split("&&")]
+    assert steps[0] == "pip install -e ." and steps[1].startswith("python -m harness.sweep launch")
+    proc = subprocess.run(" && ".join(s.replace("python ", f"{sys.executable} ", 1) for s in steps[1:]),
+                          shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "finished: 2/2 done" in proc.stdout
+    assert "SparseShared" in proc.stdout and "DCI D" in proc.stdout
+    assert (tmp_path / "results" / "default" / "plots").is_dir()
