@@ -208,8 +208,17 @@ def check_data(opts: dict[str, Any]) -> None:
     data_dir = opts.get("data_dir") or os.environ.get("HARNESS_DATA", "data")
     for name in opts["datasets"]:
         root = getattr(DATASETS.get(name), "root", None)
-        if callable(root):
+        if callable(root) and _takes_one_argument(root):
             root(data_dir)
+
+
+def _takes_one_argument(f: Any) -> bool:
+    import inspect
+
+    try:
+        return len(inspect.signature(f).parameters) == 1
+    except (TypeError, ValueError):
+        return False
 
 
 def test_env_sets(dataset: str, spec_value: Any) -> list[list[int]]:
