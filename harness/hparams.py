@@ -102,12 +102,6 @@ DATASET_SPACES: dict[str, dict[str, HP]] = {
                 "k_shot": HP(5), "n_episodes": HP(600), "pretrained": HP(False)},
 }
 
-# Algorithms whose classes do not declare HPARAMS yet: their entries move onto the classes, then
-# this table goes (an entry here lists the episodic hparams itself).
-ALGORITHM_SPACES: dict[str, dict[str, HP]] = {
-}
-
-
 def space(algorithm: str, dataset: str) -> dict[str, HP]:
     """The full hparam space of (algorithm, dataset)."""
     return {**COMMON, **dataset_space(dataset), **algorithm_space(algorithm)}
@@ -115,8 +109,6 @@ def space(algorithm: str, dataset: str) -> dict[str, HP]:
 
 def algorithm_space(name: str) -> dict[str, HP]:
     """The class's ``HPARAMS``, after the episodic hparams when it says ``EPISODIC = True``."""
-    if name in ALGORITHM_SPACES:
-        return ALGORITHM_SPACES[name]
     cls = _registered("algorithms", name)
     return {**(EPISODIC if getattr(cls, "EPISODIC", False) else {}), **getattr(cls, "HPARAMS", {})}
 

@@ -46,7 +46,7 @@ STILL_IN_TABLES = {"PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet",
 def test_every_algorithm_and_dataset_declares_its_hparams_on_its_class():
     from harness.registry import ALGORITHMS, DATASETS
 
-    assert set(hp.ALGORITHM_SPACES) | set(hp.DATASET_SPACES) == STILL_IN_TABLES
+    assert set(hp.DATASET_SPACES) == STILL_IN_TABLES
     for name in ALGORITHMS.names():
         cls = ALGORITHMS.get(name)
         want = {**(hp.EPISODIC if cls.EPISODIC else {}), **cls.HPARAMS}
