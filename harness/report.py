@@ -92,6 +92,8 @@ def correlations(final, seed: int = 0, n_boot: int = 2000) -> str:
     rows = []
     for s, s_name in STATS.items():
         for t, t_name in TARGETS.items():
+            if s not in final or t not in final:
+                continue
             sub = final[[s, t, "alpha"]].dropna()
             if len(sub) < 4 or sub[s].nunique() < 2 or sub[t].nunique() < 2:
                 continue

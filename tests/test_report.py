@@ -34,11 +34,11 @@ def test_report_tables_correlations_and_plots(tmp_path):
         d = 0.6 + 2 * beta + 0.1 * rng.random()
         sharing.append(s)
         dci.append(d)
-        hp = {"alpha": alpha, "beta": beta, "sharing": "reweighted"}
+        hp = {"alpha": alpha, "beta": beta, "sharing": "reweighted", "feature_dim": 10}
         _write_run(tmp_path / "runs", f"ss{i}", "SparseShared", hp, i % 3,
                    {"dci_disentanglement": d, "dci_completeness": d - 0.05, "mcc": d + 0.1, "task_acc": 0.8,
                     "probe_sharing": s, "probe_sharing_counts": s / 2, "probe_mean_reuse": 0.3 + s,
-                    "probe_features_used": 10 - i % 4, "probe_features_per_task": 3.0})
+                    "probe_features_used": 10 - i % 4, "probe_features_per_task": 3.0, "entropy": 2.0 - s})
     for i in range(3):
         _write_run(tmp_path / "runs", f"mt{i}", "MultiTask", {}, i, {"dci_disentanglement": 0.2 + 0.01 * i, "mcc": 0.5})
     (tmp_path / "runs" / "unfinished").mkdir()
@@ -50,6 +50,7 @@ def test_report_tables_correlations_and_plots(tmp_path):
     text = " ".join((out / "sharing.md").read_text().split())
     r = stats.pearsonr(sharing, dci).statistic
     assert f"| 13 | {r:+.2f} (p=" in text  # the headline correlation over all 13 runs
+    assert "the training heads' sharing (with the training beta)**: r = " in text
     assert "alpha = 0.3" in text and "| SparseShared beta 0.1 | 3 |" in text
     assert f"r = {r:+.3f}" in text and "0.947" in text
     mt = [0.2, 0.21, 0.22]
