@@ -601,6 +601,7 @@ def resume(out: Path, state: dict | None, algorithm) -> tuple[int, list[int]]:
     Records that disagree with the checkpoint (missing, or other steps than it wrote) stop the run:
     resuming would end with a results.jsonl that is not what an uninterrupted run writes."""
     from harness.errors import UserError
+    from harness.utils import atomic_write_text
 
     results = out / RESULTS
     if state is None:
@@ -621,19 +622,9 @@ def resume(out: Path, state: dict | None, algorithm) -> tuple[int, list[int]]:
         algorithm.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError) as e:
         raise corrupt(out / CHECKPOINT, f"its model does not fit: {str(e).splitlines()[0][:120]}") from None
-    write_text_keeping_mode(results, "".join(json.dumps(r) + "\n" for r in keep))
+    atomic_write_text(results, "".join(json.dumps(r) + "\n" for r in keep))
     print(f"resuming from step {step} ({len(keep)} records kept)")
     return step, got
-
-
-def write_text_keeping_mode(path: Path, text: str) -> None:
-    """Atomic rewrite that keeps the file's permission bits (a temporary file is created 0600)."""
-    from harness.utils import atomic_write_text
-
-    mode = path.stat().st_mode & 0o7777 if path.exists() else None
-    atomic_write_text(path, text)
-    if mode is not None:
-        os.chmod(path, mode)
 
 
 def read_records(path: Path) -> list[dict]:
