@@ -35,7 +35,6 @@ from typing import Any
 from harness.errors import UserError, cli
 
 SPEC_DIRS = (Path.cwd() / "sweeps", Path(__file__).resolve().parents[1] / "sweeps")
-NON_IDENTITY = ("data_dir", "output_dir", "device")
 DEFAULTS: dict[str, Any] = {
     "algorithms": ["ERM"], "datasets": None, "n_hparams": 1, "n_hparams_from": 0, "n_trials": 1,
     "steps": None, "checkpoint_freq": None, "hparams": None, "grid": None, "search": None, "test_envs": None,
