@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import itertools
 import json
-import math
 import os
 import shutil
 import sys
