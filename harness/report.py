@@ -257,7 +257,7 @@ def build_report(input_dir: Path, out: Path) -> str:
     lines.append(f"Over all {len(rew)} SparseShared runs with the reweighted term on independent factors "
                  "(every alpha and beta, every seed):\n")
     lines += [correlations(rew), ""]
-    if len(main) >= 4:
+    if len(main) >= 4 and rew["alpha"].nunique() > 1:
         lines.append(f"At alpha = {alpha0:g} only ({len(main)} runs):\n")
         lines += [correlations(main), ""]
     p = plot_scatter(rew, out, "sharing_vs_dci.png")
