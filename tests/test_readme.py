@@ -56,7 +56,7 @@ def test_readme_plugin_example_installs_as_written(cli, tmp_path):
     assert (out / "done").exists()
 
 
-@pytest.mark.slow  # trains SparseShared and ERM for 1000 steps each: about a minute on 2 idle cores
+@pytest.mark.slow  # trains SparseShared and ERM for 2000 steps each (sweeps/default.json)
 def test_readme_quick_start_runs_as_written(tmp_path):
     """The README's first command, less its ``pip install -e .`` (done already), from a fresh folder."""
     first = code_blocks("bash")[0].strip()
@@ -67,4 +67,4 @@ def test_readme_quick_start_runs_as_written(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "finished: 2/2 done" in proc.stdout
     assert "SparseShared" in proc.stdout and "DCI D" in proc.stdout
-    assert (tmp_path / "results" / "default" / "plots").is_dir()
+    assert (tmp_path / "results" / "plots").is_dir()  # collect_results reads results/ by default: INPUT_DIR/plots
