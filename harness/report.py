@@ -138,6 +138,7 @@ def plot_curves(df, runs, out: Path, name: str, key: str = "beta") -> Path:
 def plot_phase(final, out: Path, name: str) -> Path | None:
     """Heatmaps over alpha x beta of the seed-mean D, MCC and new-task accuracy."""
     import matplotlib.pyplot as plt
+    import numpy as np
 
     if final["alpha"].nunique() < 2 or final["beta"].nunique() < 2:
         return None
@@ -147,7 +148,7 @@ def plot_phase(final, out: Path, name: str) -> Path | None:
         im = ax.imshow(grid.values, origin="lower", cmap="viridis", aspect="auto")
         ax.set_xticks(range(grid.shape[1]), [f"{b:g}" for b in grid.columns])
         ax.set_yticks(range(grid.shape[0]), [f"{a:g}" for a in grid.index])
-        for (i, j), v in __import__("numpy").ndenumerate(grid.values):
+        for (i, j), v in np.ndenumerate(grid.values):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
         ax.set_xlabel("beta")
         ax.set_ylabel("alpha")
