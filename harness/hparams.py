@@ -81,26 +81,6 @@ EPISODIC: dict[str, HP] = {
     "max_factors": HP(3),  # factor tasks depend on a random subset of 1..max_factors factors
 }
 
-# Datasets whose classes do not declare HPARAMS yet:
-# their entries move onto the classes, then this table goes.
-DATASET_SPACES: dict[str, dict[str, HP]] = {
-    # DomainBed's image benchmarks (arXiv 2007.01434, its hparams_registry): ResNet-50, lr 5e-5, batch 32 per env
-    **{name: {"backbone": HP("resnet50"), "lr": HP(5e-5, log_uniform(-5, -3.5)), "batch_size": HP(32, int_pow2(3, 5)),
-              "weight_decay": HP(0.0, log_uniform(-6, -2)), "data_augmentation": HP(True),
-              "pretrained": HP(True), "freeze_bn": HP(True), "project": HP(False)}
-       for name in ("PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet")},
-    # DomainBed's small-image settings (RotatedMNIST): lr 1e-3, batch 64 per env, no weight decay, and its
-    # network MNIST_CNN (harness/backbones/domainbed_mnist.py; 128 features). docs/rotated_fmnist.md
-    "RotatedFashionMNIST": {"backbone": HP("MNIST_CNN"), "feature_dim": HP(128), "lr": HP(1e-3, log_uniform(-4.5, -3.5)),
-                            "batch_size": HP(64, int_pow2(3, 9)), "weight_decay": HP(0.0), "n_per_env": HP(None),
-                            "data_seed": HP(0)},
-    # few-shot image benchmarks: train split only (--test_envs 1 2); k_shot, n_episodes: few-shot evaluation
-    # (timm backbones train from scratch here, as few-shot benchmarks do: "pretrained": false)
-    "MiniImageNet": {"backbone": HP("SmallCNN"), "feature_dim": HP(128), "batch_size": HP(64, int_pow2(4, 7)),
-                     "k_shot": HP(5), "n_episodes": HP(600), "pretrained": HP(False)},
-    "CIFARFS": {"backbone": HP("SmallCNN"), "feature_dim": HP(128), "batch_size": HP(64, int_pow2(4, 7)),
-                "k_shot": HP(5), "n_episodes": HP(600), "pretrained": HP(False)},
-}
 
 def space(algorithm: str, dataset: str) -> dict[str, HP]:
     """The full hparam space of (algorithm, dataset)."""
@@ -115,8 +95,6 @@ def algorithm_space(name: str) -> dict[str, HP]:
 
 def dataset_space(name: str) -> dict[str, HP]:
     """The dataset class's ``HPARAMS``."""
-    if name in DATASET_SPACES:
-        return DATASET_SPACES[name]
     return dict(getattr(_registered("datasets", name), "HPARAMS", {}))
 
 

@@ -37,27 +37,23 @@ def test_overrides_merge_and_unknown_key_names_valid_keys():
         hp.resolve("ERM", "SyntheticLinear", 0, "{lr: 1}")
 
 
-# Built-ins whose hparams still sit in harness/hparams.py's tables (their modules are owned elsewhere);
-# when one moves onto its class, drop it here.
-STILL_IN_TABLES = {"PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet",
-                   "RotatedFashionMNIST", "MiniImageNet", "CIFARFS"}
-
-
 def test_every_algorithm_and_dataset_declares_its_hparams_on_its_class():
+    """Every registered algorithm and dataset resolves its hparams from its class's HPARAMS (plus the
+    episodic hparams for EPISODIC algorithms); harness/hparams.py holds no per-name table."""
     from harness.registry import ALGORITHMS, DATASETS
 
-    assert set(hp.DATASET_SPACES) == STILL_IN_TABLES
+    tables = [k for k, v in vars(hp).items() if k.isupper() and isinstance(v, dict) and k not in ("COMMON", "EPISODIC")
+              and all(isinstance(t, dict) for t in v.values()) and v]
+    assert not tables, f"per-name hparam tables left in harness/hparams.py: {tables}"
     for name in ALGORITHMS.names():
         cls = ALGORITHMS.get(name)
-        want = {**(hp.EPISODIC if cls.EPISODIC else {}), **cls.HPARAMS}
-        if name not in STILL_IN_TABLES:
-            assert hp.algorithm_space(name) == want, name
+        assert hp.algorithm_space(name) == {**(hp.EPISODIC if cls.EPISODIC else {}), **cls.HPARAMS}, name
         assert all(isinstance(v, hp.HP) for v in hp.algorithm_space(name).values()), name
     for name in DATASETS.names():
         cls = DATASETS.get(name)
-        if name not in STILL_IN_TABLES:
-            assert hp.dataset_space(name) == cls.HPARAMS, name
+        assert hp.dataset_space(name) == cls.HPARAMS, name
         assert all(isinstance(v, hp.HP) for v in hp.dataset_space(name).values()), name
+        assert hp.space("ERM", name) == {**hp.COMMON, **cls.HPARAMS}, name
 
 
 def test_episodic_hparams_come_from_the_class_flag():

@@ -31,6 +31,7 @@ import torch
 
 from harness.datasets.base import EnvDataset, MultiEnvDataset
 from harness.errors import UserError
+from harness.hparams import HP, int_pow2, log_uniform
 from harness.registry import DATASETS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -154,6 +155,10 @@ class DomainBedImageFolder(MultiEnvDataset):
     INPUT_SHAPE = (3, 224, 224)
     N_STEPS = 5000
     CHECKPOINT_FREQ = 300
+    # DomainBed's image benchmarks (arXiv 2007.01434, its hparams_registry): ResNet-50, lr 5e-5, batch 32 per env
+    HPARAMS = {"backbone": HP("resnet50"), "lr": HP(5e-5, log_uniform(-5, -3.5)), "batch_size": HP(32, int_pow2(3, 5)),
+               "weight_decay": HP(0.0, log_uniform(-6, -2)), "data_augmentation": HP(True),
+               "pretrained": HP(True), "freeze_bn": HP(True), "project": HP(False)}
 
     def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
         super().__init__(data_dir, test_envs, hparams)

@@ -41,6 +41,7 @@ import torch
 from harness.datasets.base import EnvDataset, MultiEnvDataset, TensorEnv
 from harness.datasets.domainbed_images import IMAGENET_MEAN, IMAGENET_STD, ImageListEnv, _is_image
 from harness.errors import UserError
+from harness.hparams import HP, int_pow2
 from harness.registry import DATASETS
 
 SPLITS = ("train", "val", "test")
@@ -64,6 +65,10 @@ class FewShotImageDataset(MultiEnvDataset):
     TEST_ENV_SETS = [[1, 2]]  # val and test hold novel classes: never trained on
     N_STEPS = 5000
     CHECKPOINT_FREQ = 500
+    # train split only (--test_envs 1 2); k_shot, n_episodes: few-shot evaluation
+    # (timm backbones train from scratch here, as few-shot benchmarks do: "pretrained": false)
+    HPARAMS = {"backbone": HP("SmallCNN"), "feature_dim": HP(128), "batch_size": HP(64, int_pow2(4, 7)),
+               "k_shot": HP(5), "n_episodes": HP(600), "pretrained": HP(False)}
 
     def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
         super().__init__(data_dir, test_envs, hparams)
@@ -78,7 +83,10 @@ class FewShotImageDataset(MultiEnvDataset):
         return self.datasets[2]
 
     @classmethod
-    def _root(cls, data_dir: str | None, dirname: str, layout: str) -> Path:
+    def root(cls, data_dir: str | None) -> Path:
+        """``<data_dir>/<DIRNAME>``; a one-line UserError saying how to get it when absent
+        (also checked by ``sweep launch`` before any job starts)."""
+        dirname, layout = cls.DIRNAME, cls.LAYOUT
         how = f"python -m harness.download {cls.__name__} --data_dir {data_dir or 'DIR'} --archive FILE"
         if not data_dir:
             raise UserError(f"{cls.__name__} reads <data_dir>/{dirname} but no --data_dir was given; "
@@ -95,11 +103,12 @@ class MiniImageNet(FewShotImageDataset):
 
     INPUT_SHAPE = (3, 84, 84)
     NUM_CLASSES = 64
+    DIRNAME = "miniImageNet"
     LAYOUT = "images/*.jpg with train.csv/val.csv/test.csv, or mini-imagenet-cache-{train,val,test}.pkl"
 
     def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
         super().__init__(data_dir, test_envs, hparams)
-        root = self._root(data_dir, "miniImageNet", self.LAYOUT)
+        root = self.root(data_dir)
         if all((root / f"{s}.csv").is_file() for s in SPLITS) and (root / "images").is_dir():
             self.datasets = [self._from_csv(root, s) for s in SPLITS]
         elif all((root / f"mini-imagenet-cache-{s}.pkl").is_file() for s in SPLITS):
@@ -182,11 +191,12 @@ class CIFARFS(FewShotImageDataset):
 
     INPUT_SHAPE = (3, 32, 32)
     NUM_CLASSES = 64
+    DIRNAME = "cifar100"
     LAYOUT = "data/<class>/*.png and splits/bertinetto/{train,val,test}.txt"
 
     def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
         super().__init__(data_dir, test_envs, hparams)
-        root = self._root(data_dir, "cifar100", self.LAYOUT)
+        root = self.root(data_dir)
         tf = _image_transform(32)
         for s in SPLITS:
             split_file = root / "splits" / "bertinetto" / f"{s}.txt"
