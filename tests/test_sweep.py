@@ -197,14 +197,15 @@ def test_sweep_accepts_a_path_with_or_without_json(capsys, tmp_path):
         assert "2 jobs" in capsys.readouterr().out
 
 
-def test_missing_data_stops_the_launch_before_any_job(capsys, tmp_path):
+@pytest.mark.parametrize("dataset", ["PACS", "MiniImageNet", "CIFARFS", "Waterbirds", "Camelyon17", "CivilComments"])
+def test_missing_data_stops_the_launch_before_any_job(capsys, tmp_path, dataset):
     from harness import sweep
 
     with pytest.raises(SystemExit) as e:
-        sweep.main(["launch", "--datasets", "PACS", "--data_dir", str(tmp_path / "nodata"), "--output_dir",
+        sweep.main(["launch", "--datasets", dataset, "--data_dir", str(tmp_path / "nodata"), "--output_dir",
                     str(tmp_path / "out"), "--skip_confirmation"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and len(err) == 1 and "PACS not found" in err[0]
+    assert e.value.code == 2 and len(err) == 1 and f"{dataset} not found" in err[0]
     assert not (tmp_path / "out").exists()
 
 

@@ -140,6 +140,12 @@ class WildsDataset(MultiEnvDataset):
     SELECTION = "worst_group"
     WILDS_NAME = ""
     GROUP_NAMES: list[str] = []
+    REQUIRED = "metadata.csv"  # the file whose presence says the dataset is there
+
+    @classmethod
+    def root(cls, data_dir: str | None) -> Path:
+        """``<data_dir>/<WILDS_NAME>_v1.0`` (checked by ``sweep launch`` before any job starts)."""
+        return wilds_root(cls.__name__, cls.WILDS_NAME, data_dir, cls.REQUIRED)
 
 
 @DATASETS.register("Waterbirds")
@@ -163,7 +169,7 @@ class Waterbirds(WildsDataset):
 
     def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
         super().__init__(data_dir, test_envs, hparams)
-        root = wilds_root(type(self).__name__, self.WILDS_NAME, data_dir, "metadata.csv")
+        root = self.root(data_dir)
         df = read_csv(root / "metadata.csv")
         require_columns(df, ["img_filename", "y", "split", "place"], root / "metadata.csv")
         size = int(hparams.get("image_size", 224))
@@ -201,7 +207,7 @@ class Camelyon17(WildsDataset):
 
     def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
         super().__init__(data_dir, test_envs, hparams)
-        root = wilds_root(type(self).__name__, self.WILDS_NAME, data_dir, "metadata.csv")
+        root = self.root(data_dir)
         df = read_csv(root / "metadata.csv", index_col=0)
         cols = ["patient", "node", "x_coord", "y_coord", "tumor", "slide", "center"]
         require_columns(df, cols, root / "metadata.csv")
@@ -295,11 +301,11 @@ class CivilComments(WildsDataset):
     NUM_CLASSES = 2
     N_STEPS = 10000
     CHECKPOINT_FREQ = 1000
-    CSV = "all_data_with_identities.csv"
+    CSV = REQUIRED = "all_data_with_identities.csv"
 
     def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
         super().__init__(data_dir, test_envs, hparams)
-        root = wilds_root(type(self).__name__, self.WILDS_NAME, data_dir, self.CSV)
+        root = self.root(data_dir)
         import numpy as np
 
         from harness.backbones.text import load_tokenizer
