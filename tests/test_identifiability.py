@@ -1,4 +1,4 @@
-"""Identifiability on SyntheticLinear (Fumero et al., arXiv 2304.07939, Sec. 5.1): sparse and shared
+"""Identifiability on SyntheticLinear (Fumero et al., arXiv 2304.07939, Sec. 2 and 4.1): sparse and shared
 heads recover the factors (MCC >= 0.9, DCI disentanglement >= 0.9 on held-out points); dense
 multi-task heads do not (both at least 0.2 lower). The test runs seed 0; the values measured at
 these settings for seeds 0-2 are in docs/measurements.md ("identifiability")."""
