@@ -4,7 +4,7 @@
 
 For each finished run (its ``checkpoint.pt`` and ``results.jsonl``), rebuild the dataset and the
 (in, out) splits exactly as ``harness.train`` did, load the model, and fit the evaluation head with
-``harness.train.eval_predictor`` on ``n_fit`` points of the training domains' 'in' splits (2000 is the
+``harness.evaluation.eval_predictor`` on ``n_fit`` points of the training domains' 'in' splits (2000 is the
 trainer's default; ``all`` = every 'in' point of every training domain), then print the accuracy of
 every split. Fitting on more points changes only the head: the features are the checkpoint's.
 ``--head probe`` replaces the algorithm's own ``adapt`` (SparseShared: its sparse solver) by the base
@@ -27,8 +27,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from harness.algorithms.base import Algorithm  # noqa: E402
 from harness.registry import ALGORITHMS, DATASETS  # noqa: E402
-from harness.train import (CHECKPOINT, RESULTS, eval_predictor, holdout_splits, read_records,  # noqa: E402
-                           split_metrics)
+from harness.checkpoints import CHECKPOINT, RESULTS, read_records  # noqa: E402
+from harness.evaluation import eval_predictor, split_metrics  # noqa: E402
+from harness.loop import holdout_splits  # noqa: E402
 
 
 def refit(run: Path, n_fits: list[str], device: str, head: str = "own") -> list[dict]:

@@ -21,22 +21,19 @@ from __future__ import annotations
 
 import argparse
 import errno
-import hashlib
 import json
-import math
 import os
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-RESULTS, CHECKPOINT, DONE = "results.jsonl", "checkpoint.pt", "done"
+from harness.checkpoints import DONE
+
 # Arguments that do not change what a run computes (paths, device): excluded from its identity.
 NON_IDENTITY_ARGS = ("output_dir", "data_dir", "device", "eval_batch_size", "threads")
 SEED_MAX = 2**31 - 1  # seeds reach numpy and scikit-learn, which take at most 32 bits
-CHECKSUM_TAG = b"\n#harness-sha256:"  # checkpoint.pt = torch.save bytes + tag + 64 hex digits
-PROGRESS_LINES = 10  # without a terminal: a progress line every tenth of the run
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -258,7 +255,9 @@ def _run(args: argparse.Namespace) -> Path:
 def train_run(args: argparse.Namespace, hparams: dict, dataset_cls, algorithm_cls, out: Path) -> None:
     import torch
 
+    from harness.checkpoints import load_checkpoint, remove_stale_temporaries, resume
     from harness.errors import UserError
+    from harness.loop import RunContext, batch_source, holdout_splits, train_loop
     from harness.precision import check_precision
     from harness.utils import resolve_device, seed_hash
 
@@ -293,8 +292,8 @@ def train_run(args: argparse.Namespace, hparams: dict, dataset_cls, algorithm_cl
     print(f"{args.algorithm} on {args.dataset} | test envs {args.test_envs} | device {device} | "
           f"precision {hparams['precision']} | "
           f"threads {threads} | steps {start}->{steps} | hparams {json.dumps(hparams)}")
-    train_loop(args, identity, hparams, algorithm, dataset, splits, train_envs, next_batch,
-               start, steps, freq, device, out, threads, record_steps)
+    train_loop(RunContext(args, identity, hparams, algorithm, dataset, splits, train_envs, next_batch,
+                          steps, freq, device, out, threads), start, record_steps)
     (out / DONE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
 
 
@@ -311,372 +310,6 @@ def pinned_threads(args: argparse.Namespace, state: dict | None) -> int:
         return args.threads
     env = os.environ.get("OMP_NUM_THREADS", "")
     return int(env) if env.isdigit() and int(env) > 0 else torch.get_num_threads()
-
-
-def remove_stale_temporaries(out: Path) -> None:
-    """Temporary files of atomic writes a kill interrupted (the lock is held: nobody is writing them)."""
-    for pattern in (f".{CHECKPOINT}.*.tmp", f".{RESULTS}.*.tmp"):
-        for tmp in out.glob(pattern):
-            tmp.unlink(missing_ok=True)
-
-
-def train_loop(args, identity, hparams, algorithm, dataset, splits, train_envs, next_batch: Callable[[int], Any],
-               start: int, steps: int, freq: int, device, out: Path, threads: int = 1,
-               record_steps: list[int] | None = None) -> None:
-    import torch
-    from tqdm import tqdm
-
-    from harness.utils import atomic_write_bytes, seed_hash
-
-    record_steps = list(record_steps or [])
-    stats: dict[str, list[float]] = {}
-    min_env = min(len(e) for e in train_envs)
-    n_checkpoints = start // freq
-    tty = sys.stderr.isatty()
-    bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not tty,
-               file=sys.__stderr__, dynamic_ncols=True)
-    progress = Progress(start, steps, enabled=not sys.stdout.isatty())
-    for step in range(start, steps):
-        torch.manual_seed(seed_hash(args.seed, "step", step))
-        batch = to_device(next_batch(step), device)
-        t0 = time.perf_counter()
-        try:
-            logs = algorithm.update(batch)
-        except FloatingPointError as e:  # how an algorithm's solver says its inputs are no longer finite
-            raise diverged("training", step, e, hparams) from None
-        stats.setdefault("step_time", []).append(time.perf_counter() - t0)
-        for k, v in logs.items():
-            if not math.isfinite(v):
-                raise diverged(k, step, f"{k}={v}", hparams)
-            stats.setdefault(k, []).append(v)
-        bar.update(1)
-        progress.update(step + 1)
-        if (step + 1) % freq == 0 or step + 1 == steps:
-            n_checkpoints += 1
-            with_dci = n_checkpoints % args.dci_freq == 0 or step + 1 == steps
-            record = {"step": step + 1, "epoch": (step + 1) * hparams.get("batch_size", 1) / min_env,
-                      "args": identity, "hparams": hparams, "threads": threads,
-                      **{k: sum(v) / len(v) for k, v in stats.items()}, "mem_gb": peak_memory_gb(device)}
-            try:
-                record.update(evaluate(algorithm, dataset, splits, train_envs, args, with_dci, next_batch(0)))
-            except FloatingPointError as e:
-                raise diverged("the model", step + 1, e, hparams) from None
-            append_record(out / RESULTS, record)
-            record_steps.append(step + 1)
-            atomic_write_bytes(out / CHECKPOINT, checkpoint_bytes(step + 1, identity, algorithm, threads, record_steps))
-            print(summary_line(record))
-            stats = {}
-    bar.close()
-
-
-class Progress:
-    """Without a terminal (a log file, a launcher): ``progress: step S/N (P%) | R steps/s | ETA`` every tenth of the run."""
-
-    def __init__(self, start: int, steps: int, enabled: bool):
-        self.start, self.steps, self.enabled = start, steps, enabled
-        self.every = max(1, steps // PROGRESS_LINES)
-        self.t0 = time.perf_counter()
-
-    def update(self, done: int) -> None:
-        if not self.enabled or done % self.every != 0 or done == self.steps:
-            return
-        rate = (done - self.start) / max(time.perf_counter() - self.t0, 1e-9)
-        eta = int((self.steps - done) / rate) if rate > 0 else 0
-        print(f"progress: step {done}/{self.steps} ({100 * done // self.steps}%) | {rate:.3g} steps/s | "
-              f"ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}", flush=True)
-
-
-def diverged(what: str, step: int, detail: Any, hparams: dict):
-    """The one-line error for a run whose numbers stopped being finite."""
-    from harness.errors import UserError
-
-    return UserError(f"{what} diverged at step {step} ({detail}); try a smaller lr "
-                     f"(--hparams '{{\"lr\": {hparams.get('lr', 1e-3) / 10:g}}}')")
-
-
-def holdout_splits(dataset, holdout_fraction: float, trial_seed: int) -> list[tuple[Any, Any]]:
-    """(in, out) per environment: a seeded random ``holdout_fraction`` of each is held out (DomainBed)."""
-    import torch
-
-    from harness.utils import generator
-
-    splits = []
-    for i, env in enumerate(dataset.datasets):
-        perm = torch.randperm(len(env), generator=generator(trial_seed, "holdout", i))
-        n_out = int(len(env) * holdout_fraction)
-        splits.append((env.subset(perm[n_out:]), env.subset(perm[:n_out])))
-    return splits
-
-
-def batch_source(algorithm, dataset, train_envs, hparams: dict, seed: int) -> Callable[[int], Any]:
-    """step -> batch: per-environment minibatches, or a TaskBatch for episodic algorithms."""
-    from harness.utils import seed_hash
-
-    if algorithm.EPISODIC:
-        return dataset.task_sampler(train_envs, hparams, seed_hash(seed, "tasks")).sample
-    loaders = [InfiniteIndices(len(env), hparams["batch_size"], seed_hash(seed, "batches", i))
-               for i, env in enumerate(train_envs)]
-    return lambda step: [env.batch(loader(step)) for env, loader in zip(train_envs, loaders)]
-
-
-class InfiniteIndices:
-    """Minibatch indices as a function of the step: consecutive slices of per-epoch permutations."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self._epoch, self._perm = -1, None
-
-    def _permutation(self, epoch: int):
-        import torch
-
-        from harness.utils import generator
-
-        if epoch != self._epoch:
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=generator(self.seed, epoch))
-        return self._perm
-
-    def __call__(self, step: int):
-        import torch
-
-        pos, parts, need = step * self.batch_size, [], self.batch_size
-        while need > 0:
-            epoch, offset = divmod(pos, self.n)
-            take = self._permutation(epoch)[offset : offset + need]
-            parts.append(take)
-            pos, need = pos + len(take), need - len(take)
-        return torch.cat(parts)
-
-
-def to_device(batch: Any, device) -> Any:
-    if hasattr(batch, "to"):
-        return batch.to(device)
-    return [tuple(t.to(device) for t in item) for item in batch]
-
-
-# --- evaluation ---------------------------------------------------------------------------
-def evaluate(algorithm, dataset, splits, train_envs, args, with_dci: bool, probe: Any) -> dict[str, Any]:
-    """Accuracy (and worst-group accuracy, DCI/MCC, algorithm logs) on every split."""
-    import torch
-
-    algorithm.eval()
-    try:
-        with torch.no_grad():
-            predict = eval_predictor(algorithm, train_envs, args)
-            metrics: dict[str, float] = {}
-            for i, (env_in, env_out) in enumerate(splits):
-                for name, split in (("in", env_in), ("out", env_out)):
-                    metrics.update(split_metrics(predict, split, f"env{i}_{name}", args.eval_batch_size, algorithm.device()))
-            if "disentanglement" in dataset.METRICS and with_dci:
-                from harness.metrics.fewshot import factor_task_accuracy
-                from harness.utils import seed_hash
-
-                metrics.update(disentanglement_metrics(algorithm, splits, args))
-                metrics.update(factor_task_accuracy(algorithm, dataset, [out for _, out in splits],
-                                                    algorithm.hparams, seed=seed_hash(args.seed, "eval_tasks")))
-            if "fewshot" in dataset.METRICS and with_dci:
-                from harness.metrics.fewshot import fewshot_accuracy
-
-                metrics.update(fewshot_accuracy(algorithm, dataset.fewshot_env(), seed=args.seed,
-                                                **dataset.FEWSHOT))
-            metrics.update(algorithm.checkpoint_logs(to_device(probe, algorithm.device())))
-    finally:
-        algorithm.train()
-    return metrics
-
-
-def eval_predictor(algorithm, train_envs, args, n_fit: int = 2000):
-    """How to predict the dataset's label: the algorithm's own head, or (episodic) a head fitted by ``adapt``."""
-    import torch
-
-    from harness.datasets.tasks import ConcatEnv
-    from harness.utils import generator
-
-    if not algorithm.EPISODIC:
-        return algorithm.predict
-    pool = ConcatEnv(train_envs)
-    idx = torch.randperm(len(pool), generator=generator(args.seed, "adapt"))[:n_fit]
-    x, y = pool.batch(idx)
-    device = algorithm.device()
-    return algorithm.adapt(x.to(device), y.to(device), num_classes=None)
-
-
-def split_metrics(predict, split, prefix: str, batch_size: int, device) -> dict[str, float]:
-    import torch
-
-    correct = []
-    for start in range(0, len(split), batch_size):
-        x, y = split.batch(torch.arange(start, min(start + batch_size, len(split))))
-        correct.append((predict(x.to(device)).argmax(1).cpu() == y).float())
-    if not correct:
-        return {}
-    correct = torch.cat(correct)
-    out = {f"{prefix}_acc": correct.mean().item()}
-    if split.groups is not None:
-        groups = split.groups
-        out[f"{prefix}_wg_acc"] = min(correct[groups == g].mean().item() for g in groups.unique())
-    return out
-
-
-def disentanglement_metrics(algorithm, splits, args) -> dict[str, float]:
-    """DCI and MCC of the features on the held-out ('out') splits of all environments.
-
-    ``--dci full`` uses up to DCI_NUM_TRAIN + DCI_NUM_TEST (10,000 + 5,000) held-out points,
-    ``fast`` up to FAST_MAX_TRAIN + half as many (2,000 + 1,000)."""
-    import torch
-
-    from harness.datasets.tasks import ConcatEnv
-    from harness.metrics.disentanglement import DCI_NUM_TEST, DCI_NUM_TRAIN, FAST_MAX_TRAIN, dci, mcc
-    from harness.utils import generator
-
-    fast = args.dci == "fast"
-    n_train, n_test = (FAST_MAX_TRAIN, FAST_MAX_TRAIN // 2) if fast else (DCI_NUM_TRAIN, DCI_NUM_TEST)
-    pool = ConcatEnv([out for _, out in splits])
-    idx = torch.randperm(len(pool), generator=generator(args.seed, "dci"))[: n_train + n_test].sort().values
-    codes = []
-    for start in range(0, len(idx), args.eval_batch_size):
-        x, _ = pool.batch(idx[start : start + args.eval_batch_size])
-        codes.append(algorithm.features(x.to(algorithm.device())).cpu())
-    codes, factors = torch.cat(codes).numpy(), pool.factors[idx].numpy()
-    d = dci(codes, factors, fast=fast, seed=args.seed)  # splits them 2:1 into train and test
-    return {"dci_disentanglement": d["disentanglement"], "dci_completeness": d["completeness"],
-            "dci_informativeness": d["informativeness"], "mcc": mcc(codes, factors)}
-
-
-# --- persistence --------------------------------------------------------------------------
-def checkpoint_bytes(step: int, identity: dict, algorithm, threads: int = 1,
-                     record_steps: list[int] | None = None) -> bytes:
-    """torch.save's bytes followed by their SHA-256, which ``load_checkpoint`` verifies."""
-    import io
-
-    import torch
-
-    buf = io.BytesIO()
-    torch.save({"step": step, "args": json.dumps(identity, sort_keys=True), "threads": threads,
-                "record_steps": list(record_steps or []), "model": algorithm.state_dict()}, buf)
-    data = buf.getvalue()
-    return data + CHECKSUM_TAG + hashlib.sha256(data).hexdigest().encode()
-
-
-def corrupt(path: Path, why: str):
-    from harness.errors import UserError
-
-    return UserError(f"{path} is corrupt ({why}); delete it to restart the run from scratch "
-                     f"(or restore it from a backup to resume)")
-
-
-def load_checkpoint(out: Path, identity: dict) -> dict | None:
-    """The verified checkpoint of ``out`` (None when there is none); a corrupt one is a UserError."""
-    import io
-
-    import torch
-
-    from harness.errors import UserError
-
-    path = out / CHECKPOINT
-    if not path.exists():
-        return None
-    data = path.read_bytes()
-    cut = data.rfind(CHECKSUM_TAG)
-    if cut < 0:  # written before checksums (or truncated: then torch cannot read it either)
-        payload = data
-    else:
-        payload, digest = data[:cut], data[cut + len(CHECKSUM_TAG):]
-        if hashlib.sha256(payload).hexdigest().encode() != digest:
-            raise corrupt(path, "checksum mismatch")
-    try:
-        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, garbage, or written by an incompatible version
-        raise corrupt(path, f"unreadable{'' if cut >= 0 else ', no checksum'}: {type(e).__name__}") from None
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "model" not in state:
-        raise corrupt(path, "not a harness checkpoint")
-    if state.get("args") != json.dumps(identity, sort_keys=True):
-        raise UserError(f"{out} holds a run with other arguments ({state.get('args')}); "
-                        "use another --output_dir or delete that one")
-    return state
-
-
-def resume(out: Path, state: dict | None, algorithm) -> tuple[int, list[int]]:
-    """Load the checkpoint's state; drop records written after it. Returns (step to start at, record steps).
-
-    Records that disagree with the checkpoint (missing, or other steps than it wrote) stop the run:
-    resuming would end with a results.jsonl that is not what an uninterrupted run writes."""
-    from harness.errors import UserError
-    from harness.utils import atomic_write_text
-
-    results = out / RESULTS
-    if state is None:
-        if results.exists():
-            results.unlink()  # records without a checkpoint are from a run that died before its first one
-        return 0, []
-    step = state["step"]
-    if not results.exists():
-        raise UserError(f"{results} is missing but {out / CHECKPOINT} is at step {step}; restore it, or delete "
-                        f"{out / CHECKPOINT} to restart the run from scratch")
-    keep = [r for r in read_records(results) if r["step"] <= step]
-    expected = state.get("record_steps")
-    got = [r["step"] for r in keep]
-    if (expected is not None and got != list(expected)) or (expected is None and step not in got):
-        raise UserError(f"{results} (records at steps {got[:6]}{'...' if len(got) > 6 else ''}) disagrees with "
-                        f"{out / CHECKPOINT} (step {step}); restore it, or delete both to restart the run from scratch")
-    try:
-        algorithm.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, TypeError) as e:
-        raise corrupt(out / CHECKPOINT, f"its model does not fit: {str(e).splitlines()[0][:120]}") from None
-    atomic_write_text(results, "".join(json.dumps(r) + "\n" for r in keep))
-    print(f"resuming from step {step} ({len(keep)} records kept)")
-    return step, got
-
-
-def read_records(path: Path) -> list[dict]:
-    """Records of a results.jsonl; a truncated last line (a kill mid-write) is ignored, any other bad
-    line is a UserError naming it."""
-    from harness.errors import UserError
-
-    if not path.exists():
-        return []
-    try:
-        text = path.read_bytes().decode()
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is corrupt (not UTF-8 at byte {e.start}); restore it, or delete it and "
-                        f"{path.parent / CHECKPOINT} to restart the run from scratch") from None
-    lines = text.split("\n")
-    records = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-            if i == len(lines):  # no newline after it: the write a kill interrupted
-                continue
-        if not isinstance(record, dict) or type(record.get("step")) is not int:
-            raise UserError(f"{path} line {i} is not a record (a JSON object with an integer step); restore "
-                            f"it, or delete it and {path.parent / CHECKPOINT} to restart the run from scratch")
-        records.append(record)
-    return records
-
-
-def append_record(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def peak_memory_gb(device) -> float:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
-def summary_line(record: dict) -> str:
-    keys = [k for k in record if k not in ("args", "hparams") and not isinstance(record[k], (list, dict))]
-    return " | ".join(f"{k} {record[k]:.4g}" if isinstance(record[k], float) else f"{k} {record[k]}" for k in keys)
 
 
 class Tee:

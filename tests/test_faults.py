@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import train
+from harness import checkpoints, loop, train
 from harness.lock import LOCK, RunLock, is_held, read_lock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,7 +173,7 @@ def test_corruption_stops_with_one_line_and_deletes_nothing(capsys, resumable, c
 
 def test_checkpoint_from_before_checksums_still_resumes(capsys, resumable, finished):
     path = resumable / "checkpoint.pt"
-    path.write_bytes(path.read_bytes().rsplit(train.CHECKSUM_TAG, 1)[0])
+    path.write_bytes(path.read_bytes().rsplit(checkpoints.CHECKSUM_TAG, 1)[0])
     assert run_train(capsys, resumable)[0] == 0
     assert records(resumable) == records(finished)
 
@@ -228,7 +228,7 @@ def test_thread_count_is_pinned_by_the_checkpoint(capsys, resumable, finished):
 
 def test_progress_lines_without_a_terminal(finished):
     lines = [l for l in (finished / "out.txt").read_text().splitlines() if l.startswith("progress:")]
-    assert lines and all("steps/s" in l and "ETA" in l for l in lines) and len(lines) <= train.PROGRESS_LINES
+    assert lines and all("steps/s" in l and "ETA" in l for l in lines) and len(lines) <= loop.PROGRESS_LINES
 
 
 # --- kills -----------------------------------------------------------------------------------

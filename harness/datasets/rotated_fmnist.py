@@ -19,7 +19,7 @@ hparam ``n_per_env`` keeps only the first N images of every environment (fast te
 
 Domain-generalisation protocol (DomainBed's; docs/rotated_fmnist.md has the measured table):
 
-- Splits. ``--test_envs`` are held out entirely. ``harness.train.holdout_splits`` splits every
+- Splits. ``--test_envs`` are held out entirely. ``harness.loop.holdout_splits`` splits every
   environment into 'in' (80%) and 'out' (20%, ``--holdout_fraction``) with ``--trial_seed``;
   training reads only the training domains' 'in' splits, model selection by training-domain
   validation reads their 'out' splits, the held-out domain is only evaluated.
@@ -35,7 +35,7 @@ Domain-generalisation protocol (DomainBed's; docs/rotated_fmnist.md has the meas
   per class from that domain (with replacement); labels are renumbered 0..n_way-1. Tasks are
   classes within a domain, never mixed across domains, never from a held-out domain.
 - The episodic evaluation head. Episodic algorithms have no 10-class classifier, so at every
-  checkpoint ``harness.train.eval_predictor`` fits one on frozen features with the algorithm's
+  checkpoint ``harness.evaluation.eval_predictor`` fits one on frozen features with the algorithm's
   own ``adapt`` (SparseShared: its sparse solver with the sparsity penalty only; ProtoNet: class
   means; MultiTask: unrolled gradient descent) on ``n_fit = 2000`` points drawn uniformly, without
   replacement, from the union of the training domains' 'in' splits (all 10 classes, not

@@ -1,4 +1,4 @@
-"""Metrics: accuracy and worst-group accuracy live in ``harness.train``; here DCI, MCC and few-shot."""
+"""Metrics: accuracy and worst-group accuracy live in ``harness.evaluation``; here DCI, MCC and few-shot."""
 
 from harness.metrics.disentanglement import dci, mcc
 

@@ -1,0 +1,145 @@
+"""What a run keeps on disk: ``checkpoint.pt`` (checksummed, atomic) and ``results.jsonl`` (appended,
+fsynced), and how a run resumes from them (docs/design.md, section 4).
+
+Faults a run cannot survive (a corrupt checkpoint, records that disagree with it) are one-line
+UserErrors naming the file and what to do; nothing finished is deleted. Imports no torch at module
+import (``harness.train --help`` reads the file names from here).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+RESULTS, CHECKPOINT, DONE = "results.jsonl", "checkpoint.pt", "done"
+CHECKSUM_TAG = b"\n#harness-sha256:"  # checkpoint.pt = torch.save bytes + tag + 64 hex digits
+
+
+def checkpoint_bytes(step: int, identity: dict, algorithm, threads: int = 1,
+                     record_steps: list[int] | None = None) -> bytes:
+    """torch.save's bytes followed by their SHA-256, which ``load_checkpoint`` verifies."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"step": step, "args": json.dumps(identity, sort_keys=True), "threads": threads,
+                "record_steps": list(record_steps or []), "model": algorithm.state_dict()}, buf)
+    data = buf.getvalue()
+    return data + CHECKSUM_TAG + hashlib.sha256(data).hexdigest().encode()
+
+
+def corrupt(path: Path, why: str):
+    from harness.errors import UserError
+
+    return UserError(f"{path} is corrupt ({why}); delete it to restart the run from scratch "
+                     f"(or restore it from a backup to resume)")
+
+
+def load_checkpoint(out: Path, identity: dict) -> dict | None:
+    """The verified checkpoint of ``out`` (None when there is none); a corrupt one is a UserError."""
+    import io
+
+    import torch
+
+    from harness.errors import UserError
+
+    path = out / CHECKPOINT
+    if not path.exists():
+        return None
+    data = path.read_bytes()
+    cut = data.rfind(CHECKSUM_TAG)
+    if cut < 0:  # written before checksums (or truncated: then torch cannot read it either)
+        payload = data
+    else:
+        payload, digest = data[:cut], data[cut + len(CHECKSUM_TAG):]
+        if hashlib.sha256(payload).hexdigest().encode() != digest:
+            raise corrupt(path, "checksum mismatch")
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, garbage, or written by an incompatible version
+        raise corrupt(path, f"unreadable{'' if cut >= 0 else ', no checksum'}: {type(e).__name__}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "model" not in state:
+        raise corrupt(path, "not a harness checkpoint")
+    if state.get("args") != json.dumps(identity, sort_keys=True):
+        raise UserError(f"{out} holds a run with other arguments ({state.get('args')}); "
+                        "use another --output_dir or delete that one")
+    return state
+
+
+def resume(out: Path, state: dict | None, algorithm) -> tuple[int, list[int]]:
+    """Load the checkpoint's state; drop records written after it. Returns (step to start at, record steps).
+
+    Records that disagree with the checkpoint (missing, or other steps than it wrote) stop the run:
+    resuming would end with a results.jsonl that is not what an uninterrupted run writes."""
+    from harness.errors import UserError
+    from harness.utils import atomic_write_text
+
+    results = out / RESULTS
+    if state is None:
+        if results.exists():
+            results.unlink()  # records without a checkpoint are from a run that died before its first one
+        return 0, []
+    step = state["step"]
+    if not results.exists():
+        raise UserError(f"{results} is missing but {out / CHECKPOINT} is at step {step}; restore it, or delete "
+                        f"{out / CHECKPOINT} to restart the run from scratch")
+    keep = [r for r in read_records(results) if r["step"] <= step]
+    expected = state.get("record_steps")
+    got = [r["step"] for r in keep]
+    if (expected is not None and got != list(expected)) or (expected is None and step not in got):
+        raise UserError(f"{results} (records at steps {got[:6]}{'...' if len(got) > 6 else ''}) disagrees with "
+                        f"{out / CHECKPOINT} (step {step}); restore it, or delete both to restart the run from scratch")
+    try:
+        algorithm.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise corrupt(out / CHECKPOINT, f"its model does not fit: {str(e).splitlines()[0][:120]}") from None
+    atomic_write_text(results, "".join(json.dumps(r) + "\n" for r in keep))
+    print(f"resuming from step {step} ({len(keep)} records kept)")
+    return step, got
+
+
+def read_records(path: Path) -> list[dict]:
+    """Records of a results.jsonl; a truncated last line (a kill mid-write) is ignored, any other bad
+    line is a UserError naming it."""
+    from harness.errors import UserError
+
+    if not path.exists():
+        return []
+    try:
+        text = path.read_bytes().decode()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is corrupt (not UTF-8 at byte {e.start}); restore it, or delete it and "
+                        f"{path.parent / CHECKPOINT} to restart the run from scratch") from None
+    lines = text.split("\n")
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+            if i == len(lines):  # no newline after it: the write a kill interrupted
+                continue
+        if not isinstance(record, dict) or type(record.get("step")) is not int:
+            raise UserError(f"{path} line {i} is not a record (a JSON object with an integer step); restore "
+                            f"it, or delete it and {path.parent / CHECKPOINT} to restart the run from scratch")
+        records.append(record)
+    return records
+
+
+def append_record(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Temporary files of atomic writes a kill interrupted (the lock is held: nobody is writing them)."""
+    for pattern in (f".{CHECKPOINT}.*.tmp", f".{RESULTS}.*.tmp"):
+        for tmp in out.glob(pattern):
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,184 @@
+"""The training loop of one run: batches per step, ``update``, evaluation and checkpoint every ``freq``
+steps. ``harness.train`` builds a :class:`RunContext` and calls :func:`train_loop`."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.checkpoints import CHECKPOINT, RESULTS, append_record, checkpoint_bytes
+from harness.evaluation import evaluate, to_device
+
+PROGRESS_LINES = 10  # without a terminal: a progress line every tenth of the run
+
+
+@dataclass
+class RunContext:
+    """What one run needs, built once by ``harness.train.train_run``: its arguments and identity (the
+    arguments that define it), hparams, the algorithm on ``device``, the dataset with its (in, out)
+    ``splits`` and training environments, ``next_batch`` (step -> batch), ``steps`` to train,
+    checkpoint every ``freq`` steps, the output directory and the pinned CPU thread count."""
+
+    args: argparse.Namespace
+    identity: dict
+    hparams: dict
+    algorithm: Any
+    dataset: Any
+    splits: list[tuple[Any, Any]]
+    train_envs: list[Any]
+    next_batch: Callable[[int], Any]
+    steps: int
+    freq: int
+    device: Any
+    out: Path
+    threads: int = 1
+
+
+def train_loop(ctx: RunContext, start: int = 0, record_steps: list[int] | None = None) -> None:
+    """Train from step ``start`` to ``ctx.steps``; ``record_steps``: the steps of the records kept on resume."""
+    import torch
+    from tqdm import tqdm
+
+    from harness.utils import atomic_write_bytes, seed_hash
+
+    args, hparams, algorithm, out = ctx.args, ctx.hparams, ctx.algorithm, ctx.out
+    steps, freq = ctx.steps, ctx.freq
+    record_steps = list(record_steps or [])
+    stats: dict[str, list[float]] = {}
+    min_env = min(len(e) for e in ctx.train_envs)
+    n_checkpoints = start // freq
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not tty,
+               file=sys.__stderr__, dynamic_ncols=True)
+    progress = Progress(start, steps, enabled=not sys.stdout.isatty())
+    for step in range(start, steps):
+        torch.manual_seed(seed_hash(args.seed, "step", step))
+        batch = to_device(ctx.next_batch(step), ctx.device)
+        t0 = time.perf_counter()
+        try:
+            logs = algorithm.update(batch)
+        except FloatingPointError as e:  # how an algorithm's solver says its inputs are no longer finite
+            raise diverged("training", step, e, hparams) from None
+        stats.setdefault("step_time", []).append(time.perf_counter() - t0)
+        for k, v in logs.items():
+            if not math.isfinite(v):
+                raise diverged(k, step, f"{k}={v}", hparams)
+            stats.setdefault(k, []).append(v)
+        bar.update(1)
+        progress.update(step + 1)
+        if (step + 1) % freq == 0 or step + 1 == steps:
+            n_checkpoints += 1
+            with_dci = n_checkpoints % args.dci_freq == 0 or step + 1 == steps
+            record = {"step": step + 1, "epoch": (step + 1) * hparams.get("batch_size", 1) / min_env,
+                      "args": ctx.identity, "hparams": hparams, "threads": ctx.threads,
+                      **{k: sum(v) / len(v) for k, v in stats.items()}, "mem_gb": peak_memory_gb(ctx.device)}
+            try:
+                record.update(evaluate(algorithm, ctx.dataset, ctx.splits, ctx.train_envs, args, with_dci,
+                                       ctx.next_batch(0)))
+            except FloatingPointError as e:
+                raise diverged("the model", step + 1, e, hparams) from None
+            append_record(out / RESULTS, record)
+            record_steps.append(step + 1)
+            atomic_write_bytes(out / CHECKPOINT,
+                               checkpoint_bytes(step + 1, ctx.identity, algorithm, ctx.threads, record_steps))
+            print(summary_line(record))
+            stats = {}
+    bar.close()
+
+
+class Progress:
+    """Without a terminal (a log file, a launcher): ``progress: step S/N (P%) | R steps/s | ETA`` every tenth of the run."""
+
+    def __init__(self, start: int, steps: int, enabled: bool):
+        self.start, self.steps, self.enabled = start, steps, enabled
+        self.every = max(1, steps // PROGRESS_LINES)
+        self.t0 = time.perf_counter()
+
+    def update(self, done: int) -> None:
+        if not self.enabled or done % self.every != 0 or done == self.steps:
+            return
+        rate = (done - self.start) / max(time.perf_counter() - self.t0, 1e-9)
+        eta = int((self.steps - done) / rate) if rate > 0 else 0
+        print(f"progress: step {done}/{self.steps} ({100 * done // self.steps}%) | {rate:.3g} steps/s | "
+              f"ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}", flush=True)
+
+
+def diverged(what: str, step: int, detail: Any, hparams: dict):
+    """The one-line error for a run whose numbers stopped being finite."""
+    from harness.errors import UserError
+
+    return UserError(f"{what} diverged at step {step} ({detail}); try a smaller lr "
+                     f"(--hparams '{{\"lr\": {hparams.get('lr', 1e-3) / 10:g}}}')")
+
+
+def holdout_splits(dataset, holdout_fraction: float, trial_seed: int) -> list[tuple[Any, Any]]:
+    """(in, out) per environment: a seeded random ``holdout_fraction`` of each is held out (DomainBed)."""
+    import torch
+
+    from harness.utils import generator
+
+    splits = []
+    for i, env in enumerate(dataset.datasets):
+        perm = torch.randperm(len(env), generator=generator(trial_seed, "holdout", i))
+        n_out = int(len(env) * holdout_fraction)
+        splits.append((env.subset(perm[n_out:]), env.subset(perm[:n_out])))
+    return splits
+
+
+def batch_source(algorithm, dataset, train_envs, hparams: dict, seed: int) -> Callable[[int], Any]:
+    """step -> batch: per-environment minibatches, or a TaskBatch for episodic algorithms."""
+    from harness.utils import seed_hash
+
+    if algorithm.EPISODIC:
+        return dataset.task_sampler(train_envs, hparams, seed_hash(seed, "tasks")).sample
+    loaders = [InfiniteIndices(len(env), hparams["batch_size"], seed_hash(seed, "batches", i))
+               for i, env in enumerate(train_envs)]
+    return lambda step: [env.batch(loader(step)) for env, loader in zip(train_envs, loaders)]
+
+
+class InfiniteIndices:
+    """Minibatch indices as a function of the step: consecutive slices of per-epoch permutations."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self._epoch, self._perm = -1, None
+
+    def _permutation(self, epoch: int):
+        import torch
+
+        from harness.utils import generator
+
+        if epoch != self._epoch:
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=generator(self.seed, epoch))
+        return self._perm
+
+    def __call__(self, step: int):
+        import torch
+
+        pos, parts, need = step * self.batch_size, [], self.batch_size
+        while need > 0:
+            epoch, offset = divmod(pos, self.n)
+            take = self._permutation(epoch)[offset : offset + need]
+            parts.append(take)
+            pos, need = pos + len(take), need - len(take)
+        return torch.cat(parts)
+
+
+def peak_memory_gb(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def summary_line(record: dict) -> str:
+    keys = [k for k in record if k not in ("args", "hparams") and not isinstance(record[k], (list, dict))]
+    return " | ".join(f"{k} {record[k]:.4g}" if isinstance(record[k], float) else f"{k} {record[k]}" for k in keys)
