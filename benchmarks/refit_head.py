@@ -7,8 +7,9 @@ For each finished run (its ``checkpoint.pt`` and ``results.jsonl``), rebuild the
 ``harness.evaluation.eval_predictor`` on ``n_fit`` points of the training domains' 'in' splits (2000 is the
 trainer's default; ``all`` = every 'in' point of every training domain), then print the accuracy of
 every split. Fitting on more points changes only the head: the features are the checkpoint's.
-``--head probe`` replaces the algorithm's own ``adapt`` (SparseShared: its sparse solver) by the base
-class's multinomial logistic-regression probe (``harness.algorithms.base.Algorithm.adapt``).
+``--head probe`` replaces the algorithm's own ``adapt`` (SparseShared: its sparse solver) by a
+multinomial logistic-regression probe on the frozen features (``harness.evaluation.probe_head``, the base
+class's ``adapt``): what the hparam ``eval_head: "probe"`` does in a run.
 Prints one JSON line per (run, n_fit): algorithm, test_envs, n_fit, fit seconds, training-domain
 'out' accuracy (the model-selection number) and the held-out environments' accuracy.
 """
@@ -25,7 +26,6 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from harness.algorithms.base import Algorithm  # noqa: E402
 from harness.registry import ALGORITHMS, DATASETS  # noqa: E402
 from harness.checkpoints import CHECKPOINT, RESULTS, read_records  # noqa: E402
 from harness.evaluation import eval_predictor, split_metrics  # noqa: E402
@@ -42,17 +42,13 @@ def refit(run: Path, n_fits: list[str], device: str, head: str = "own") -> list[
     state = torch.load(run / CHECKPOINT, map_location=device, weights_only=True)
     algorithm.load_state_dict(state["model"])
     algorithm.to(device).eval()
-    if head == "probe":
-        import types
-
-        algorithm.adapt = types.MethodType(Algorithm.adapt, algorithm)
     rows = []
     n_in = sum(len(e) for e in train_envs)
     for n_fit in n_fits:
         n = n_in if n_fit == "all" else int(n_fit)
         t0 = time.perf_counter()
         with torch.no_grad():
-            predict = eval_predictor(algorithm, train_envs, args, n_fit=n)
+            predict = eval_predictor(algorithm, train_envs, args, n_fit=n, head=head)
         fit_s = time.perf_counter() - t0
         acc = {}
         with torch.no_grad():

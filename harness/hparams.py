@@ -79,6 +79,11 @@ EPISODIC: dict[str, HP] = {
     "query": HP(50),
     "n_way": HP(5),  # class tasks (ignored by binary factor tasks)
     "max_factors": HP(3),  # factor tasks depend on a random subset of 1..max_factors factors
+    # the head that reads the dataset's label at evaluation (harness/evaluation.py eval_predictor): "own" = the
+    # algorithm's adapt, "probe" = a logistic-regression probe on its frozen features; fitted on eval_n_fit
+    # training-domain 'in' points (0: all of them). docs/rotated_fmnist.md measures both.
+    "eval_head": HP("own"),
+    "eval_n_fit": HP(2000),
 }
 
 

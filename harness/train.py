@@ -224,6 +224,7 @@ def run(args: argparse.Namespace) -> Path:
 def _run(args: argparse.Namespace) -> Path:
     from harness import hparams as hp
     from harness.errors import UserError
+    from harness.evaluation import check_eval_hparams
     from harness.lock import RunLock
     from harness.registry import ALGORITHMS, DATASETS
 
@@ -239,6 +240,7 @@ def _run(args: argparse.Namespace) -> Path:
                         "leave at least one to train on")
     hparams = hp.resolve(args.algorithm, args.dataset, args.hparams_seed,
                          parse_hparams(args.hparams, args.algorithm, args.dataset))
+    check_eval_hparams(hparams)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         if (out / DONE).exists():  # another process finished it while we waited for the lock

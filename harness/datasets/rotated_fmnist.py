@@ -37,10 +37,10 @@ Domain-generalisation protocol (DomainBed's; docs/rotated_fmnist.md has the meas
 - The episodic evaluation head. Episodic algorithms have no 10-class classifier, so at every
   checkpoint ``harness.evaluation.eval_predictor`` fits one on frozen features with the algorithm's
   own ``adapt`` (SparseShared: its sparse solver with the sparsity penalty only; ProtoNet: class
-  means; MultiTask: unrolled gradient descent) on ``n_fit = 2000`` points drawn uniformly, without
-  replacement, from the union of the training domains' 'in' splits (all 10 classes, not
-  stratified by class or domain; the same indices at every checkpoint of a run, seeded by
-  ``--seed``). That head then scores every split, held-out domain included. The full data has
+  means; MultiTask: unrolled gradient descent; hparam ``eval_head``) on ``eval_n_fit = 2000``
+  points drawn uniformly, without replacement, from the union of the training domains' 'in'
+  splits (all 10 classes, not stratified by class or domain; the same indices at every checkpoint
+  of a run, seeded by ``--seed``). That head then scores every split, held-out domain included. The full data has
   ~46,700 training-domain 'in' points, so the head sees ~4% of them; what fitting it on all of
   them changes is measured in docs/rotated_fmnist.md (benchmarks/refit_head.py).
 """
