@@ -45,6 +45,7 @@ def final_runs(input_dir: Path):
         df[h] = df.get(f"hparams.{h}")
     df["factor_correlation"] = df["factor_correlation"].fillna(0.0)
     df["sharing_grad"] = df["sharing_grad"].fillna("last_solve")  # records from before the hparam existed
+    df["sharing"] = df["sharing"].fillna("reweighted")  # the hparam went when the entropy form was dropped
     final = df.sort_values("step").groupby("run").tail(1)
     return final, df
 
@@ -78,7 +79,7 @@ def summary_table(groups: list[tuple[str, object]]) -> str:
     for label, g in groups:
         cells = [fmt(*interval(g[c])[:2]) if c in g else "–" for c in COLUMNS]
         rows.append([label, len(g), *cells])
-    return tabulate(rows, headers=["run", "n", *COLUMNS.values()], tablefmt="github")
+    return tabulate(rows, headers=["run", "n", *COLUMNS.values()], tablefmt="github", disable_numparse=True)
 
 
 def correlations(final, seed: int = 0, n_boot: int = 2000) -> str:
@@ -124,7 +125,7 @@ def plot_curves(df, runs, out: Path, name: str, key: str = "beta") -> Path:
     sub = df[df["run"].isin(runs)].dropna(subset=["dci_disentanglement"])
     for value, g in sub.groupby(key, dropna=False):
         curve = g.groupby("step")["dci_disentanglement"].mean()
-        ax.plot(curve.index, curve.values, marker="o", label=f"{key} {value}")
+        ax.plot(curve.index, curve.values, marker="o", label=value if key == "label" else f"{key} {value}")
     ax.set_xlabel("step")
     ax.set_ylabel("DCI disentanglement")
     ax.legend(fontsize=7)
@@ -249,10 +250,8 @@ def build_report(input_dir: Path, out: Path) -> str:
         lines += [summary_table([(f"rho {r:g}, beta {b:g}", g)
                                  for (r, b), g in allc.groupby(["factor_correlation", "beta"])]), ""]
 
-    others = final[(final["dataset"] != "SyntheticLinear") & (final["algorithm"] == "SparseShared")]
-    for ds, g in others.groupby("dataset"):
-        lines.append(f"## (d) {ds}\n")
-        lines += [summary_table([(f"beta {b:g}", gb) for b, gb in g.groupby("beta")]), ""]
+    lines += image_datasets(final, df, out)
+    lines += transfer_section(input_dir / "transfer.jsonl")
 
     lines.append("## Sharing against disentanglement\n")
     lines.append(f"Over all {len(rew)} SparseShared runs with the reweighted term on independent factors "
@@ -265,6 +264,49 @@ def build_report(input_dir: Path, out: Path) -> str:
     lines.append(f"![sharing vs DCI]({p.name})\n")
     lines.append(verdict(rew))
     return "\n".join(lines)
+
+
+def run_label(row) -> str:
+    return f"SparseShared beta {row['beta']:g}" if row["algorithm"] == "SparseShared" else row["algorithm"]
+
+
+def image_datasets(final, df, out: Path) -> list[str]:
+    """(d): each image dataset's runs (SparseShared by beta, the references), with DCI along training."""
+    lines = []
+    others = final[final["dataset"] != "SyntheticLinear"]
+    for ds, g in others.groupby("dataset"):
+        g = g.assign(label=g.apply(run_label, axis=1), _ref=g["algorithm"] != "SparseShared")
+        g = g.sort_values(["_ref", "algorithm", "beta"])
+        lines.append(f"## (d) {ds} ({int(g['length'].max())} steps)\n")
+        lines += [summary_table([(label, gl) for label, gl in g.groupby("label", sort=False)]), ""]
+        curves = df[df["run"].isin(g["run"])].merge(g[["run", "label"]], on="run")
+        table = curves.pivot_table(index="step", columns="label", values="dci_disentanglement", aggfunc="mean")
+        if len(table):
+            lines += ["DCI disentanglement by step:\n", table.round(3).to_markdown(), ""]
+            p = plot_curves(curves, set(g["run"]), out, f"sharing_{ds.lower()}_curve.png", key="label")
+            lines.append(f"![{ds} curves]({p.name})\n")
+    return lines
+
+
+def transfer_section(path: Path) -> list[str]:
+    """(e): new-task accuracy of frozen backbones on the other dataset's factor tasks
+    (``python -m harness.transfer ... --out transfer.jsonl``), next to the accuracy on their own."""
+    import pandas as pd
+
+    if not path.exists():
+        return []
+    rows = pd.read_json(path, lines=True)
+    rows["beta"] = rows["hparams"].map(lambda h: h.get("beta"))
+    rows["label"] = rows.apply(run_label, axis=1)
+    table = [[r["source"], r["target"], r["label"], f"{r['source_task_acc']:.3f}",
+              f"{r['task_acc']:.3f} ± {r['task_ci95']:.3f}"] for _, r in rows.iterrows()]
+    from tabulate import tabulate
+
+    return ["## (e) Cross-dataset transfer\n",
+            "New-task accuracy with the backbone frozen: heads fitted on the support set of binary factor tasks "
+            "of the target dataset (95% interval over tasks), next to the accuracy on the source's own tasks.\n",
+            tabulate(table, headers=["source", "target", "run", "source new-task acc", "target new-task acc"],
+                     tablefmt="github", disable_numparse=True), ""]
 
 
 def verdict(runs) -> str:

@@ -11,13 +11,14 @@ from scipy import stats
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _write_run(root: Path, name: str, algorithm: str, hp: dict, seed: int, finals: dict, steps=(500, 1000)):
+def _write_run(root: Path, name: str, algorithm: str, hp: dict, seed: int, finals: dict, steps=(500, 1000),
+               dataset: str = "SyntheticLinear"):
     run = root / name
     run.mkdir(parents=True)
     lines = []
     for i, step in enumerate(steps):
         scale = (i + 1) / len(steps)
-        rec = {"step": step, "args": {"dataset": "SyntheticLinear", "algorithm": algorithm, "trial_seed": seed,
+        rec = {"step": step, "args": {"dataset": dataset, "algorithm": algorithm, "trial_seed": seed,
                                       "hparams_seed": 0, "test_envs": [], "steps": steps[-1]},
                "hparams": hp, **{k: v * scale if isinstance(v, float) else v for k, v in finals.items()}}
         lines.append(json.dumps(rec))
@@ -64,3 +65,34 @@ def test_report_missing_input_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "harness.report", "--input_dir", str(tmp_path / "nope"),
                            "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr
+
+
+def test_report_image_datasets_and_transfer(tmp_path):
+    """(d): each image dataset's runs by algorithm and beta with DCI by step; (e): the rows that
+    ``harness.transfer --out`` appends, read from ``transfer.jsonl`` beside the runs."""
+    runs = tmp_path / "runs"
+    for i, beta in enumerate((0.0, 0.0, 0.1, 0.1)):
+        _write_run(runs, f"syn{i}", "SparseShared", {"alpha": 0.3, "beta": beta, "feature_dim": 10}, i % 2,
+                   {"dci_disentanglement": 0.9 - beta, "mcc": 0.95, "probe_sharing": 0.1 + beta})
+    for ds in ("Sprites", "Shapes"):
+        for beta in (0.0, 0.1):
+            _write_run(runs, f"{ds}-ss-{beta}", "SparseShared", {"alpha": 0.3, "beta": beta}, 0,
+                       {"dci_disentanglement": 0.4 + beta, "mcc": 0.5}, steps=(400, 800, 1200), dataset=ds)
+        _write_run(runs, f"{ds}-mt", "MultiTask", {}, 0, {"dci_disentanglement": 0.21, "mcc": 0.3},
+                   steps=(400, 800, 1200), dataset=ds)
+    rows = [{"source": "Sprites", "target": "Shapes", "algorithm": "SparseShared", "hparams": {"beta": 0.1},
+             "source_task_acc": 0.81, "task_acc": 0.62, "task_ci95": 0.03},
+            {"source": "Shapes", "target": "Sprites", "algorithm": "MultiTask", "hparams": {"head_lr": 0.5},
+             "source_task_acc": 0.77, "task_acc": 0.55, "task_ci95": 0.04}]
+    (runs / "transfer.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "harness.report", "--input_dir", str(runs), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join((out / "sharing.md").read_text().split())
+    assert "## (d) Sprites (1200 steps)" in text and "## (d) Shapes (1200 steps)" in text
+    assert "| SparseShared beta 0.1 | 1 | 0.500 |" in text  # D at the last step: 0.4 + 0.1
+    assert "| MultiTask | 1 | 0.210 |" in text
+    assert "| Sprites | Shapes | SparseShared beta 0.1 | 0.810 | 0.620 ± 0.030 |" in text
+    assert "| Shapes | Sprites | MultiTask | 0.770 | 0.550 ± 0.040 |" in text
+    assert (out / "sharing_sprites_curve.png").stat().st_size > 1000
