@@ -1,11 +1,14 @@
 """Benchmark: SparseShared inner solve + implicit backward vs a closed-form ridge head.
 
     python benchmarks/bench_inner.py [--repeats 7] [--quick] [--dtype float32] [--compile]
+                                     [--alpha 0.2] [--sparsity l1] [--sharing_grad last_solve]
 
 Times (median over repeats, after warm-up) one forward+backward of
   * sparse:  W, b = sparse_heads(Z, Y, ...); loss(W, b).backward()
   * ridge:   W = Z^T (Z Z^T + lam I)^{-1} Y_onehot (R2D2-style); loss(W).backward()
-on the same inputs (cold start: every meta-batch has new tasks), and prints the ratio.
+on the same inputs (cold start: every meta-batch has new tasks), and prints the ratio. Rows: the
+sharing term at beta 0.01 (the default) and 0.1, and beta = 0, at the main shape (T=16 tasks, n=50
+support points, d=64 features, C=5 classes) and, without ``--quick``, at d=2048.
 
 Then the floor of any eager-PyTorch FISTA at the main shape: one iteration written with the fewest
 tensor operations (scores, softmax residual, gradient, step, soft-threshold, momentum: 10 calls), and
@@ -126,18 +129,21 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    ap.add_argument("--quick", action="store_true", help="main config only")
+    ap.add_argument("--quick", action="store_true", help="main shape only")
     ap.add_argument("--alpha", type=float, default=0.2)
+    ap.add_argument("--sparsity", default="l1", choices=["l1", "group"])
+    ap.add_argument("--sharing_grad", default="last_solve", choices=["last_solve", "full"])
     ap.add_argument("--tol", type=float, default=None)
     ap.add_argument("--compile", action="store_true", help="also time the floor's iteration under torch.compile")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
-    base = dict(alpha=args.alpha, beta=0.1, rho=1e-3, sparsity="l1", sharing="entropy", sharing_in="outer")
+    base = dict(alpha=args.alpha, rho=1e-3, sparsity=args.sparsity, sharing_grad=args.sharing_grad)
     if args.tol is not None:
         base["tol"] = args.tol
     n = 50
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, dtype {args.dtype}, "
-          f"alpha {args.alpha}, n_support {n}, median of {args.repeats}")
+          f"alpha {args.alpha}, {args.sparsity}, sharing_grad {args.sharing_grad}, n_support {n}, median of "
+          f"{args.repeats}")
     hdr = (f"{'config':<44}{'ridge ms':>10}{'sparse ms':>11}{'(fwd ms)':>10}{'ratio':>8}{'iters':>7}{'newton':>8}"
            f"{'zero%':>7}{'mm':>4}")
     print(hdr)
@@ -151,11 +157,8 @@ def main():
               flush=True)
         return tr
 
-    ridge = [row("MAIN T=16 d=64 C=5 l1 (reweighted, default)", 16, 64, 5, sharing="reweighted"),
-             row("MAIN T=16 d=64 C=5 l1 (sharing outer)", 16, 64, 5),
-             row("MAIN T=16 d=64 C=5 group (sharing outer)", 16, 64, 5, sparsity="group"),
-             row("MAIN T=16 d=64 C=5 l1 (entropy inner)", 16, 64, 5, sharing_in="inner"),
-             row("MAIN T=16 d=64 C=5 l1 tol=1e-4", 16, 64, 5, tol=1e-4)]
+    betas = ((0.01, " (default)"), (0.1, ""), (0.0, ""))
+    ridge = [row(f"MAIN T=16 d=64 C=5 beta {beta:g}{tag}", 16, 64, 5, beta=beta) for beta, tag in betas]
     t_it = minimal_fista_iteration(16, n, 64, 5, dtype, args.repeats)
     tr = statistics.median(ridge)
     print(f"floor: one FISTA iteration in 10 tensor operations {t_it * 1e6:.1f} us; 3x the ridge head "
@@ -166,17 +169,8 @@ def main():
               f"3x the ridge head holds {3 * tr / t_c:.0f}", flush=True)
     if args.quick:
         return
-    for T in (4, 16, 64):
-        row(f"T={T} d=64 C=5 l1", T, 64, 5)
-    for d in (64, 256, 1024, 2048):
-        row(f"T=16 d={d} C=5 l1", 16, d, 5)
-    for C in (2, 5, 20):
-        row(f"T=16 d=64 C={C} l1", 16, 64, C)
-    row("T=16 d=2048 C=20 l1", 16, 2048, 20)
-    row("T=16 d=2048 C=5 l1 (reweighted, default)", 16, 2048, 5, sharing="reweighted")
-    row("T=16 d=256 C=5 l1 (entropy inner)", 16, 256, 5, sharing_in="inner")
-    row("T=16 d=2048 C=5 l1 (entropy inner)", 16, 2048, 5, sharing_in="inner")
-
+    for beta, tag in betas:
+        row(f"T=16 d=2048 C=5 beta {beta:g}{tag}", 16, 2048, 5, beta=beta)
 
 if __name__ == "__main__":
     main()

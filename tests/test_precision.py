@@ -55,12 +55,12 @@ def _features(dtype, T=8, n=40, d=32, C=4, seed=0):
     return (Z / Z.norm(dim=-1, keepdim=True)).to(dtype), Y
 
 
-@pytest.mark.parametrize("sharing_in", ["outer", "inner"])
-def test_sparse_heads_solve_in_float32_under_bf16_autocast(sharing_in):
-    """Without full_precision the solver's products ran in bfloat16: on bench_inner's main shape the outer
+@pytest.mark.parametrize("beta,sharing_grad", [(0.0, "last_solve"), (0.1, "last_solve"), (0.1, "full")])
+def test_sparse_heads_solve_in_float32_under_bf16_autocast(beta, sharing_grad):
+    """Without full_precision the solver's products ran in bfloat16: on bench_inner's main shape the
     solve stopped at its 200-iteration cap (KKT 1.3e-3 for tol 1e-4), and bfloat16 features gave bfloat16
     heads (KKT 3e-2)."""
-    opts = dict(alpha=0.2, beta=0.1, sharing="entropy", sharing_in=sharing_in, tol=1e-4, max_iter=200)
+    opts = dict(alpha=0.2, beta=beta, sharing_grad=sharing_grad, tol=1e-4, max_iter=200)
     Z, Y = _features(torch.bfloat16)
     Zref = Z.float().requires_grad_()
     W0, b0, info0 = sparse_heads(Zref, Y, 4, **opts)

@@ -11,13 +11,23 @@ import math
 import torch
 
 
-def _normalised_sharing(weights: torch.Tensor) -> float:
-    """1 - H(q) / log d for q = weights / sum(weights): 1 when one feature takes everything, 0 when uniform."""
-    total = float(weights.sum())
+def entropy(weights: torch.Tensor) -> float:
+    """H(q) in nats of q = weights / sum(weights), for d non-negative weights; log d, the uniform
+    distribution's, when they sum to zero (no feature used: nothing shared)."""
+    w = weights.detach().double()
+    total = float(w.sum())
     if total <= 0:
+        return math.log(w.numel())
+    q = w[w > 0] / total
+    return float(-(q * q.log()).sum())
+
+
+def _normalised_sharing(weights: torch.Tensor) -> float:
+    """1 - H(q) / log d for q = weights / sum(weights): 1 when one feature takes everything, 0 when
+    uniform, nan when the weights sum to zero."""
+    if float(weights.sum()) <= 0:
         return float("nan")
-    q = weights[weights > 0] / total
-    return 1.0 - float(-(q * q.log()).sum()) / math.log(weights.numel())
+    return 1.0 - entropy(weights) / math.log(weights.numel())
 
 
 def sharing_stats(importance: torch.Tensor, rel_threshold: float = 1e-3) -> dict[str, float]:

@@ -5,11 +5,10 @@ the (never penalised) bias, paired with the augmented features ``Za = [Z, 1]``. 
 the non-zero entries of W (l1) or its non-zero rows (group), plus every bias entry; it is
 compressed per task to its first ``m`` slots (``m`` the largest count over tasks, the rest padding).
 
-On the active set the uncoupled objective CE + rho/2 ||W||^2 + alpha_t R(W) is smooth, and its
-Hessian (:func:`active_hessian`) is what both the solver's Newton finish
-(:func:`harness.algorithms.sparse_shared.solver._newton_polish`) and implicit differentiation
-(:mod:`harness.algorithms.sparse_shared.implicit`) solve with; :func:`coupled_solve` adds the
-entropy's Hessian, which couples the tasks, for the backward of the entropy-inside problem.
+On the active set the convex objective CE + rho/2 ||W||^2 + sum_j alpha_tj R(W_tj) is smooth, and
+its Hessian (:func:`active_hessian`, block-diagonal over tasks, positive definite) is what both the
+solver's Newton finish (:func:`harness.algorithms.sparse_shared.solver._newton_polish`) and implicit
+differentiation (:mod:`harness.algorithms.sparse_shared.implicit`) solve with.
 """
 from __future__ import annotations
 
@@ -18,18 +17,6 @@ from typing import NamedTuple
 import torch
 
 from harness.linalg import solve_ex, solve_spd
-
-
-def entropy_parts(W: torch.Tensor, eps: float):
-    """Parts of H(p(W)): a_tj, A_j = sum_t a_tj, S = sum A, p, log p, H and c = dH/dA (see solver.py)."""
-    a = torch.sqrt((W * W).sum(-1) + eps)  # (T, d)
-    A = a.sum(0)  # (d,)
-    S = A.sum()
-    p = A / S
-    logp = torch.log(p)
-    H = -(p * logp).sum()
-    c = (-logp - H) / S  # dH/dA_j
-    return a, A, S, p, logp, H, c
 
 
 # curvature added along the (CE-invariant) constant-bias direction for softmax heads
@@ -163,15 +150,12 @@ def _group_hessian(Za, P, U, A: ActiveSet, alpha_t, rho: float):
     return Hm
 
 
-def robust_solve(H: torch.Tensor, g: torch.Tensor, spd: bool = False) -> torch.Tensor:
-    """Solve H x = g for symmetric, possibly indefinite / near-singular H.
-
-    ``spd``: H is expected positive definite (no entropy term); Cholesky first, LU where it fails.
-    """
-    if spd:
-        x, ok = solve_spd(H, g)
-        if bool(ok.all()) and bool(torch.isfinite(x).all()):
-            return x
+def robust_solve(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Solve H x = g for symmetric H expected positive definite: Cholesky, LU where it fails (H
+    numerically indefinite), the pseudo-inverse where that fails too (near-singular)."""
+    x, ok = solve_spd(H, g)
+    if bool(ok.all()) and bool(torch.isfinite(x).all()):
+        return x
     try:
         x, info = solve_ex(H, g)
         if int(info.max()) == 0 and bool(torch.isfinite(x).all()):
@@ -179,51 +163,3 @@ def robust_solve(H: torch.Tensor, g: torch.Tensor, spd: bool = False) -> torch.T
     except RuntimeError:
         pass
     return torch.linalg.pinv(H, hermitian=True) @ g
-
-
-def coupled_solve(Hm, A: ActiveSet, U, g, beta_in, eps):
-    """Solve ``(blockdiag_t Hm_t + beta He) x = g``, He the entropy Hessian on the active set.
-
-    He splits into a per-task part (entries of the same task and feature row), which joins Hm_t,
-    and a low-rank part coupling the tasks: one rank-one term per active feature row j (its
-    entries in every task) and one rank-two term. Woodbury then needs T small factorisations and
-    one (rows + 2)-square system instead of one (T m)-square one. Returns None when the result
-    fails a residual check (near-singular blocks), so the caller can fall back to MINRES.
-    """
-    T, m = g.shape
-    d = U.shape[1] - 1
-    dtype, dev = g.dtype, g.device
-    wf = A.is_w.to(dtype)
-    a, A_j, S, _, _, _, c = entropy_parts(U[:, :d, :], eps)
-    jj = A.j_idx.clamp_max(d - 1)
-    at = a.gather(1, jj)
-    cj = c[jj] * wf
-    q = A.gather(U) * wf / at  # dA_j / dW on each slot
-    ca = cj / at
-    Ej = A.same_w_row().to(dtype)
-    B = Hm + beta_in * (torch.diag_embed(ca) - Ej * (q * ca).unsqueeze(2) * q.unsqueeze(1))
-
-    rows = torch.unique(jj[A.is_w])  # active feature rows
-    r = rows.numel() + 2
-    col = torch.zeros(d, dtype=torch.long, device=dev)
-    col[rows] = torch.arange(rows.numel(), device=dev)
-    V = torch.zeros(T, m, r, dtype=dtype, device=dev)
-    V.scatter_(2, col[jj].unsqueeze(2), q.unsqueeze(2))
-    V[:, :, -2], V[:, :, -1] = q, cj * q
-    C = torch.zeros(r, r, dtype=dtype, device=dev)
-    C[: r - 2, : r - 2] = torch.diag(-1.0 / (S * A_j[rows]))
-    C[-2, -2], C[-2, -1], C[-1, -2] = 1.0 / (S * S), -1.0 / S, -1.0 / S
-    C = beta_in * C
-
-    BiR = robust_solve(B, torch.cat([V, g.unsqueeze(2)], dim=2), spd=True)  # B is usually positive definite
-    BiV, Big = BiR[:, :, :r], BiR[:, :, r]
-    cap = torch.eye(r, dtype=dtype, device=dev) + C @ torch.einsum("tmr,tms->rs", V, BiV)
-    try:
-        y = torch.linalg.solve(cap, C @ torch.einsum("tmr,tm->r", V, Big))
-    except RuntimeError:
-        return None
-    x = Big - BiV @ y
-    res = torch.bmm(B, x.unsqueeze(2)).squeeze(2) + V @ (C @ torch.einsum("tmr,tm->r", V, x)) - g
-    if not bool(torch.isfinite(x).all()) or float(res.norm()) > 10 * torch.finfo(dtype).eps ** 0.5 * float(g.norm()):
-        return None
-    return x

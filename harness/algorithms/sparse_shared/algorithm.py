@@ -12,10 +12,10 @@ from torch import nn
 from harness.algorithms.base import Algorithm
 from harness.algorithms.episodic import feature_norm, head_logits, task_features
 from harness.algorithms.sparse_shared.implicit import sparse_heads
-from harness.algorithms.sparse_shared.solver import OPTIONS, row_importance, sharing_entropy
+from harness.algorithms.sparse_shared.solver import OPTIONS, row_importance
 from harness.errors import UserError
 from harness.hparams import HP, log_uniform, uniform
-from harness.metrics.sharing import sharing_stats
+from harness.metrics.sharing import entropy, sharing_stats
 from harness.registry import ALGORITHMS
 
 
@@ -38,9 +38,10 @@ def check_hparams(h: dict) -> None:
 class SparseShared(Algorithm):
     """Backbone trained through per-task heads fitted with sparsity and sharing penalties.
 
-    Each task's linear head solves ``CE(support) + alpha*||W_t||_1 + beta*H(p(W)) + rho/2||W||^2``
-    jointly over the batch (``solver.py``); the backbone gets the query loss gradient through
-    the heads by implicit differentiation (``implicit.py``). See docs/design.md, "SparseShared as implemented".
+    Each task's linear head solves ``CE(support) + alpha_t R(W_t) + beta lam_bar Phi(A(W)) + rho/2 ||W||^2``
+    jointly over the batch (``solver.py``; Phi the sharing term, smallest when the tasks use the same
+    features); the backbone gets the query loss gradient through the heads by implicit differentiation
+    (``implicit.py``). See docs/design.md, "SparseShared as implemented".
     """
 
     EPISODIC = True
@@ -51,11 +52,9 @@ class SparseShared(Algorithm):
         "beta": HP(0.01, log_uniform(-3, -0.5)),
         "rho": HP(1e-3),
         "sparsity": HP("l1"),  # l1 | group (over the classes of a feature row)
-        "sharing": HP("reweighted"),  # reweighted: beta * lam_bar * Phi (scale-free); entropy: beta * H(p)
-        "sharing_in": HP("inner"),  # sharing "entropy" only: inside the inner problem or on the outer loss
-        "sharing_eps": HP(0.1),  # delta, the uniform share in the reweighted term's importances
-        "mm_rounds": HP(5),  # majorise-minimise rounds of the reweighted term after the unshared solve
-        "sharing_grad": HP("last_solve"),  # last_solve | full: the reweighted term's Hessian in the gradient
+        "sharing_eps": HP(0.1),  # delta, the uniform share in the sharing term's importances
+        "mm_rounds": HP(5),  # majorise-minimise rounds of the sharing term after the unshared solve
+        "sharing_grad": HP("last_solve"),  # last_solve | full: the sharing term's Hessian in the gradient
         "feature_norm": HP("batchnorm"),
         "init_scale": HP(5.0),
         "inner_max_iter": HP(200),
@@ -81,8 +80,8 @@ class SparseShared(Algorithm):
         """The batch's heads; ``shared=False`` solves with the sparsity penalty alone (beta = 0)."""
         h = self.hparams
         return sparse_heads(z_support, y_support, n_classes, alpha=h["alpha"], beta=h["beta"] if shared else 0.0,
-                            rho=h["rho"], sparsity=h["sparsity"], sharing=h["sharing"], sharing_in=h["sharing_in"],
-                            sharing_eps=h["sharing_eps"], mm_rounds=h["mm_rounds"], sharing_grad=h["sharing_grad"],
+                            rho=h["rho"], sparsity=h["sparsity"], sharing_eps=h["sharing_eps"],
+                            mm_rounds=h["mm_rounds"], sharing_grad=h["sharing_grad"],
                             max_iter=max_iter or h["inner_max_iter"], tol=h["inner_tol"])
 
     def update(self, tasks) -> dict[str, float]:
@@ -90,16 +89,16 @@ class SparseShared(Algorithm):
         W, b, info = self.solve(zs, tasks.support_y, tasks.n_classes)
         logits = self.log_scale.exp() * head_logits(zq, W, b)
         loss = F.cross_entropy(logits.flatten(0, 1), tasks.query_y.flatten())
-        entropy = sharing_entropy(W)
-        if self.hparams["sharing"] == "entropy" and self.hparams["sharing_in"] == "outer":
-            loss = loss + self.hparams["beta"] * entropy
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
         return {"loss": loss.item(), "inner_iters": float(info["iters"]),
                 "inner_newton_steps": float(info["newton_steps"]), "inner_mm_rounds": float(info["mm_rounds"]),
                 "kkt": float(info["kkt"]),
-                "frac_zero": float(info["frac_zero"]), "entropy": entropy.item(), "scale": self.log_scale.exp().item()}
+                "frac_zero": float(info["frac_zero"]),
+                # H(p), p_j proportional to sum_t ||W_tj||_2 (report.py's "train sharing" is 1 - H / log d)
+                "entropy": entropy(row_importance(W.detach(), "group").sum(dim=0)),
+                "scale": self.log_scale.exp().item()}
 
     @torch.no_grad()
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, num_classes: int | None = None):

@@ -2,28 +2,26 @@
 
 Forward: :func:`solve_heads` under ``no_grad``.  Backward: on the active set A
 (non-zero entries of W for l1, non-zero rows for group, plus every bias entry)
-the solution satisfies the smooth stationarity condition
+the solution of the last convex solve satisfies the smooth stationarity condition
 
-    F(u, Z) = grad_u [ CE + rho/2 ||W||^2 + beta H(p(W)) ] + alpha_t dR(W)|_A = 0,
+    F(u, Z) = grad_u [ CE + rho/2 ||W||^2 ] + pen_tj dR(W_tj)|_A = 0,
 
-with u = (W_A, b).  With H = dF/du (Hessian on A) and upstream gradient g_u,
-solve ``H v = g_u`` and return ``grad_Z = -(dF/dZ)^T v``.  ``lambda_max_t``
-(hence alpha_t), alpha and beta are constants.  Entries outside A get zero
-gradient.
+with u = (W_A, b) and ``pen_tj`` that solve's penalty per task and row (``info["penalty"]``:
+alpha_t, plus beta lam_bar w_j with the sharing term). With H = dF/du (Hessian on A) and upstream
+gradient g_u, solve ``H v = g_u`` and return ``grad_Z = -(dF/dZ)^T v``. The penalties (hence
+lambda_max, alpha, beta and the weights w_j) are constants; ``sharing_grad="full"`` adds the
+sharing term's own Hessian ``beta lam_bar J^T Hess(Phi) J`` to H (:class:`_SharingHessian`).
+Entries outside A get zero gradient.
 
 Internally the head is handled as an augmented matrix ``U = [W; b]`` of shape
-(T, d+1, K) whose last row is the (never penalised) bias, paired with the
-augmented features ``[Z, 1]``.
+(T, d+1, K) whose last row is the (never penalised) bias, paired with the augmented
+features ``[Z, 1]``.
 
-``H v = g`` is solved on the compressed active set when it is small, otherwise
-matrix-free with (batched) MINRES using analytic Hessian-vector products, on H scaled
-symmetrically by its diagonal (l1, binary heads) or its K x K row blocks (group).  H is
-symmetric.  Without the entropy term the tasks decouple and H is block-diagonal
-and positive definite (batched Cholesky); with it H is possibly indefinite and
-couples the tasks, but only through a low-rank term (one rank-one term per
-active feature row plus a rank-two term), so it is solved by Woodbury on the
-per-task blocks (:func:`~harness.algorithms.sparse_shared.active_set.coupled_solve`),
-with MINRES as the fallback.
+H is symmetric. Without the sharing Hessian the tasks decouple: H is block-diagonal and positive
+definite, solved on the compressed active set by batched Cholesky when it is small, otherwise
+matrix-free. The sharing Hessian couples every task, so with it H is always solved matrix-free.
+Matrix-free is (batched) MINRES with analytic Hessian-vector products, on H scaled symmetrically
+by its diagonal (l1, binary heads) or its K x K row blocks (group).
 """
 from __future__ import annotations
 
@@ -34,22 +32,17 @@ import torch
 
 from harness.algorithms.sparse_shared.active_set import (
     GAUGE,
-    ActiveSet,
     active_hessian,
     active_mask,
     compress,
-    coupled_solve,
-    entropy_parts,
     robust_solve,
 )
 from harness.algorithms.sparse_shared.solver import (
-    DEFAULT_EPS,
     DEFAULT_MAX_ITER,
     DEFAULT_RHO,
     DEFAULT_SHARING_EPS,
     DEFAULT_TOL,
-    OPTIONS,
-    _check_options,
+    _check_option,
     _probs,
     _targets,
     head_dims,
@@ -64,12 +57,8 @@ __all__ = ["sparse_heads", "implicit_grad_Z", "DENSE_MAX"]
 DENSE_MAX = 2048
 # largest number of dense matrix entries (all systems together)
 DENSE_MAX_ELEMS = 2 ** 25
-# Preconditioned MINRES (see implicit_grad_Z) beats the dense solve beyond these sizes: dense while
-# m <= DENSE_SMALL_M or T * m^2 <= DENSE_SMALL_ELEMS. Measured at n=50, float32 (dense / MINRES ms),
-# l1: entropy outside T=16 m=233 12.5 / 19.8, m=296 31.6 / 23.3, m=557 102 / 31, m=971 402 / 55, T=4
-# m=499 9.0 / 12.7; entropy inside T=16 m=168 31 / 37, m=296 134 / 50, m=368 44 / 36, T=4 m=308
-# 20.5 / 22.6. Group 5-way: T=16 m=235 12.6 / 13.3, m=365 30 / 17, m=370 (inside) 56 / 28, m=550
-# (inside) 163 / 52; T=4 m=515 8.1 / 10.7.
+# Dense while m <= DENSE_SMALL_M or T m^2 <= DENSE_SMALL_ELEMS, else MINRES; n=50, float32, beta=0, dense / MINRES
+# ms: l1 T=16 m=173 41 / 125, m=307 102 / 61; T=4 m=386 62 / 77, m=543 149 / 79; group 5-way T=16 m~300 ~100 / ~100.
 DENSE_SMALL_M = 256
 DENSE_SMALL_ELEMS = 2 ** 20
 
@@ -86,9 +75,6 @@ def sparse_heads(
     beta: float = 0.0,
     rho: float = DEFAULT_RHO,
     sparsity: str = "l1",
-    sharing: str = "reweighted",
-    sharing_in: str = "inner",
-    eps: float = DEFAULT_EPS,
     max_iter: int = DEFAULT_MAX_ITER,
     tol: float = DEFAULT_TOL,
     init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
@@ -102,39 +88,37 @@ def sparse_heads(
 ):
     """Solve the inner problem; (W, b) are differentiable w.r.t. ``Z``.
 
-    With ``sharing="reweighted"``, ``sharing_grad="last_solve"`` (the default) differentiates the
-    last convex solve of the majorise-minimise loop, its per-row penalties ``alpha_t + beta lam_bar
-    w_j`` held constant: it leaves out how the weights w_j move with the heads, the full objective's
-    second-order sharing term, which couples the tasks. It equals finite differences of the last
-    convex solve; against those of the converged MM solution it pointed the same way but was 0-45%
-    off in size on small float64 problems. ``sharing_grad="full"`` adds that term (``beta lam_bar
-    J^T Hess(Phi) J`` on the active set, J = dA/dW) and solves with MINRES: the gradient of the
-    stationary point of the full objective (tests/test_sparse_solver.py). lambda_max is a constant
-    in both.
+    ``sharing_grad="last_solve"`` (the default) differentiates the last convex solve of the
+    majorise-minimise loop, its per-row penalties ``alpha_t + beta lam_bar w_j`` held constant: it
+    leaves out how the weights w_j move with the heads, the full objective's second-order sharing
+    term, which couples the tasks. It equals finite differences of the last convex solve; against
+    those of the converged MM solution it pointed the same way but was 0-45% off in size on small
+    float64 problems. ``sharing_grad="full"`` adds that term (``beta lam_bar J^T Hess(Phi) J`` on the
+    active set, J = dA/dW) and solves with MINRES: the gradient of the stationary point of the full
+    objective (tests/test_sparse_solver.py). With beta = 0 there is one solve and the two agree.
+    lambda_max is a constant in both.
 
     Same options as :func:`solve_heads`, plus
       backward: "auto" | "dense" | "iterative" (how ``H v = g`` is solved);
       backward_tol: relative residual for MINRES (default 1e-10 in float64,
         1e-6 in float32); backward_max_iter: MINRES iteration cap.
     """
-    _check_options(sparsity, sharing, sharing_in)
-    if sharing_grad not in OPTIONS["sharing_grad"]:
-        raise ValueError(f"sharing_grad must be last_solve|full, got {sharing_grad!r}")
+    _check_option("sparsity", sparsity)
+    _check_option("sharing_grad", sharing_grad)
     if backward not in ("auto", "dense", "iterative"):
         raise ValueError(f"backward must be auto|dense|iterative, got {backward!r}")
     W, b, info = solve_heads(Z.detach(), Y, n_classes, alpha, beta=beta, rho=rho, sparsity=sparsity,
-                             sharing=sharing, sharing_in=sharing_in, eps=eps, max_iter=max_iter,
-                             tol=tol, init=init, lam=lam, sharing_eps=sharing_eps, mm_rounds=mm_rounds)
+                             max_iter=max_iter, tol=tol, init=init, lam=lam, sharing_eps=sharing_eps,
+                             mm_rounds=mm_rounds)
     if not (torch.is_grad_enabled() and Z.requires_grad):
         return W, b, info
     if lam is None:
         lam = lambda_max(Z.detach(), Y.to(Z.device), n_classes, sparsity)
     opts = dict(
-        lam=lam.detach().to(device=Z.device, dtype=Z.dtype).reshape(-1), Y=Y.to(Z.device), n_classes=n_classes, alpha=float(alpha),
-        beta_in=float(beta) if (sharing == "entropy" and sharing_in == "inner" and beta > 0) else 0.0,
-        rho=float(rho), sparsity=sparsity, eps=float(eps), backward=backward, penalty=info["penalty"],
+        lam=lam.detach().to(device=Z.device, dtype=Z.dtype).reshape(-1), Y=Y.to(Z.device), n_classes=n_classes,
+        alpha=float(alpha), rho=float(rho), sparsity=sparsity, backward=backward, penalty=info["penalty"],
         sharing_curvature=(float(beta) * float(lam.mean()), float(sharing_eps))
-        if sharing_grad == "full" and sharing == "reweighted" and beta > 0 else None,
+        if sharing_grad == "full" and beta > 0 else None,
         backward_tol=backward_tol, backward_max_iter=int(backward_max_iter),
     )
     Wo, bo = _ImplicitHeads.apply(Z, W, b, opts)
@@ -157,10 +141,9 @@ class _ImplicitHeads(torch.autograd.Function):
         if gb is None:
             gb = torch.zeros_like(b)
         gZ = implicit_grad_Z(Z, o["Y"], o["n_classes"], W, b, gW, gb, alpha=o["alpha"], lam=o["lam"],
-                             beta_in=o["beta_in"], rho=o["rho"], sparsity=o["sparsity"], eps=o["eps"],
-                             penalty=o["penalty"], sharing_curvature=o["sharing_curvature"],
-                             backward=o["backward"], backward_tol=o["backward_tol"],
-                             backward_max_iter=o["backward_max_iter"])
+                             rho=o["rho"], sparsity=o["sparsity"], penalty=o["penalty"],
+                             sharing_curvature=o["sharing_curvature"], backward=o["backward"],
+                             backward_tol=o["backward_tol"], backward_max_iter=o["backward_max_iter"])
         return gZ, None, None, None
 
 
@@ -169,12 +152,11 @@ class _ImplicitHeads(torch.autograd.Function):
 # --------------------------------------------------------------------------- #
 @full_precision
 @torch.no_grad()
-def implicit_grad_Z(Z, Y, n_classes, W, b, gW, gb, alpha, lam=None, beta_in=0.0, rho=DEFAULT_RHO, sparsity="l1",
-                    eps=DEFAULT_EPS, backward="auto", backward_tol=None, backward_max_iter=1000, penalty=None,
-                    sharing_curvature=None):
+def implicit_grad_Z(Z, Y, n_classes, W, b, gW, gb, alpha, lam=None, rho=DEFAULT_RHO, sparsity="l1",
+                    backward="auto", backward_tol=None, backward_max_iter=1000, penalty=None, sharing_curvature=None):
     """grad_Z of <gW, W*> + <gb, b*> by implicit differentiation (see module doc); ``penalty``: the
     solve's per-task or per-row l1 weights (``info["penalty"]``), alpha * lambda_max when None;
-    ``sharing_curvature``: (beta * lam_bar, delta) to add the reweighted sharing term's Hessian."""
+    ``sharing_curvature``: (beta * lam_bar, delta) to add the sharing term's Hessian."""
     T, n, d = Z.shape
     binary, K = head_dims(n_classes)
     dtype, dev = Z.dtype, Z.device
@@ -195,30 +177,31 @@ def implicit_grad_Z(Z, Y, n_classes, W, b, gW, gb, alpha, lam=None, beta_in=0.0,
         gb = gb - gb.mean(dim=1, keepdim=True)
     G = torch.cat([gW, gb.unsqueeze(1)], dim=1).to(dtype) * M
 
-    coupled = beta_in > 0 or sharing_curvature is not None
+    coupled = sharing_curvature is not None
     A = compress(M)
     m = A.m
-    if sharing_curvature is not None:
+    if coupled:
         dense = False  # matrix-free: the sharing Hessian couples every task
     elif backward == "auto":
-        # coupled: per-task blocks plus T * m * (rows + 2) for the Woodbury factors
-        dense = (m <= DENSE_MAX and T * m * (m + (d + 2 if coupled else 0)) <= DENSE_MAX_ELEMS
+        dense = (m <= DENSE_MAX and T * m * m <= DENSE_MAX_ELEMS
                  and (m <= DENSE_SMALL_M or T * m * m <= DENSE_SMALL_ELEMS))
     else:
         dense = backward == "dense"
 
-    V = _dense_solve(Za, P, U, A, G, binary, alpha_t, rho, sparsity, beta_in, eps) if dense else None
-    if V is None:
+    if dense:
+        Hm = active_hessian(Za, P, U, A, binary, alpha_t, rho, sparsity)
+        V = A.scatter(robust_solve(Hm, A.gather(G).unsqueeze(-1)).squeeze(-1), U.shape)
+    else:
         if backward_tol is None:
             backward_tol = 1e-10 if dtype == torch.float64 else 1e-6
-        op = _HVP(Za, P, U, M, binary, alpha_t, rho, sparsity, beta_in, eps, sharing_curvature)
+        op = _HVP(Za, P, U, M, binary, alpha_t, rho, sparsity, sharing_curvature)
         if coupled:
             dot = lambda x, y: (x * y).sum().view(1, 1, 1)  # noqa: E731
         else:
             dot = lambda x, y: (x * y).sum(dim=(1, 2), keepdim=True)  # noqa: E731
         # MINRES on H scaled symmetrically by an approximation of its diagonal (Jacobi; l1, binary heads)
-        # or of its K x K row blocks (group): T=16 5-way, entropy inside, l1 d=1024 398 -> 37 iterations;
-        # group d=256 1000 (the cap, 3e-2 from the dense solve) -> 30; binary l1 d=256 634 -> 37.
+        # or of its K x K row blocks (group): T=16 n=50 float32, iterations plain -> scaled: group 5-way d=256
+        # 148 -> 21 (beta 0), 601 -> 51 (beta 0.1, sharing_grad full); binary l1 d=256 full 119 -> 43.
         Li = _block_scale(op) if sparsity == "group" and K > 1 else None
         if Li is not None:
             lo = lambda x: (Li * x.unsqueeze(-2)).sum(-1)  # noqa: E731
@@ -253,11 +236,11 @@ def _jp(P, S, binary):
 # matrix-free Hessian on the active set
 # --------------------------------------------------------------------------- #
 class _HVP:
-    def __init__(self, Za, P, U, M, binary, alpha_t, rho, sparsity, beta_in, eps, sharing_curvature=None):
+    def __init__(self, Za, P, U, M, binary, alpha_t, rho, sparsity, sharing_curvature=None):
         T, n, d1 = Za.shape
-        self.Za, self.P, self.U, self.M, self.binary = Za, P, U, M, binary
+        self.Za, self.P, self.M, self.binary = Za, P, M, binary
         self.n, self.d = n, d1 - 1
-        self.rho, self.beta_in, self.sparsity = rho, beta_in, sparsity
+        self.rho, self.sparsity = rho, sparsity
         self.Zat = Za.transpose(1, 2)
         W = U[:, :-1, :]
         self.W = W
@@ -266,9 +249,6 @@ class _HVP:
             safe = torch.where(nr > 0, nr, torch.ones_like(nr))
             self.g_scale = torch.where(nr > 0, alpha_t.reshape(T, -1, 1) / safe, torch.zeros_like(nr))
             self.g_dir = W / safe
-        if beta_in:
-            a, A, S, p, logp, H, c = entropy_parts(W, eps)
-            self.ent = (a, A, S, p, logp, H, c)
         self.sharing = _SharingHessian(W, sparsity, *sharing_curvature) if sharing_curvature else None
 
     def __call__(self, V):
@@ -282,8 +262,6 @@ class _HVP:
         if self.sparsity == "group":
             proj = (self.g_dir * Vw).sum(dim=2, keepdim=True)
             extra = extra + self.g_scale * (Vw - self.g_dir * proj)
-        if self.beta_in:
-            extra = extra + self.beta_in * _entropy_hvp(self.W, Vw, self.ent)
         if self.sharing is not None:
             extra = extra + self.sharing(Vw)
         vb = V[:, d:, :]
@@ -296,7 +274,7 @@ class _HVP:
 
 
 class _SharingHessian:
-    """``scale * J^T Hess(Phi) J`` of the reweighted sharing term (solver module doc) as a product.
+    """``scale * J^T Hess(Phi) J`` of the sharing term (solver module doc) as a product.
 
     With Phi = St log St - sum_j At_j log At_j, At = M A, M = I + delta/d 11^T and v = 1 / At:
     Hess(Phi) = M (11^T / St - diag(v)) M, applied to dA = J V (J = dA/dW: signs for l1, unit rows
@@ -324,19 +302,12 @@ class _SharingHessian:
 
 def _row_terms(op: "_HVP"):
     """Main terms of H's K x K block on each W row beyond CE, shared by the two preconditioners:
-    ``iso * I - sum coef * v v^T`` over ``rank_one`` (ridge; group penalty alpha_t / ||w|| (I - u u^T);
-    the smoothed importance's own curvature beta |c_j| / a_tj (I - w w^T / a_tj^2), with |c_j| so the
-    block stays positive semi-definite)."""
+    ``iso * I - sum coef * v v^T`` over ``rank_one`` (ridge; group penalty pen_tj / ||w|| (I - u u^T))."""
     iso = torch.full_like(op.W[..., :1], op.rho)  # (T, d, 1)
     rank_one = []
     if op.sparsity == "group":
         iso = iso + op.g_scale
         rank_one.append((op.g_scale, op.g_dir))
-    if op.beta_in:
-        a = op.ent[0].unsqueeze(-1)
-        ca = op.beta_in * op.ent[6].abs().view(1, -1, 1) / a
-        iso = iso + ca
-        rank_one.append((ca, op.W / a))
     return iso, rank_one
 
 
@@ -374,19 +345,6 @@ def _block_scale(op: "_HVP"):
     if bool(info.any()):
         return None
     return torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
-
-
-def _entropy_hvp(W, V, parts):
-    """Hessian of H(p(W)) applied to V (both (T, d, K))."""
-    a, A, S, p, logp, H, c = parts
-    da = (W * V).sum(-1) / a  # (T, d)
-    dA = da.sum(0)
-    dS = dA.sum()
-    dp = (dA - p * dS) / S
-    dH = -(logp * dp).sum()
-    dc = (-dp / p - dH) / S - c * dS / S
-    a3 = a.unsqueeze(-1)
-    return (dc.view(1, -1, 1) * W + c.view(1, -1, 1) * V - c.view(1, -1, 1) * W * (da / a).unsqueeze(-1)) / a3
 
 
 def _minres(A, b, dot, rtol, maxiter):
@@ -452,16 +410,3 @@ def _minres(A, b, dot, rtol, maxiter):
                       f"{rel:.1e} > {rtol:.0e}; the backbone gradient is approximate (sparse_heads(..., "
                       "backward='dense') or a larger backward_max_iter solves it fully)", RuntimeWarning, stacklevel=2)
     return x
-
-
-# --------------------------------------------------------------------------- #
-# dense solve on the compressed active set
-# --------------------------------------------------------------------------- #
-def _dense_solve(Za, P, U, A: ActiveSet, G, binary, alpha_t, rho, sparsity, beta_in, eps):
-    """Dense solve on the compressed active set; None if the coupled (Woodbury) solve is unreliable."""
-    Hm = active_hessian(Za, P, U, A, binary, alpha_t, rho, sparsity)
-    g = A.gather(G)
-    if not beta_in:
-        return A.scatter(robust_solve(Hm, g.unsqueeze(-1), spd=True).squeeze(-1), U.shape)
-    x = coupled_solve(Hm, A, U, g, beta_in, eps)
-    return None if x is None else A.scatter(x, U.shape)

@@ -1,6 +1,6 @@
 """Batched inner solver for SparseShared heads (Fumero et al., NeurIPS 2023, arXiv 2304.07939).
 
-Inner problem, jointly over a batch of ``T`` tasks (``sharing="reweighted"``, the default)::
+Inner problem, jointly over a batch of ``T`` tasks::
 
     W*, b* = argmin_{W,b}  sum_t mean_i CE(Z_t W_t + b_t ; Y_t) + rho/2 ||W||^2
                            + sum_t alpha_t R(W_t) + beta * lam_bar * Phi(A(W))
@@ -19,18 +19,14 @@ term scales like the sparsity term, is invariant to nothing that R is not, and i
 (never a reward for growth). ``delta`` bounds the weight of an unused feature (its entry barrier)
 by about ``log(d / delta)``. Majorise-minimise (:func:`_reweighted`): each round linearises Phi at
 the previous heads, leaving the convex weighted problem with per-row penalties
-``alpha_t + beta lam_bar w_j``, solved by the fixed-step FISTA with active-set Newton finish
-below; every round decreases the full objective.
-
-``sharing="entropy"`` keeps the original form ``beta H(p(W))`` with smoothed importances
-``a_tj = sqrt(||W_t[j,:]||^2 + eps)``, inside the inner problem (``sharing_in="inner"``, a
-float64 backtracking FISTA, :func:`_fista_backtracking`) or on the outer loss (``"outer"``).
+``alpha_t + beta lam_bar w_j``, solved by FISTA with an active-set Newton finish (below); every
+round decreases the full objective. ``beta = 0`` is the first, unshared solve alone.
 
 Binary tasks (``n_classes == 2``) use a single logit (``K = 1``) and the
 logistic loss; otherwise ``K = n_classes`` and softmax cross-entropy.
 
 FISTA runs with gradient-based adaptive restart (O'Donoghue & Candes) and a per-task step
-``1 / L_t`` from a Lipschitz bound; the fixed-step solver finishes with active-set Newton once the
+from a Lipschitz bound ``L_t`` (:func:`_fista`); it finishes with active-set Newton once the
 support has (nearly) stopped changing (:func:`_newton_polish`): FISTA identifies the support in
 tens of iterations but needs hundreds more to converge on it.
 
@@ -50,7 +46,6 @@ from harness.algorithms.sparse_shared.active_set import (
     active_hessian,
     active_mask,
     compress,
-    entropy_parts,
     robust_solve,
 )
 from harness.linalg import top_eigenvalue_bound
@@ -59,13 +54,10 @@ from harness.precision import full_precision
 __all__ = [
     "solve_heads",
     "lambda_max",
-    "sharing_entropy",
-    "feature_usage",
     "prox",
     "head_dims",
     "DEFAULT_TOL",
     "DEFAULT_MAX_ITER",
-    "DEFAULT_EPS",
     "DEFAULT_RHO",
     "DEFAULT_SHARING_EPS",
     "row_importance",
@@ -74,7 +66,6 @@ __all__ = [
 
 DEFAULT_TOL = 1e-5
 DEFAULT_MAX_ITER = 2000
-DEFAULT_EPS = 1e-8
 DEFAULT_RHO = 1e-3
 DEFAULT_SHARING_EPS = 0.1  # delta: the uniform share mixed into the importances of the reweighted sharing term
 MM_TOL = 1e-3  # majorise-minimise stops when no feature's importance share pt_j moves by more than this
@@ -91,14 +82,12 @@ def head_dims(n_classes: int) -> Tuple[bool, int]:
     return binary, (1 if binary else n_classes)
 
 
-OPTIONS = {"sparsity": ("l1", "group"), "sharing": ("reweighted", "entropy"), "sharing_in": ("inner", "outer"),
-           "sharing_grad": ("last_solve", "full")}
+OPTIONS = {"sparsity": ("l1", "group"), "sharing_grad": ("last_solve", "full")}
 
 
-def _check_options(sparsity: str, sharing: str, sharing_in: str) -> None:
-    for name, value in (("sparsity", sparsity), ("sharing", sharing), ("sharing_in", sharing_in)):
-        if value not in OPTIONS[name]:
-            raise ValueError(f"{name} must be one of {' | '.join(OPTIONS[name])}, got {value!r}")
+def _check_option(name: str, value: str) -> None:
+    if value not in OPTIONS[name]:
+        raise ValueError(f"{name} must be one of {' | '.join(OPTIONS[name])}, got {value!r}")
 
 
 def _targets(Y: torch.Tensor, K: int, binary: bool, dtype) -> torch.Tensor:
@@ -190,25 +179,6 @@ def prox(V: torch.Tensor, thr: torch.Tensor, sparsity: str) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- #
-# entropy sharing term
-# --------------------------------------------------------------------------- #
-def sharing_entropy(W: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
-    """Differentiable H(p(W)) (scalar) for W of shape (T, d, K)."""
-    return entropy_parts(W, eps)[5]
-
-
-def feature_usage(W: torch.Tensor) -> torch.Tensor:
-    """Exact per-task feature importances ||W_t[j,:]||_2, (T, d) (no grad)."""
-    return torch.linalg.vector_norm(W.detach(), dim=2)
-
-
-def _entropy_grad(W: torch.Tensor, eps: float) -> torch.Tensor:
-    """dH/dW."""
-    a, A, S, p, logp, H, c = entropy_parts(W, eps)
-    return c.view(1, -1, 1) * W / a.unsqueeze(-1)
-
-
-# --------------------------------------------------------------------------- #
 # lambda_max and Lipschitz constants
 # --------------------------------------------------------------------------- #
 @torch.no_grad()
@@ -247,22 +217,14 @@ def _lipschitz(Z: torch.Tensor, binary: bool) -> torch.Tensor:
     return ((0.25 if binary else 0.5) * lam / n).to(Z.dtype)
 
 
-def _smooth_grad(D: _Data, W, b, rho, beta_in, eps):
-    """(dF/dW, dF/db) of the smooth part F of the inner objective; ``beta_in`` is the entropy
-    weight inside the inner problem (0 disables it)."""
-    R = D.residual(D.scores(W, b))
-    GW = D.grad_w(W, R, rho)
-    if beta_in:
-        GW = GW + beta_in * _entropy_grad(W, eps)
-    return GW, R.mean(dim=2)
-
-
 # --------------------------------------------------------------------------- #
 # the solver
 # --------------------------------------------------------------------------- #
-def _kkt(D: _Data, W, b, rho, beta_in, eps, eta, thr, sparsity):
-    """Per-task KKT residual: ||(W - prox(W - eta g))/eta|| combined with ||g_b||."""
-    GW, gb = _smooth_grad(D, W, b, rho, beta_in, eps)
+def _kkt(D: _Data, W, b, rho, eta, thr, sparsity):
+    """Per-task KKT residual: ||(W - prox(W - eta g))/eta|| combined with ||g_b||, g the gradient of
+    the smooth part CE + rho/2 ||W||^2."""
+    R = D.residual(D.scores(W, b))
+    GW, gb = D.grad_w(W, R, rho), R.mean(dim=2)
     Gm = (W - prox(W - eta * GW, thr, sparsity)) / eta
     return torch.sqrt((Gm * Gm).sum(dim=(1, 2)) + (gb * gb).sum(dim=1))
 
@@ -277,9 +239,6 @@ def solve_heads(
     beta: float = 0.0,
     rho: float = DEFAULT_RHO,
     sparsity: str = "l1",
-    sharing: str = "reweighted",
-    sharing_in: str = "inner",
-    eps: float = DEFAULT_EPS,
     max_iter: int = DEFAULT_MAX_ITER,
     tol: float = DEFAULT_TOL,
     init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
@@ -292,10 +251,9 @@ def solve_heads(
     Args:
         Z: (T, n, d) support features.  Y: (T, n) integer labels in [0, n_classes).
         alpha: relative sparsity level in [0, 1]; alpha_t = alpha * lambda_max_t.
-        beta: sharing weight (sharing "reweighted": relative to the batch's mean lambda_max;
-            "entropy": used here only with sharing_in == "inner").
-        rho: ridge on W.  eps: smoothing of the feature importances of sharing "entropy".
-        sharing_eps: delta of sharing "reweighted" (module doc); mm_rounds: its cap on
+        beta: sharing weight, relative to the batch's mean lambda_max (0: no sharing term).
+        rho: ridge on W.
+        sharing_eps: delta of the sharing term (module doc); mm_rounds: the cap on
             majorise-minimise rounds after the first, unshared solve.
         tol: stopping threshold on the KKT residual (max over tasks).
         init: optional warm start (W0, b0).
@@ -312,7 +270,7 @@ def solve_heads(
         K = 1 for binary problems, n_classes otherwise.  Zeros in W are exact (W is a
         prox iterate or a Newton step projected onto the support).
     """
-    _check_options(sparsity, sharing, sharing_in)
+    _check_option("sparsity", sparsity)
     Z = Z.detach()
     if Z.dim() != 3:
         raise ValueError(f"Z must be (T, n, d), got {tuple(Z.shape)}")
@@ -322,7 +280,6 @@ def solve_heads(
     dtype, dev = Z.dtype, Z.device
     Yt = _targets(Y.to(dev), K, binary, dtype)
     rounds = 0
-    beta_in = float(beta) if (sharing == "entropy" and sharing_in == "inner" and beta > 0) else 0.0
 
     if lam is None:
         lam = lambda_max(Z, Y.to(dev), n_classes, sparsity)
@@ -339,22 +296,12 @@ def solve_heads(
         W = torch.zeros(T, d, K, dtype=dtype, device=dev)
         b = _intercept_at_zero(Yt, binary)
 
-    if beta_in:
-        # The coupled problem relies on function-value comparisons (backtracking,
-        # monotone safeguard); float32 round-off makes them unreliable near the
-        # optimum, so this branch always runs in (at least) float64.
-        wd = torch.float64 if dtype in (torch.float16, torch.bfloat16, torch.float32) else dtype
-        W, b, it, kkt, newton = _fista_backtracking(_Data.of(Z.to(wd), Yt.to(wd), binary), W.to(wd), b.to(wd),
-                                                    rho, beta_in, eps, alpha_t.to(wd), L.to(wd),
-                                                    sparsity, max_iter, tol)
-        W, b = W.to(dtype), b.to(dtype)
-    elif sharing == "reweighted" and beta > 0:
+    if beta > 0:
         W, b, it, kkt, newton, penalty, rounds = _reweighted(
             _Data.of(Z, Yt, binary), W, b, rho, alpha_t, float(beta) * float(lam.mean()), float(sharing_eps), L,
             sparsity, max_iter, tol, mm_rounds)
     else:
-        W, b, it, kkt, newton = _fista_fixed(_Data.of(Z, Yt, binary), W, b, rho, alpha_t, L, sparsity, max_iter,
-                                             tol)
+        W, b, it, kkt, newton = _fista(_Data.of(Z, Yt, binary), W, b, rho, alpha_t, L, sparsity, max_iter, tol)
 
     if not binary:
         # softmax CE is invariant to b_t + c*1; fix the gauge sum_k b_tk = 0
@@ -380,12 +327,12 @@ def _reweighted(D: _Data, W, b, rho, alpha_t, scale, delta, L, sparsity, max_ite
     stops once no importance share moves by more than ``MM_TOL``, or after ``max_rounds``.
     Returns (W, b, FISTA iterations, KKT of the last solve, Newton steps, its penalty, rounds).
     """
-    W, b, it, kkt, newton = _fista_fixed(D, W, b, rho, alpha_t, L, sparsity, max_iter, tol)
+    W, b, it, kkt, newton = _fista(D, W, b, rho, alpha_t, L, sparsity, max_iter, tol)
     w, pt = sharing_weights(W, sparsity, delta)
     penalty, rounds = alpha_t, 0
     for rounds in range(1, max_rounds + 1):
         penalty = alpha_t + scale * w.view(1, -1, 1)
-        W, b, i, kkt, k = _fista_fixed(D, W, b, rho, penalty, L, sparsity, max_iter, tol)
+        W, b, i, kkt, k = _fista(D, W, b, rho, penalty, L, sparsity, max_iter, tol)
         it, newton = it + i, newton + k
         w, pt_next = sharing_weights(W, sparsity, delta)
         moved = float((pt_next - pt).abs().max())
@@ -433,12 +380,6 @@ class _Augmented(NamedTuple):
         """Gradient of mean CE + rho/2 ||W||^2 from the residual R (T, K, n), (T, d+1, K)."""
         return torch.baddbmm(U * self.ridge, self.Zat, R.transpose(1, 2), alpha=1.0 / R.shape[2])
 
-    def penalty(self, U: torch.Tensor, sparsity: str) -> torch.Tensor:
-        """sum_t alpha_t R(W_t) (scalar)."""
-        if sparsity == "l1":
-            return (U.abs() * self.pen).sum()
-        return (torch.linalg.vector_norm(U, dim=2, keepdim=True) * self.pen).sum()
-
 
 @functools.lru_cache(maxsize=8)
 def _momentum_cpu(n: int) -> torch.Tensor:
@@ -456,7 +397,7 @@ def _momentum_table(n: int, dtype, device) -> torch.Tensor:
     return _momentum_cpu(n).to(dtype=dtype, device=device)
 
 
-def _fista_fixed(D: _Data, W, b, rho, alpha_t, L, sparsity, max_iter, tol):
+def _fista(D: _Data, W, b, rho, alpha_t, L, sparsity, max_iter, tol):
     """FISTA with per-task steps and gradient adaptive restart.
 
     Steps start at ``STEP_GROWTH / L_t``: the Lipschitz bound is worst-case, and a 2x longer step
@@ -487,7 +428,7 @@ def _fista_fixed(D: _Data, W, b, rho, alpha_t, L, sparsity, max_iter, tol):
         return _task_objective(D, *split(U), rho, alpha_t, sparsity)
 
     def kkt_max(U):
-        return float(_kkt(D, *split(U), rho, 0.0, 0.0, eta_safe, eta_safe * alpha_t, sparsity).max())
+        return float(_kkt(D, *split(U), rho, eta_safe, eta_safe * alpha_t, sparsity).max())
 
     ck_X, ck_F = X, objective(X)
     eta = growth / Lv
@@ -611,7 +552,7 @@ def _newton_polish(D: _Data, aug: _Augmented, X, Xb, rho, alpha_t, sparsity, tol
         A = compress(active_mask(X, sparsity))
         g = A.gather(G)
         H = active_hessian(Za, P, U, A, D.binary, alpha_t, rho, sparsity)
-        step = -robust_solve(H, g.unsqueeze(-1), spd=True).squeeze(-1)
+        step = -robust_solve(H, g.unsqueeze(-1)).squeeze(-1)
         dec = (g * step).sum(dim=1)  # directional derivative per task, < 0
         dU = A.scatter(step, U.shape)
         steps += 1
@@ -632,160 +573,3 @@ def _newton_polish(D: _Data, aug: _Augmented, X, Xb, rho, alpha_t, sparsity, tol
                 break
             t *= 0.5
     return X, Xb, kkt, steps
-
-
-# The coupled solver backtracks on a global scale of the per-task Lipschitz bounds as well as on Le:
-# steps start at 1 / (SCALE_MIN L_t + ...) and the scale doubles (up to 1, the safe bound) when the
-# sufficient-decrease test fails, then decays by SCALE_DECAY per iteration. The bound is worst-case;
-# on bench_inner/bench_step shapes 0.1 cut iterations 2.5-3.8x (168 -> 44 at T=16, d=128, 5-way).
-SCALE_MIN = 0.1
-SCALE_DECAY = 0.9
-
-
-class _CoupledSmooth:
-    """Smooth part of the coupled objective on the augmented head ``U = [W; b]``, (T, d+1, K).
-
-    ``value(U)`` is CE + rho/2 ||W||^2 + beta H(p(W)) (scalar); ``grad(U)`` also returns its
-    gradient and the IRLS row metric ``beta * max(c_j, 0) / a_tj`` of ``_fista_backtracking``
-    (zero on the bias row). Written for few tensor operations: at the benchmark's shapes every
-    one costs a few microseconds, far more than its arithmetic.
-    """
-
-    def __init__(self, D: _Data, aug: _Augmented, rho, beta_in, eps):
-        self.D, self.aug, self.d, self.inv_n = D, aug, aug.Zat.shape[1] - 1, 1.0 / aug.Zat.shape[2]
-        self.rho, self.beta_in, self.eps = rho, beta_in, eps
-
-    def _parts(self, U):
-        S = self.aug.scores(U)  # (T, K, n)
-        if self.D.binary:
-            logP, ce = None, (F.softplus(S) - self.D.Yk * S).sum()
-        else:
-            logP = torch.log_softmax(S, dim=1)
-            ce = -torch.dot(logP.view(-1), self.D.Yk.view(-1))
-        sq = U[:, : self.d].square().sum(-1)  # (T, d)
-        a = sq.add(self.eps).sqrt_()
-        A = a.sum(0)
-        tot = A.sum()
-        logp = torch.log(A / tot)
-        H = -torch.dot(A, logp) / tot
-        f = ce * self.inv_n + (0.5 * self.rho) * sq.sum() + self.beta_in * H
-        return f, S, logP, a, tot, logp, H
-
-    def value(self, U):
-        return self._parts(U)[0]
-
-    def grad(self, U):
-        f, S, logP, a, tot, logp, H = self._parts(U)
-        bc = (logp + H).div_(-tot / self.beta_in)  # beta * dH/dA_j
-        R = (torch.sigmoid(S) if self.D.binary else logP.exp()).sub_(self.D.Yk)
-        G = self.aug.grad(U, R)
-        G[:, : self.d].addcmul_((bc / a).unsqueeze(-1), U[:, : self.d])
-        metric = F.pad((bc.clamp_min(0) / a).unsqueeze(-1), (0, 0, 0, 1))  # (T, d+1, 1)
-        return f, G, metric
-
-
-def _row_metric(beta_in, a, c):
-    """IRLS majoriser of beta * c_j * a_tj per (task, row): beta * max(c_j, 0) / a_tj, (T, d, 1)."""
-    return (beta_in * c.clamp_min(0) / a).unsqueeze(-1)
-
-
-def _fista_backtracking(D: _Data, W, b, rho, beta_in, eps, alpha_t, L, sparsity, max_iter, tol):
-    """FISTA for the coupled (entropy-in-the-loop) problem.
-
-    Variable (per task and feature row) metric: the step for row j of task t is
-    ``1 / (L_t + beta * max(c_j, 0) / a_tj + Le)``.  The middle term is the
-    IRLS majoriser of the smoothed importance ``c_j * sqrt(||W_tj||^2 + eps)``
-    (c_j = dH/dA_j), which is what makes rows hovering near zero (curvature
-    ~ 1/sqrt(eps)) tractable; ``Le`` is a global curvature estimate for the
-    remaining (coupling) part of the entropy, found by backtracking on the
-    sufficient-decrease condition and allowed to shrink between iterations.
-    A monotone safeguard drops the momentum (and retries from the current
-    iterate) whenever the full objective would increase.  Bias steps use
-    ``1 / (L_t + Le)``.  ``L_t`` enters scaled by ``sL`` in [SCALE_MIN, 1], backtracked first.
-    The head is iterated as ``U = [W; b]`` (the bias row has no penalty, ridge or entropy), and the
-    scalars of each test come to Python in one transfer.
-    No Newton finish here: on the SparseShared training steps of benchmarks/bench_step.py the
-    Hessian on the support was often indefinite before convergence (entries near zero give the
-    smoothed importances curvature ~ 1/sqrt(eps) of either sign), and the finish cost more time
-    than it saved.
-    """
-    T, d, K = W.shape
-    slack = 10 * torch.finfo(W.dtype).eps
-    aug = _Augmented.of(D, alpha_t, rho)
-    smooth = _CoupledSmooth(D, aug, rho, beta_in, eps)
-    X = torch.cat([W, b.unsqueeze(1)], dim=1)
-    Fx = float(smooth.value(X) + aug.penalty(X, sparsity))
-    Yu = X
-    momentum = _momentum_table(max_iter + 1, W.dtype, W.device)
-    since = torch.zeros(T, 1, 1, dtype=torch.long, device=W.device)  # steps since each task's restart
-    Lmax = float(L.max())
-    Lt = L.view(T, 1, 1)
-    Le = 0.0
-    s_min = sL = SCALE_MIN
-    kkt = float("inf")
-    it = 0
-    next_check = 0
-    has_mom = False
-
-    def split(U):
-        return U[:, :d], U[:, d]
-
-    for it in range(1, max_iter + 1):
-        fY, G, metric = smooth.grad(Yu)
-        fY = float(fY)
-        fY_slack = slack * (abs(fY) + 1.0)
-        while True:
-            Lrow = metric + (sL * Lt + Le)  # (T, d+1, 1)
-            eta = Lrow.reciprocal()
-            Xn = prox(torch.addcmul(Yu, eta, G, value=-1.0), eta * aug.pen, sparsity)
-            dU = Xn - Yu
-            fX = smooth.value(Xn)
-            dL = dU * Lrow
-            sc = torch.stack([fX, torch.dot(dU.view(-1), G.view(-1)), torch.dot(dL.view(-1), dU.view(-1)),
-                              aug.penalty(Xn, sparsity), dL.square().sum(dim=(1, 2)).max()]).tolist()
-            fX, lin, curv, res2 = sc[0], sc[1], 0.5 * sc[2], sc[4]
-            if sL < 1.0 and curv <= 1e3 * fY_slack:
-                # steps at round-off level: the test below cannot vouch for a scaled-down bound,
-                # so from here on use the safe one
-                s_min = sL = 1.0
-                continue
-            if fX <= fY + lin + curv + fY_slack:
-                break
-            if sL < 1.0:
-                sL = min(1.0, 2.0 * sL)
-                continue
-            Le = max(2.0 * Le, 1e-3 * Lmax, 1e-12)
-            if Le > 1e30:
-                break
-        Fn = fX + sc[3]
-        if has_mom and Fn > Fx + slack * (abs(Fx) + 1.0):
-            # monotone safeguard: drop momentum, retry from the current iterate
-            Yu = X
-            since.zero_()
-            has_mom = False
-            continue
-        stepU = Xn - X
-        keep = (dU * stepU).sum(dim=(1, 2), keepdim=True) >= 0  # gradient restart where this is < 0
-        mom = torch.take(momentum, since) * keep
-        since = (since + 1) * keep
-        has_mom = int(since.max()) >= 2  # momentum[k] > 0 for k >= 1
-        X, Fx = Xn, Fn
-        Yu = torch.addcmul(X, mom, stepU)
-        if it >= next_check and res2 <= (0.5 * tol) ** 2:
-            kt = _coupled_kkt(D, *split(X), rho, beta_in, eps, Lt, Le, alpha_t, sparsity)
-            kkt = float(kt.max())
-            if kkt <= tol:
-                break
-            next_check = it + 5
-        Le *= 0.8  # let the step grow again
-        sL = max(s_min, SCALE_DECAY * sL)
-    else:
-        kkt = float(_coupled_kkt(D, *split(X), rho, beta_in, eps, Lt, Le, alpha_t, sparsity).max())
-    W, b = split(X)
-    return W.contiguous(), b.contiguous(), it, kkt, 0
-
-
-def _coupled_kkt(D: _Data, X, Xb, rho, beta_in, eps, Lt, Le, alpha_t, sparsity):
-    a, A, S, p, logp, H, c = entropy_parts(X, eps)
-    etak = 1.0 / (Lt + _row_metric(beta_in, a, c) + Le)
-    return _kkt(D, X, Xb, rho, beta_in, eps, etak, etak * alpha_t, sparsity)
