@@ -69,6 +69,14 @@ def load_checkpoint(out: Path, identity: dict) -> dict | None:
     return state
 
 
+def load_model(algorithm, state: dict, path: Path) -> None:
+    """The checkpoint's weights into ``algorithm``; a one-line error naming ``path`` when they do not fit."""
+    try:
+        algorithm.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise corrupt(path, f"its model does not fit: {str(e).splitlines()[0][:120]}") from None
+
+
 def resume(out: Path, state: dict | None, algorithm) -> tuple[int, list[int]]:
     """Load the checkpoint's state; drop records written after it. Returns (step to start at, record steps).
 
@@ -92,10 +100,7 @@ def resume(out: Path, state: dict | None, algorithm) -> tuple[int, list[int]]:
     if (expected is not None and got != list(expected)) or (expected is None and step not in got):
         raise UserError(f"{results} (records at steps {got[:6]}{'...' if len(got) > 6 else ''}) disagrees with "
                         f"{out / CHECKPOINT} (step {step}); restore it, or delete both to restart the run from scratch")
-    try:
-        algorithm.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, TypeError) as e:
-        raise corrupt(out / CHECKPOINT, f"its model does not fit: {str(e).splitlines()[0][:120]}") from None
+    load_model(algorithm, state, out / CHECKPOINT)
     atomic_write_text(results, "".join(json.dumps(r) + "\n" for r in keep))
     print(f"resuming from step {step} ({len(keep)} records kept)")
     return step, got

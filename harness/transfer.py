@@ -166,7 +166,7 @@ def frozen_algorithm(run: FinishedRun, data_dir: str | None, device: Any = "cpu"
     environments), the run's hparams and init seed; the weights come from the verified checkpoint."""
     import torch
 
-    from harness.checkpoints import corrupt, load_checkpoint
+    from harness.checkpoints import load_checkpoint, load_model
     from harness.precision import check_precision
     from harness.registry import ALGORITHMS, DATASETS
     from harness.utils import seed_hash
@@ -182,10 +182,7 @@ def frozen_algorithm(run: FinishedRun, data_dir: str | None, device: Any = "cpu"
     source = DATASETS.get(args["dataset"])(data_dir, args["test_envs"], hparams)
     n_train_envs = len(source) - len(set(args["test_envs"]))
     algorithm = ALGORITHMS.get(args["algorithm"])(source.input_shape, source.num_classes, n_train_envs, hparams)
-    try:
-        algorithm.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, TypeError) as e:
-        raise corrupt(run.path / CHECKPOINT, f"its model does not fit: {str(e).splitlines()[0][:120]}") from None
+    load_model(algorithm, state, run.path / CHECKPOINT)
     algorithm.to(device).eval()
     algorithm.requires_grad_(False)
     return algorithm, tuple(source.input_shape)
