@@ -37,7 +37,12 @@ SEED_MAX = 2**31 - 1  # seeds reach numpy and scikit-learn, which take at most 3
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line (``error: ...``) and exit status 2, like a UserError."""
+    """argparse whose errors are one line (``error: ...``) and exit status 2, like a UserError; help
+    shows each option's default (:class:`HelpFormatter`) unless ``formatter_class`` says otherwise."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -88,8 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m harness.train",
         description="Train one algorithm on one dataset and write results.jsonl, checkpoint.pt and done "
-                    "into --output_dir. Re-run the same command to resume after a crash.",
-        formatter_class=HelpFormatter)
+                    "into --output_dir. Re-run the same command to resume after a crash.")
     seed = int_at_least(0, SEED_MAX)
     p.add_argument("--dataset", default="SyntheticLinear", help="dataset name (python -m harness.list)")
     p.add_argument("--algorithm", default="ERM", help="algorithm name (python -m harness.list)")

@@ -55,7 +55,7 @@ from typing import Any, Callable, Sequence
 
 from harness.checkpoints import CHECKPOINT, DONE, RESULTS
 from harness.errors import UserError, cli
-from harness.train import SEED_MAX, HelpFormatter, OneLineParser, device_name, int_at_least
+from harness.train import SEED_MAX, OneLineParser, device_name, int_at_least
 
 TASK_KEYS = ("support", "query", "max_factors")  # from the run; --target_hparams may override them
 
@@ -297,8 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m harness.transfer",
         description="New-task accuracy of finished runs' frozen representations on another dataset's binary "
-                    "factor tasks (cross-dataset transfer). See the module docstring of harness/transfer.py.",
-        formatter_class=HelpFormatter)
+                    "factor tasks (cross-dataset transfer). See the module docstring of harness/transfer.py.")
     p.add_argument("--run", nargs="+", required=True, metavar="RUN_DIR",
                    help="finished run directories of python -m harness.train (with done and checkpoint.pt)")
     p.add_argument("--dataset", required=True, metavar="TARGET",
