@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 
 from harness import checkpoints, loop, train
 from harness.lock import LOCK, RunLock, is_held, read_lock
@@ -404,14 +405,15 @@ def test_crafted_annotations_copy_nothing_from_outside_the_archive(tmp_path):
 # --- full disk, read-only output ----------------------------------------------------------------
 @pytest.fixture
 def small_fs(tmp_path):
-    """A 1 MiB tmpfs (the checkpoint alone is larger); skipped where this process cannot mount one."""
+    """A 1 MiB tmpfs (the checkpoint alone is larger). Where this process cannot mount one the test is
+    skipped, except under ``HARNESS_REQUIRE_TMPFS=1`` (set by ``.ci/run``), where that is a failure."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root and mount(8)")
+        require("mounting a small tmpfs needs root and mount(8)", "HARNESS_REQUIRE_TMPFS")
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        require(f"cannot mount a tmpfs here: {proc.stderr.strip()}", "HARNESS_REQUIRE_TMPFS")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
