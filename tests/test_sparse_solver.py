@@ -11,13 +11,16 @@ import torch
 import torch.nn.functional as F
 
 from harness.algorithms.sparse_shared.implicit import implicit_grad_Z, sparse_heads
-from harness.algorithms.sparse_shared.solver import (
+from harness.algorithms.sparse_shared.problem import (
+    GAUGE,
+    InnerProblem,
+    active_mask,
     lambda_max,
     prox,
     row_importance,
     sharing_weights,
-    solve_heads,
 )
+from harness.algorithms.sparse_shared.solver import solve, solve_heads
 
 DT = torch.float64
 
@@ -81,7 +84,7 @@ def test_optimality_conditions(C, sparsity, beta):
     K = 1 if C == 2 else C
     assert W.shape == (T, d, K) and b.shape == (T, K)
     alpha_t = alpha * lambda_max(Z, Y, C, sparsity)
-    pen = info["penalty"].expand(T, d, 1)[..., 0]  # (T, d)
+    pen = info["penalty"][:, :-1, 0]  # (T, d)
     if beta == 0:
         assert info["mm_rounds"] == 0 and torch.equal(pen, alpha_t.view(T, 1).expand(T, d))
     else:
@@ -245,24 +248,20 @@ def test_backward_matches_a_dense_autograd_implicit_gradient(C, sparsity, beta, 
     frozen; for "full" the full objective, whose penalties at W are alpha_t + beta lam_bar w(W)),
     solved densely; grad_Z = -d<grad_u f, H^-1 g>/dZ. "full" always runs MINRES on the coupled
     Hessian, so this is its dense-vs-iterative check."""
-    from harness.algorithms.sparse_shared.active_set import GAUGE, active_mask
-
     T, n, d, rho, alpha, delta = 3, 20, 6, 1e-3, 0.3, 0.1
     Z, Y = _problem(T, n, d, C, seed=31 + C)
     K = 1 if C == 2 else C
     lam = lambda_max(Z, Y, C, sparsity)
-    W, b, info = solve_heads(Z, Y, C, alpha, beta=beta, rho=rho, sparsity=sparsity, lam=lam, tol=1e-12,
-                             max_iter=50000)
+    problem = InnerProblem.build(Z, Y, C, alpha, beta, rho, sparsity, delta, lam)
+    U, info = solve(problem, tol=1e-12, max_iter=50000)
+    W, b = U[:, :-1], U[:, -1]
     g = torch.Generator().manual_seed(1)
     gW, gb = torch.randn(T, d, K, generator=g, dtype=DT), torch.randn(T, K, generator=g, dtype=DT)
     scale = beta * float(lam.mean())
-    if sharing_grad == "full":
-        pen = alpha * lam.view(T, 1, 1) + scale * sharing_weights(W, sparsity, delta)[0].view(1, d, 1)
-        curvature = (scale, delta)
-    else:
-        pen, curvature = info["penalty"], None
-    got = implicit_grad_Z(Z, Y, C, W, b, gW, gb, alpha, lam=lam, rho=rho, sparsity=sparsity, backward=mode,
-                          penalty=pen, sharing_curvature=curvature, backward_tol=1e-14)
+    full = sharing_grad == "full"
+    pen = problem.with_sharing(sharing_weights(W, sparsity, delta)[0]) if full else info["penalty"]
+    got = implicit_grad_Z(problem, U, torch.cat([gW, gb.unsqueeze(1)], dim=1), pen, full_sharing=full,
+                          backward=mode, backward_tol=1e-14)
 
     def objective(u, Zx):
         u = u.view(T, d + 1, K)
@@ -272,10 +271,10 @@ def test_backward_matches_a_dense_autograd_implicit_gradient(C, sparsity, beta, 
         if sharing_grad == "full":
             f = f + (alpha * lam.view(T, 1) * A).sum() + scale * _phi(A, delta)
         else:
-            f = f + (pen.reshape(T, -1) * A).sum()
+            f = f + (pen[:, :-1, 0] * A).sum()
         return f + (0.5 * (GAUGE / K) * bu.sum(dim=1).square().sum() if K > 1 else 0.0)
 
-    act = active_mask(W, sparsity).reshape(-1)
+    act = active_mask(U, sparsity).reshape(-1)
     u0 = torch.cat([W, b.unsqueeze(1)], dim=1).reshape(-1)
     H = torch.autograd.functional.hessian(lambda u: objective(u, Z), u0)[act][:, act]
     gbc = gb - gb.mean(dim=1, keepdim=True) if K > 1 else gb  # b is centred: no gradient along the gauge
@@ -328,7 +327,7 @@ def test_implicit_vs_unrolled(C, sparsity, beta, sharing_grad, monkeypatch):
 
     def threshold(Wg):
         if not full:
-            return info["penalty"]
+            return info["penalty"][:, :-1]
         A = _importance(Wg, sparsity).sum(0)
         S = A.sum()
         nlog = -torch.log((A + delta * S / d) / ((1 + delta) * S))
@@ -441,17 +440,16 @@ def test_iterative_backward_converges_on_wide_problems(C, sparsity, beta, sharin
     Z = torch.randn(T, n, d, generator=g) + 0.5 * torch.randn(T, C, d, generator=g).gather(
         1, Y.unsqueeze(-1).expand(T, n, d))
     Z = Z / Z.norm(dim=-1, keepdim=True)
-    W, b, info = solve_heads(Z, Y, C, 0.2, beta=beta, sparsity=sparsity)
-    lam = lambda_max(Z, Y, C, sparsity)
-    curvature = (beta * float(lam.mean()), 0.1) if sharing_grad == "full" else None
-    gw, gb = 2 * W, 2 * b
-    kw = dict(lam=lam, sparsity=sparsity, penalty=info["penalty"], sharing_curvature=curvature)
+    problem = InnerProblem.build(Z, Y, C, 0.2, beta, sparsity=sparsity)
+    U, info = solve(problem)
+    full = sharing_grad == "full"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # stopping at the iteration cap fails the test
-        iterative = implicit_grad_Z(Z, Y, C, W, b, gw, gb, 0.2, backward="iterative", backward_max_iter=100, **kw)
+        iterative = implicit_grad_Z(problem, U, 2 * U, info["penalty"], full_sharing=full, backward="iterative",
+                                    backward_max_iter=100)
     assert torch.isfinite(iterative).all()
-    if curvature is None:  # with the sharing Hessian there is no dense solve
-        dense = implicit_grad_Z(Z, Y, C, W, b, gw, gb, 0.2, backward="dense", **kw)
+    if not full:  # with the sharing Hessian there is no dense solve
+        dense = implicit_grad_Z(problem, U, 2 * U, info["penalty"], backward="dense")
         assert (iterative - dense).norm() / dense.norm() < 5e-5
 
 
@@ -520,7 +518,7 @@ def test_reweighted_rounds_decrease_the_full_objective_to_a_stationary_point(C, 
     W, b, info = solve_heads(Z, Y, C, alpha, mm_rounds=500, **kw)
     w, _ = sharing_weights(W, sparsity, delta)
     pen = alpha * lam.view(-1, 1, 1) + beta * lam.mean() * w.view(1, -1, 1)
-    assert torch.allclose(info["penalty"], pen, rtol=0, atol=2e-3 * float(pen.max()))
+    assert torch.allclose(info["penalty"][:, :-1], pen, rtol=0, atol=2e-3 * float(pen.max()))
     assert 0 < (row_importance(W, sparsity).sum(0) > 0).sum() < 8  # sharing dropped some features, not all
 
 
@@ -528,7 +526,7 @@ def test_reweighted_rounds_decrease_the_full_objective_to_a_stationary_point(C, 
 def test_reweighted_implicit_gradient_is_that_of_the_last_convex_solve(C, sparsity):
     """Exact against finite differences with the penalties held fixed; the weights' own dependence on
     Z (left out by design) is measured against the fully converged solution."""
-    binary, K = C == 2, 1 if C == 2 else C
+    K = 1 if C == 2 else C
     Z, Y = _problem(4, 30, 8, C, seed=5)
     lam = lambda_max(Z, Y, C, sparsity)
     kw = dict(beta=0.3, sparsity=sparsity, lam=lam, tol=1e-12, max_iter=50000, mm_rounds=500)
@@ -544,10 +542,9 @@ def test_reweighted_implicit_gradient_is_that_of_the_last_convex_solve(C, sparsi
     from harness.algorithms.sparse_shared import solver
 
     def f_fixed(Zx):  # the last convex problem, its per-row penalties frozen
-        D = solver._Data.of(Zx, solver._targets(Y, K, binary, DT), binary)
-        L = solver._lipschitz(Zx, binary) + 1e-3
-        W0, b0 = W.detach().clone(), b.detach().clone()
-        return (solver._fista(D, W0, b0, 1e-3, pen, L, sparsity, 50000, 1e-13)[0] * GW).sum()
+        problem = InnerProblem.build(Zx, Y, C, 0.05, sparsity=sparsity, lam=lam)
+        U0 = torch.cat([W, b.unsqueeze(1)], dim=1).detach()
+        return (solver.minimize(problem, U0, pen, problem.lipschitz(), 50000, 1e-13)[0][:, :-1] * GW).sum()
 
     fd_fixed = float((f_fixed(Z + h * V) - f_fixed(Z - h * V)) / (2 * h))
     assert abs(implicit_dir - fd_fixed) <= 1e-5 * max(1.0, abs(fd_fixed)), (implicit_dir, fd_fixed)

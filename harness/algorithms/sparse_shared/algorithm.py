@@ -11,8 +11,8 @@ from torch import nn
 
 from harness.algorithms.base import Algorithm
 from harness.algorithms.episodic import feature_norm, head_logits, task_features
-from harness.algorithms.sparse_shared.implicit import sparse_heads
-from harness.algorithms.sparse_shared.solver import OPTIONS, row_importance
+from harness.algorithms.sparse_shared.implicit import SHARING_GRAD, sparse_heads
+from harness.algorithms.sparse_shared.problem import SPARSITY, row_importance
 from harness.errors import UserError
 from harness.hparams import HP, log_uniform, uniform
 from harness.metrics.sharing import entropy, sharing_stats
@@ -21,7 +21,7 @@ from harness.registry import ALGORITHMS
 
 def check_hparams(h: dict) -> None:
     """One-line errors for SparseShared hparams outside their domain (docs/design.md, "SparseShared as implemented")."""
-    for name, allowed in OPTIONS.items():
+    for name, allowed in {"sparsity": SPARSITY, "sharing_grad": SHARING_GRAD}.items():
         if h[name] not in allowed:
             raise UserError(f"SparseShared hparam {name} must be one of {' | '.join(allowed)}, got {h[name]!r}")
     bounds = {"alpha": (0 <= h["alpha"] <= 1, "in [0, 1] (relative to each task's lambda_max)"),

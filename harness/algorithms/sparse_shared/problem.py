@@ -1,0 +1,305 @@
+"""The SparseShared inner problem (Fumero et al., NeurIPS 2023, arXiv 2304.07939), one batch of T tasks::
+
+    min_{W,b}  sum_t mean_i CE(Z_t W_t + b_t ; Y_t) + rho/2 ||W||^2
+               + sum_t alpha_t R(W_t) + beta * lam_bar * Phi(A(W))
+
+``R`` is the entrywise l1 norm or the row-wise L2,1 norm (group over classes); ``alpha_t = alpha *
+lambda_max_t``, relative to the smallest penalty that makes ``W_t = 0`` optimal; ``lam_bar`` the
+batch's mean ``lambda_max_t``. ``A_tj`` is row j's share of ``R(W_t)``, ``A_j = sum_t A_tj``,
+``S = sum_j A_j`` and
+
+    Phi(A) = sum_j At_j log(St / At_j),   At_j = A_j + delta S / d,   St = (1 + delta) S,
+
+``St`` times the entropy of the importances mixed with a share ``delta`` (``sharing_eps``) of the
+uniform distribution. Phi is concave and 1-homogeneous: on the sparsity term's scale, and its
+derivative ``w_j = -log pt_j + delta/d sum_k (-log pt_k) > 0`` is a per-feature penalty weight
+(never a reward for growth), at most about ``log(d / delta)`` for an unused feature.
+
+:class:`InnerProblem` holds a batch in the solvers' layout, built once per step and shared by the
+forward solve (``solver.py``) and the implicit backward (``implicit.py``). A head is the augmented
+matrix ``U = [W; b]`` (T, d+1, K), its last row the bias (no penalty, no ridge), paired with the
+features plus a row of ones. Scores and residuals are (T, K, n), classes before samples: PyTorch's
+CPU softmax over a last dimension of a few classes is ~7x slower than over dimension 1 here.
+Binary tasks use one logit (K = 1) and the logistic loss; otherwise K = n_classes and softmax.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+from harness.algorithms.episodic import require_finite
+from harness.linalg import solve_ex, solve_spd, top_eigenvalue_bound
+
+GAUGE = 0.5  # curvature added along the constant-bias direction of softmax heads (CE is flat there)
+SPARSITY = ("l1", "group")
+
+
+def head_dims(n_classes: int) -> tuple[bool, int]:
+    """``(binary, K)``: binary heads have a single logit column."""
+    if n_classes < 2:
+        raise ValueError(f"n_classes must be >= 2, got {n_classes}")
+    return n_classes == 2, (1 if n_classes == 2 else n_classes)
+
+
+def row_importance(W: torch.Tensor, sparsity: str) -> torch.Tensor:
+    """A_tj, row j's share of R(W_t): its l1 norm (l1) or l2 norm (group), (T, d)."""
+    return W.abs().sum(dim=2) if sparsity == "l1" else torch.linalg.vector_norm(W, dim=2)
+
+
+def sharing_weights(W: torch.Tensor, sparsity: str, delta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w, pt), both (d,): w_j = dPhi/dA_j and the mixed importance distribution pt (uniform for all-zero heads)."""
+    A = row_importance(W.detach(), sparsity).sum(dim=0)
+    d, S = A.shape[0], A.sum()
+    pt = torch.full_like(A, 1.0 / d) if float(S) <= 0 else (A + delta * S / d) / ((1 + delta) * S)
+    nlog = -torch.log(pt)
+    return nlog + (delta / d) * nlog.sum(), pt
+
+
+def prox(V: torch.Tensor, thr: torch.Tensor, sparsity: str) -> torch.Tensor:
+    """Prox of ``thr * R`` (thr broadcastable to V's rows), with exact zeros."""
+    if sparsity == "l1":
+        return V - torch.clamp(V, min=-thr, max=thr)  # soft-thresholding in 2 operations instead of 5
+    nrm = torch.linalg.vector_norm(V, dim=2, keepdim=True)
+    return V * torch.clamp(1 - thr / nrm.clamp_min(torch.finfo(V.dtype).tiny), min=0)
+
+
+def _targets(Y: torch.Tensor, K: int, binary: bool, dtype) -> torch.Tensor:
+    """(T, n, K): y in {0, 1} for binary heads, one-hot otherwise."""
+    return Y.to(dtype).unsqueeze(-1) if binary else F.one_hot(Y.long(), K).to(dtype)
+
+
+@torch.no_grad()
+def lambda_max(Z: torch.Tensor, Y: torch.Tensor, n_classes: int, sparsity: str = "l1") -> torch.Tensor:
+    """Smallest per-task penalty making W_t = 0 optimal (at W = 0's optimal intercept), (T,); 32 ulps
+    of head-room so that alpha = 1 gives exact zeros despite round-off."""
+    binary, K = head_dims(n_classes)
+    Yt = _targets(Y.to(Z.device), K, binary, Z.dtype)
+    G = torch.bmm(Z.detach().transpose(1, 2), Yt.mean(dim=1, keepdim=True) - Yt) / Z.shape[1]  # (T, d, K)
+    lam = G.abs().amax(dim=(1, 2)) if sparsity == "l1" else torch.linalg.vector_norm(G, dim=2).amax(dim=1)
+    return lam * (1.0 + 32 * torch.finfo(Z.dtype).eps)
+
+
+class InnerProblem(NamedTuple):
+    """One batch's inner problem; the penalty ``pen`` of a convex solve is (T, d+1, 1), zero on the bias row."""
+
+    Zat: torch.Tensor  # (T, d+1, n) features with a row of ones
+    Yk: torch.Tensor  # (T, K, n) targets
+    binary: bool
+    sparsity: str
+    rho: float
+    alpha_t: torch.Tensor  # (T, d+1, 1) alpha * lambda_max_t on W rows, 0 on the bias row
+    sharing: float  # beta * lam_bar: the sharing term's weight (0: none)
+    delta: float  # sharing_eps
+
+    @staticmethod
+    def build(Z: torch.Tensor, Y: torch.Tensor, n_classes: int, alpha: float, beta: float = 0.0,
+              rho: float = 1e-3, sparsity: str = "l1", sharing_eps: float = 0.1,
+              lam: Optional[torch.Tensor] = None) -> "InnerProblem":
+        """From (T, n, d) support features and (T, n) labels; ``lam`` fixes lambda_max (computed when None)."""
+        if sparsity not in SPARSITY:
+            raise ValueError(f"sparsity must be one of {' | '.join(SPARSITY)}, got {sparsity!r}")
+        if Z.dim() != 3:
+            raise ValueError(f"Z must be (T, n, d), got {tuple(Z.shape)}")
+        Z = Z.detach()
+        require_finite(Z)
+        T, n, d = Z.shape
+        binary, K = head_dims(n_classes)
+        Y = Y.to(Z.device)
+        lam = lambda_max(Z, Y, n_classes, sparsity) if lam is None else lam.detach().to(Z).reshape(T)
+        Zat = torch.cat([Z.transpose(1, 2), Z.new_ones(T, 1, n)], dim=1).contiguous()
+        alpha_t = torch.cat([(alpha * lam).view(T, 1, 1).expand(T, d, 1), Z.new_zeros(T, 1, 1)], dim=1)
+        return InnerProblem(Zat, _targets(Y, K, binary, Z.dtype).transpose(1, 2).contiguous(), binary,
+                            sparsity, float(rho), alpha_t, float(beta) * float(lam.mean()), float(sharing_eps))
+
+    @property
+    def d(self) -> int:
+        return self.Zat.shape[1] - 1
+
+    def with_sharing(self, w: torch.Tensor) -> torch.Tensor:
+        """The penalty of a majorise-minimise round, alpha_t + beta lam_bar w_j on W rows."""
+        return self.alpha_t + self.sharing * torch.cat([w, w.new_zeros(1)]).view(1, -1, 1)
+
+    def initial_heads(self) -> torch.Tensor:
+        """U with W = 0 and the optimal intercept for it (log class frequency, or logit of the positive rate)."""
+        T, K = self.Yk.shape[:2]
+        freq = self.Yk.mean(dim=2)
+        tiny = torch.finfo(freq.dtype).tiny ** 0.5
+        if self.binary:
+            f = freq.clamp(tiny, 1 - torch.finfo(freq.dtype).eps)
+            b = torch.log(f) - torch.log1p(-f)
+        else:
+            b = torch.log(freq.clamp_min(tiny))
+        return torch.cat([self.Zat.new_zeros(T, self.d, K), b.unsqueeze(1)], dim=1)
+
+    def scores(self, U: torch.Tensor) -> torch.Tensor:
+        """(T, K, n) logits."""
+        return torch.bmm(U.transpose(1, 2), self.Zat)
+
+    def probs(self, S: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(S) if self.binary else torch.softmax(S, dim=1)
+
+    def grad(self, U: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+        """Gradient of mean CE + rho/2 ||W||^2 from the residual R = probs - targets, (T, d+1, K)."""
+        ridge = torch.full_like(U, self.rho)
+        ridge[:, -1] = 0.0
+        return torch.baddbmm(U * ridge, self.Zat, R.transpose(1, 2), alpha=1.0 / R.shape[2])
+
+    def smooth_grad(self, U: torch.Tensor) -> torch.Tensor:
+        return self.grad(U, self.probs(self.scores(U)) - self.Yk)
+
+    def objective(self, U: torch.Tensor, pen: torch.Tensor) -> torch.Tensor:
+        """Per-task convex objective (T,): CE + rho/2 ||W_t||^2 + sum_j pen_tj A_tj."""
+        S, W = self.scores(U), U[:, :-1]
+        if self.binary:
+            ce = (F.softplus(S) - self.Yk * S).sum(dim=(1, 2)) / S.shape[2]
+        else:
+            ce = (torch.log_softmax(S, dim=1) * self.Yk).sum(dim=(1, 2)) / -S.shape[2]
+        return ce + 0.5 * self.rho * (W * W).sum(dim=(1, 2)) + (pen[:, :-1, 0] * row_importance(W, self.sparsity)).sum(1)
+
+    def kkt(self, U: torch.Tensor, pen: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+        """Per-task KKT residual ||(U - prox(U - eta g)) / eta|| of the convex problem with penalty ``pen``."""
+        return ((U - prox(U - eta * self.smooth_grad(U), eta * pen, self.sparsity)) / eta).square().sum((1, 2)).sqrt()
+
+    def lipschitz(self) -> torch.Tensor:
+        """Per-task Lipschitz bound of the smooth gradient, (T,)."""
+        Za, n = self.Zat, self.Zat.shape[2]
+        G = torch.bmm(Za.transpose(1, 2), Za) if n <= Za.shape[1] else torch.bmm(Za, Za.transpose(1, 2))
+        # the ones row keeps tr G >= n > 0; head-room for the round-off of the squarings
+        lam = top_eigenvalue_bound(G) * (1.0 + 1e3 * torch.finfo(G.dtype).eps)
+        return (0.25 if self.binary else 0.5) * lam / n + self.rho
+
+    def jp(self, P: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+        """The (symmetric) Jacobian of probs at probabilities P applied to scores S, per sample."""
+        if self.binary:
+            return P * (1 - P) * S
+        PS = P * S
+        return PS - P * PS.sum(dim=1, keepdim=True)
+
+    def hessian(self, U: torch.Tensor, P: torch.Tensor, A: "ActiveSet", pen: torch.Tensor) -> torch.Tensor:
+        """Hessian of the convex objective on the compressed active set at U (probabilities P), (T, m, m).
+
+        Identity on padding slots; softmax heads get ``GAUGE`` curvature along the constant-bias
+        direction, so the matrix is positive definite."""
+        T, d1, n = self.Zat.shape
+        K, m, dtype = U.shape[2], A.m, U.dtype
+        vf, wf = A.valid.to(dtype), A.is_w.to(dtype)
+        Zg = self.Zat.gather(1, A.j_idx.unsqueeze(2).expand(T, m, n)) * vf.unsqueeze(2)  # (T, m, n)
+        if self.binary:
+            H = torch.bmm(Zg * (P * (1 - P)), Zg.transpose(1, 2))
+        else:
+            ZP = Zg * P.gather(1, A.k_idx.unsqueeze(2).expand(T, m, n))
+            same_k = (A.k_idx.unsqueeze(2) == A.k_idx.unsqueeze(1)).to(dtype)
+            H = torch.bmm(ZP, Zg.transpose(1, 2)) * same_k - torch.bmm(ZP, ZP.transpose(1, 2))
+        H = H / n
+        diag = self.rho * wf + (1 - vf)
+        if self.sparsity == "group":  # pen_tj / ||W_j|| (I - u u^T) on each active row, u = W_j / ||W_j||
+            nr = torch.linalg.vector_norm(U, dim=2).gather(1, A.j_idx) * wf + (1 - wf)
+            sc = pen[:, :, 0].gather(1, A.j_idx) / nr * wf
+            same_row = (A.j_idx.unsqueeze(2) == A.j_idx.unsqueeze(1)) & A.is_w.unsqueeze(2) & A.is_w.unsqueeze(1)
+            u = A.gather(U) / nr
+            H = H - same_row.to(dtype) * (sc.unsqueeze(2) * u.unsqueeze(2) * u.unsqueeze(1))
+            diag = diag + sc
+        H = H + torch.diag_embed(diag)
+        if not self.binary:
+            isb = ((A.j_idx == d1 - 1) & A.valid).to(dtype)
+            H = H + (GAUGE / K) * isb.unsqueeze(2) * isb.unsqueeze(1)
+        return H
+
+    def hvp(self, U: torch.Tensor, P: torch.Tensor, M: torch.Tensor, pen: torch.Tensor):
+        """V -> H V on the active set (mask M, (T, d+1, K)), matrix-free; the same H as :meth:`hessian`."""
+        n, W = self.Zat.shape[2], U[:, :-1]
+        ridge = torch.full_like(U[:, :, :1], self.rho)
+        ridge[:, -1] = 0.0
+        if self.sparsity == "group":
+            nr = torch.linalg.vector_norm(W, dim=2, keepdim=True)
+            safe = torch.where(nr > 0, nr, torch.ones_like(nr))
+            g_scale, g_dir = torch.where(nr > 0, pen[:, :-1] / safe, 0.0), W / safe
+
+        def apply(V: torch.Tensor) -> torch.Tensor:
+            V = V * M
+            out = torch.baddbmm(V * ridge, self.Zat, self.jp(P, self.scores(V)).transpose(1, 2), alpha=1.0 / n)
+            if self.sparsity == "group":
+                Vw = V[:, :-1]
+                out[:, :-1] += g_scale * (Vw - g_dir * (g_dir * Vw).sum(dim=2, keepdim=True))
+            if not self.binary:  # the gauge along the constant-bias direction
+                out[:, -1:] += (GAUGE / V.shape[2]) * V[:, -1:].sum(dim=2, keepdim=True)
+            return out * M
+
+        return apply
+
+    def row_blocks(self, U: torch.Tensor, P: torch.Tensor, pen: torch.Tensor) -> torch.Tensor:
+        """H's K x K block on each row of U (T, d+1, K, K), as if the whole row were active: preconditioners."""
+        T, d1, n = self.Zat.shape
+        K = U.shape[2]
+        Zsq, Pn = self.Zat.square(), P.transpose(1, 2)  # (T, d+1, n), (T, n, K)
+        PP = (Pn.unsqueeze(3) * Pn.unsqueeze(2)).reshape(T, n, K * K)
+        B = (torch.diag_embed(torch.bmm(Zsq, Pn)) - torch.bmm(Zsq, PP).view(T, d1, K, K)) / n
+        eye = torch.eye(K, dtype=U.dtype, device=U.device)
+        extra = torch.cat([self.rho * eye.expand(T, d1 - 1, K, K),
+                           torch.full((T, 1, K, K), 0.0 if self.binary else GAUGE / K).to(U)], dim=1)
+        if self.sparsity == "group":  # pen_tj / ||W_j|| (I - u u^T)
+            nr = torch.linalg.vector_norm(U[:, :-1], dim=2, keepdim=True)
+            safe = torch.where(nr > 0, nr, torch.ones_like(nr))
+            u = (U[:, :-1] / safe).unsqueeze(3)
+            g = torch.where(nr > 0, pen[:, :-1] / safe, 0.0).unsqueeze(3)
+            extra[:, :-1] += g * (eye - u * u.transpose(2, 3))
+        return B + extra
+
+
+class ActiveSet(NamedTuple):
+    """The active entries of U (non-zero W entries for l1, non-zero rows for group, every bias entry),
+    compressed per task to its first ``m`` slots (m the largest count over tasks, the rest padding)."""
+
+    idx: torch.Tensor  # (T, m) flat indices into the (d+1) * K augmented head
+    valid: torch.Tensor  # (T, m) the slot holds an active entry
+    j_idx: torch.Tensor  # (T, m) row of each slot (d: the bias row)
+    k_idx: torch.Tensor  # (T, m) column of each slot
+    is_w: torch.Tensor  # (T, m) valid and penalised (not a bias entry)
+
+    @staticmethod
+    def of(M: torch.Tensor) -> "ActiveSet":
+        T, d1, K = M.shape
+        Mf = M.reshape(T, d1 * K)
+        counts = Mf.sum(dim=1)
+        m = int(counts.max())
+        idx = torch.argsort((~Mf).to(torch.int8), dim=1, stable=True)[:, :m]
+        valid = torch.arange(m, device=M.device).unsqueeze(0) < counts.unsqueeze(1)
+        j_idx = torch.div(idx, K, rounding_mode="floor")
+        return ActiveSet(idx, valid, j_idx, idx - j_idx * K, (j_idx < d1 - 1) & valid)
+
+    @property
+    def m(self) -> int:
+        return self.idx.shape[1]
+
+    def gather(self, X: torch.Tensor) -> torch.Tensor:
+        """(T, d+1, K) -> (T, m), zero on padding."""
+        return X.reshape(X.shape[0], -1).gather(1, self.idx) * self.valid.to(X.dtype)
+
+    def scatter(self, v: torch.Tensor, shape) -> torch.Tensor:
+        """(T, m) -> (T, d+1, K), zero off the active set."""
+        out = v.new_zeros(v.shape[0], shape[1] * shape[2])
+        return out.scatter_(1, self.idx, v * self.valid.to(v.dtype)).view(shape)
+
+
+def active_mask(U: torch.Tensor, sparsity: str) -> torch.Tensor:
+    """(T, d+1, K) bool mask of U's active entries (the bias row always active)."""
+    M = U != 0 if sparsity == "l1" else (U != 0).any(dim=2, keepdim=True).expand_as(U).clone()
+    M[:, -1] = True
+    return M
+
+
+def robust_solve(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Solve H x = g (batched, symmetric, expected positive definite): Cholesky; LU where it fails;
+    the pseudo-inverse where that fails too."""
+    x, ok = solve_spd(H, g)
+    if bool(ok.all()) and bool(torch.isfinite(x).all()):
+        return x
+    try:
+        x, info = solve_ex(H, g)
+        if int(info.max()) == 0 and bool(torch.isfinite(x).all()):
+            return x
+    except RuntimeError:
+        pass
+    return torch.linalg.pinv(H, hermitian=True) @ g
