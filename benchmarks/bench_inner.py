@@ -1,12 +1,14 @@
 """Benchmark: SparseShared inner solve + implicit backward vs a closed-form ridge head.
 
     python benchmarks/bench_inner.py [--repeats 7] [--quick] [--dtype float32] [--compile]
-                                     [--alpha 0.2] [--sparsity l1] [--sharing_grad last_solve]
+                                     [--alpha A] [--sparsity S] [--sharing_grad G] [--tol TOL]
 
 Times (median over repeats, after warm-up) one forward+backward of
   * sparse:  W, b = sparse_heads(Z, Y, ...); loss(W, b).backward()
   * ridge:   W = Z^T (Z Z^T + lam I)^{-1} Y_onehot (R2D2-style); loss(W).backward()
-on the same inputs (cold start: every meta-batch has new tasks), and prints the ratio. Rows: the
+on the same inputs (cold start: every meta-batch has new tasks), and prints the ratio. Options not
+given are SparseShared's defaults (alpha, rho, sparsity, sharing_eps, mm_rounds, sharing_grad, and
+inner_tol / inner_max_iter as tol / max_iter): what a training step solves. Rows: the
 sharing term at beta 0.01 (the default) and 0.1, and beta = 0, at the main shape (T=16 tasks, n=50
 support points, d=64 features, C=5 classes) and, without ``--quick``, at d=2048.
 
@@ -29,7 +31,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from harness.algorithms.sparse_shared.algorithm import SparseShared  # noqa: E402
 from harness.algorithms.sparse_shared.implicit import sparse_heads  # noqa: E402
+
+# the algorithm's defaults: what a SparseShared training step solves
+DEFAULTS = {k: SparseShared.HPARAMS[k].default for k in ("alpha", "rho", "sparsity", "sharing_eps", "mm_rounds",
+                                                          "sharing_grad")}
+DEFAULTS.update(tol=SparseShared.HPARAMS["inner_tol"].default, max_iter=SparseShared.HPARAMS["inner_max_iter"].default)
 
 
 def make(T, n, d, C, dtype, seed=0):
@@ -130,16 +138,14 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--quick", action="store_true", help="main shape only")
-    ap.add_argument("--alpha", type=float, default=0.2)
-    ap.add_argument("--sparsity", default="l1", choices=["l1", "group"])
-    ap.add_argument("--sharing_grad", default="last_solve", choices=["last_solve", "full"])
-    ap.add_argument("--tol", type=float, default=None)
+    ap.add_argument("--alpha", type=float, default=DEFAULTS["alpha"])
+    ap.add_argument("--sparsity", default=DEFAULTS["sparsity"], choices=["l1", "group"])
+    ap.add_argument("--sharing_grad", default=DEFAULTS["sharing_grad"], choices=["last_solve", "full"])
+    ap.add_argument("--tol", type=float, default=DEFAULTS["tol"])
     ap.add_argument("--compile", action="store_true", help="also time the floor's iteration under torch.compile")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
-    base = dict(alpha=args.alpha, rho=1e-3, sparsity=args.sparsity, sharing_grad=args.sharing_grad)
-    if args.tol is not None:
-        base["tol"] = args.tol
+    base = dict(DEFAULTS, alpha=args.alpha, sparsity=args.sparsity, sharing_grad=args.sharing_grad, tol=args.tol)
     n = 50
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, dtype {args.dtype}, "
           f"alpha {args.alpha}, {args.sparsity}, sharing_grad {args.sharing_grad}, n_support {n}, median of "

@@ -34,7 +34,8 @@ NEWTON_CHECK = 5  # iterations between support comparisons
 NEWTON_SETTLED = 0.002  # fraction of entries whose sign may change between comparisons for Newton to start
 NEWTON_STEPS = 6  # prox-gradient + Newton rounds per finish
 NEWTON_MAX = 1024  # largest active set per task solved by Newton
-NEWTON_MAX_ELEMS = 2 ** 20  # largest number of Hessian entries, all tasks together
+NEWTON_MAX_ELEMS = 2 ** 22  # largest number of Hessian entries, all tasks together (16 MB in float32;
+# 2^20 left d=2048 T=16 C=5 at the first solve's 200-iteration cap, 2^22 finishes it with 2 Newton steps)
 NEWTON_HALVINGS = 5  # step halvings tried per Newton step before a task keeps its iterate
 
 
@@ -187,8 +188,8 @@ def newton_finish(P: InnerProblem, U: torch.Tensor, pen: torch.Tensor, tol: floa
         kkt = float(((U - Up) / eta_safe).square().sum(dim=(1, 2)).sqrt().max())
         if kkt <= tol or rnd == NEWTON_STEPS:
             break
-        U, obj = Up, P.objective(Up, pen)
-        Pr = P.probs(P.scores(U))
+        U, S = Up, P.scores(Up)
+        obj, Pr = P.objective(U, pen, S), P.probs(S)
         G = P.grad(U, Pr - P.Yk)
         W = U[:, :-1]
         if P.sparsity == "l1":
