@@ -19,7 +19,13 @@ from typing import Optional
 
 import torch
 
-from harness.algorithms.sparse_shared.problem import ActiveSet, InnerProblem, active_mask, robust_solve
+from harness.algorithms.sparse_shared.problem import (
+    ActiveSet,
+    InnerProblem,
+    active_mask,
+    importance_grad,
+    robust_solve,
+)
 from harness.algorithms.sparse_shared.solver import solve
 from harness.precision import full_precision
 
@@ -78,35 +84,36 @@ def implicit_grad_Z(problem: InnerProblem, U: torch.Tensor, gU: torch.Tensor, pe
                     backward_max_iter: int = 1000) -> torch.Tensor:
     """grad_Z (T, n, d) of <gU, U*> for the solution U* (T, d+1, K) of the convex problem with penalty
     ``pen`` (T, d+1, 1); ``full_sharing`` adds the sharing term's Hessian (module doc)."""
-    P, dtype = problem, U.dtype
-    T, n = U.shape[0], P.Zat.shape[2]
-    probs = P.probs(P.scores(U))
-    M = active_mask(U, P.sparsity)
+    dtype = U.dtype
+    T, n = U.shape[0], problem.Zat.shape[2]
+    probs = problem.probs(problem.scores(U))
+    M = active_mask(U, problem.sparsity)
     gU = gU.to(dtype)
-    if not P.binary:  # b is returned centred (sum_k b_k = 0): the gauge direction gets no gradient
+    if not problem.binary:  # b is returned centred (sum_k b_k = 0): the gauge direction gets no gradient
         gU = torch.cat([gU[:, :-1], gU[:, -1:] - gU[:, -1:].mean(dim=2, keepdim=True)], dim=1)
     G = gU * M
     A = ActiveSet.of(M)
     if backward == "auto":
         backward = "dense" if A.m <= DENSE_M or T * A.m ** 2 <= DENSE_ELEMS else "iterative"
     if backward == "dense" and not full_sharing:
-        H = P.hessian(U, probs, A, pen)
+        H = problem.hessian(U, probs, A, pen)
         V = A.scatter(robust_solve(H, A.gather(G).unsqueeze(-1)).squeeze(-1), U.shape)
     else:
-        hvp = P.hvp(U, probs, M, pen)
+        hvp = problem.hvp(U, probs, M, pen)
         if full_sharing:  # the sharing Hessian couples every task: one system
-            sharing = SharingHessian(U[:, :-1], P.sparsity, P.sharing, P.delta)
+            sharing = SharingHessian(U[:, :-1], problem.sparsity, problem.sharing, problem.delta)
             hvp = _plus_sharing(hvp, sharing, M)
             dot = lambda x, y: (x * y).sum().view(1, 1, 1)  # noqa: E731
         else:
             dot = lambda x, y: (x * y).sum(dim=(1, 2), keepdim=True)  # noqa: E731
         tol = backward_tol if backward_tol is not None else (1e-10 if dtype == torch.float64 else 1e-6)
-        lower, upper = _scaling(P.row_blocks(U, probs, pen), M, P.sparsity)
+        lower, upper = _scaling(problem.row_blocks(U, probs, pen), M, problem.sparsity)
         V = upper(_minres(lambda x: lower(hvp(upper(x))), lower(G), dot, tol, backward_max_iter)) * M
-    if not P.binary:
+    if not problem.binary:
         V = torch.cat([V[:, :-1], V[:, -1:] - V[:, -1:].mean(dim=2, keepdim=True)], dim=1)
     # F_U = Zat R^T / n + (Z-independent terms): d<F, V>/dZat = (V R + U J_P(V^T Zat)) / n, R, J_P (T, K, n)
-    gZat = torch.baddbmm(torch.bmm(V, probs - P.Yk), U, P.jp(probs, P.scores(V)), alpha=1.0 / n, beta=1.0 / n)
+    jp = problem.jp(probs, problem.scores(V))
+    gZat = torch.baddbmm(torch.bmm(V, probs - problem.Yk), U, jp, alpha=1.0 / n, beta=1.0 / n)
     return -gZat[:, :-1].transpose(1, 2)
 
 
@@ -143,11 +150,7 @@ class SharingHessian:
     group; the row norms' own curvature is in the convex Hessian through the per-row penalty)."""
 
     def __init__(self, W: torch.Tensor, sparsity: str, scale: float, delta: float):
-        if sparsity == "l1":
-            self.q = torch.sign(W)
-        else:
-            nr = torch.linalg.vector_norm(W, dim=2, keepdim=True)
-            self.q = W / torch.where(nr > 0, nr, torch.ones_like(nr))
+        self.q = importance_grad(W, sparsity)
         A = (self.q * W).sum(dim=(0, 2))  # (d,)
         d, S = A.shape[0], A.sum()
         self.v = 1.0 / (A + delta * S / d)

@@ -48,6 +48,14 @@ def row_importance(W: torch.Tensor, sparsity: str) -> torch.Tensor:
     return W.abs().sum(dim=2) if sparsity == "l1" else torch.linalg.vector_norm(W, dim=2)
 
 
+def importance_grad(W: torch.Tensor, sparsity: str) -> torch.Tensor:
+    """dA_tj/dW_tj on the support: sign(W) for l1, the unit row W_j / ||W_j|| for group (0 on zero rows)."""
+    if sparsity == "l1":
+        return torch.sign(W)
+    nr = torch.linalg.vector_norm(W, dim=2, keepdim=True)
+    return W / torch.where(nr > 0, nr, torch.ones_like(nr))
+
+
 def sharing_weights(W: torch.Tensor, sparsity: str, delta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(w, pt), both (d,): w_j = dPhi/dA_j and the mixed importance distribution pt (uniform for all-zero heads)."""
     A = row_importance(W.detach(), sparsity).sum(dim=0)
@@ -156,7 +164,8 @@ class InnerProblem(NamedTuple):
             ce = (F.softplus(S) - self.Yk * S).sum(dim=(1, 2)) / S.shape[2]
         else:
             ce = (torch.log_softmax(S, dim=1) * self.Yk).sum(dim=(1, 2)) / -S.shape[2]
-        return ce + 0.5 * self.rho * (W * W).sum(dim=(1, 2)) + (pen[:, :-1, 0] * row_importance(W, self.sparsity)).sum(1)
+        penalty = (pen[:, :-1, 0] * row_importance(W, self.sparsity)).sum(1)
+        return ce + 0.5 * self.rho * (W * W).sum(dim=(1, 2)) + penalty
 
     def kkt(self, U: torch.Tensor, pen: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
         """Per-task KKT residual ||(U - prox(U - eta g)) / eta|| of the convex problem with penalty ``pen``."""
@@ -194,11 +203,10 @@ class InnerProblem(NamedTuple):
             both = torch.bmm(ZP, torch.cat([Zg, ZP], dim=1).transpose(1, 2)) / n  # one call for both products
             H = both[:, :, :m] * (A.k_idx.unsqueeze(2) == A.k_idx.unsqueeze(1)) - both[:, :, m:]
         diag = self.rho * wf + (1 - vf)
-        if self.sparsity == "group":  # pen_tj / ||W_j|| (I - u u^T) on each active row, u = W_j / ||W_j||
-            nr = torch.linalg.vector_norm(U, dim=2).gather(1, A.j_idx) * wf + (1 - wf)
-            sc = pen[:, :, 0].gather(1, A.j_idx) / nr * wf
+        if self.sparsity == "group":
+            g, u = self.group_curvature(U, pen)
+            sc, u = g[:, :, 0].gather(1, A.j_idx) * wf, A.gather(u)
             same_row = (A.j_idx.unsqueeze(2) == A.j_idx.unsqueeze(1)) & A.is_w.unsqueeze(2) & A.is_w.unsqueeze(1)
-            u = A.gather(U) / nr
             H = H - same_row.to(dtype) * (sc.unsqueeze(2) * u.unsqueeze(2) * u.unsqueeze(1))
             diag = diag + sc
         H = H + torch.diag_embed(diag)
@@ -209,18 +217,15 @@ class InnerProblem(NamedTuple):
 
     def hvp(self, U: torch.Tensor, P: torch.Tensor, M: torch.Tensor, pen: torch.Tensor):
         """V -> H V on the active set (mask M, (T, d+1, K)), matrix-free; the same H as :meth:`hessian`."""
-        n, W = self.Zat.shape[2], U[:, :-1]
+        n = self.Zat.shape[2]
         if self.sparsity == "group":
-            nr = torch.linalg.vector_norm(W, dim=2, keepdim=True)
-            safe = torch.where(nr > 0, nr, torch.ones_like(nr))
-            g_scale, g_dir = torch.where(nr > 0, pen[:, :-1] / safe, 0.0), W / safe
+            g, u = self.group_curvature(U, pen)
 
         def apply(V: torch.Tensor) -> torch.Tensor:
             V = V * M
             out = torch.baddbmm(V * self.ridge, self.Zat, self.jp(P, self.scores(V)).transpose(1, 2), alpha=1.0 / n)
             if self.sparsity == "group":
-                Vw = V[:, :-1]
-                out[:, :-1] += g_scale * (Vw - g_dir * (g_dir * Vw).sum(dim=2, keepdim=True))
+                out += g * (V - u * (u * V).sum(dim=2, keepdim=True))
             if not self.binary:  # the gauge along the constant-bias direction
                 out[:, -1:] += (GAUGE / V.shape[2]) * V[:, -1:].sum(dim=2, keepdim=True)
             return out * M
@@ -237,13 +242,18 @@ class InnerProblem(NamedTuple):
         eye = torch.eye(K, dtype=U.dtype, device=U.device)
         extra = torch.cat([self.rho * eye.expand(T, d1 - 1, K, K),
                            torch.full((T, 1, K, K), 0.0 if self.binary else GAUGE / K).to(U)], dim=1)
-        if self.sparsity == "group":  # pen_tj / ||W_j|| (I - u u^T)
-            nr = torch.linalg.vector_norm(U[:, :-1], dim=2, keepdim=True)
-            safe = torch.where(nr > 0, nr, torch.ones_like(nr))
-            u = (U[:, :-1] / safe).unsqueeze(3)
-            g = torch.where(nr > 0, pen[:, :-1] / safe, 0.0).unsqueeze(3)
-            extra[:, :-1] += g * (eye - u * u.transpose(2, 3))
+        if self.sparsity == "group":
+            g, u = self.group_curvature(U, pen)
+            extra += g.unsqueeze(3) * (eye - u.unsqueeze(3) * u.unsqueeze(2))
         return B + extra
+
+    def group_curvature(self, U: torch.Tensor, pen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(g (T, d+1, 1), u (T, d+1, K)): the group penalty's Hessian on row j is g_j (I - u_j u_j^T), with
+        g_j = pen_tj / ||W_j|| and u_j = W_j / ||W_j|| (both 0 on zero rows and the bias row)."""
+        W = torch.cat([U[:, :-1], torch.zeros_like(U[:, -1:])], dim=1)
+        u = importance_grad(W, "group")
+        nr = torch.linalg.vector_norm(W, dim=2, keepdim=True)
+        return torch.where(nr > 0, pen / torch.where(nr > 0, nr, torch.ones_like(nr)), 0.0), u
 
 
 class ActiveSet(NamedTuple):

@@ -21,6 +21,7 @@ from harness.algorithms.sparse_shared.problem import (
     ActiveSet,
     InnerProblem,
     active_mask,
+    importance_grad,
     prox,
     robust_solve,
     sharing_weights,
@@ -59,27 +60,26 @@ def solve(problem: InnerProblem, init: Optional[Tuple[torch.Tensor, torch.Tensor
     """``(U, info)``: the augmented heads and ``iters`` (FISTA), ``newton_steps``, ``kkt`` (the last
     solve's, max over tasks), ``frac_zero``, ``mm_rounds`` and ``penalty`` (T, d+1, 1), the last convex
     solve's, which the implicit backward differentiates. ``init``: a warm start (W, b)."""
-    P = problem
     if init is None:
-        U = P.initial_heads()
+        U = problem.initial_heads()
     else:
-        U = torch.cat([init[0], init[1].unsqueeze(1)], dim=1).detach().to(P.Zat).clone()
-        if U.shape != (P.Zat.shape[0], P.d + 1, P.Yk.shape[1]):
+        U = torch.cat([init[0], init[1].unsqueeze(1)], dim=1).detach().to(problem.Zat).clone()
+        if U.shape != (problem.Zat.shape[0], problem.d + 1, problem.Yk.shape[1]):
             raise ValueError("init shapes do not match (T, d, K), (T, K)")
-    L = P.lipschitz()
-    pen, rounds = P.alpha_t, 0
-    U, iters, kkt, newton = minimize(P, U, pen, L, max_iter, tol, warm=init is not None)
-    if P.sharing > 0:
-        w, pt = sharing_weights(U[:, :-1], P.sparsity, P.delta)
+    L = problem.lipschitz()
+    pen, rounds = problem.alpha_t, 0
+    U, iters, kkt, newton = minimize(problem, U, pen, L, max_iter, tol, warm=init is not None)
+    if problem.sharing > 0:
+        w, pt = sharing_weights(U[:, :-1], problem.sparsity, problem.delta)
         for rounds in range(1, mm_rounds + 1):
-            pen = P.with_sharing(w)
-            U, i, kkt, k = minimize(P, U, pen, L, max_iter, tol, warm=True)
+            pen = problem.with_sharing(w)
+            U, i, kkt, k = minimize(problem, U, pen, L, max_iter, tol, warm=True)
             iters, newton = iters + i, newton + k
-            w, pt_next = sharing_weights(U[:, :-1], P.sparsity, P.delta)
+            w, pt_next = sharing_weights(U[:, :-1], problem.sparsity, problem.delta)
             moved, pt = float((pt_next - pt).abs().max()), pt_next
             if moved <= MM_TOL:
                 break
-    if not P.binary:  # softmax CE is invariant to b_t + c 1: fix the gauge sum_k b_tk = 0
+    if not problem.binary:  # softmax CE is invariant to b_t + c 1: fix the gauge sum_k b_tk = 0
         U[:, -1] -= U[:, -1].mean(dim=1, keepdim=True)
     return U, {"iters": int(iters), "newton_steps": int(newton), "kkt": float(kkt), "mm_rounds": rounds,
                "frac_zero": float((U[:, :-1] == 0).double().mean()), "penalty": pen}
@@ -87,6 +87,7 @@ def solve(problem: InnerProblem, init: Optional[Tuple[torch.Tensor, torch.Tensor
 
 @functools.lru_cache(maxsize=8)
 def _momentum_cpu(n: int) -> torch.Tensor:
+    """FISTA's momentum (t_k - 1) / t_{k+1} after k steps since a restart (t_0 = 1), built once per length."""
     t, out = 1.0, []
     for _ in range(n):
         tn = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
@@ -95,7 +96,7 @@ def _momentum_cpu(n: int) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.float64)
 
 
-def minimize(P: InnerProblem, U: torch.Tensor, pen: torch.Tensor, L: torch.Tensor, max_iter: int, tol: float,
+def minimize(problem: InnerProblem, U: torch.Tensor, pen: torch.Tensor, L: torch.Tensor, max_iter: int, tol: float,
              warm: bool = False):
     """The convex problem with penalty ``pen`` from U: ``(U, FISTA iterations, max KKT, Newton steps)``.
 
@@ -108,8 +109,8 @@ def minimize(P: InnerProblem, U: torch.Tensor, pen: torch.Tensor, L: torch.Tenso
     Lv = L.view(T, 1, 1)
     eta_safe = 1.0 / Lv
     newton = 0
-    if warm and bool((U[:, :-1] != 0).any()) and _newton_affordable(U, P.sparsity):
-        U, kkt, newton = newton_finish(P, U, pen, tol, eta_safe)
+    if warm and bool((U[:, :-1] != 0).any()) and _newton_affordable(U, problem.sparsity):
+        U, kkt, newton = newton_finish(problem, U, pen, tol, eta_safe)
         if kkt <= tol:
             return U, 0, kkt, newton
     growth = torch.full((T, 1, 1), STEP_GROWTH, dtype=U.dtype, device=U.device)
@@ -117,18 +118,18 @@ def minimize(P: InnerProblem, U: torch.Tensor, pen: torch.Tensor, L: torch.Tenso
     since = torch.zeros(T, 1, 1, dtype=torch.long, device=U.device)  # steps since each task's restart
     X = Xe = U  # the iterate and the extrapolated point
     kkt, it, next_check, last_pattern = float("inf"), 0, 0, None
-    check_X, check_F = X, P.objective(X, pen)
+    check_X, check_F = X, problem.objective(X, pen)
     eta = growth / Lv
     thr = eta * pen
     for it in range(1, max_iter + 1):
-        Xn = prox(torch.addcmul(Xe, eta, P.smooth_grad(Xe), value=-1.0), thr, P.sparsity)
+        Xn = prox(torch.addcmul(Xe, eta, problem.smooth_grad(Xe), value=-1.0), thr, problem.sparsity)
         dX, step = Xe - Xn, Xn - X
         keep = (dX * step).sum(dim=(1, 2), keepdim=True) <= 0  # gradient restart where this is > 0
         mom = torch.take(momentum, since) * keep
         since = (since + 1) * keep
         X, Xe = Xn, torch.addcmul(Xn, mom, step)
         if it % STEP_CHECK == 0 and bool((growth > 1).any()):
-            F = P.objective(X, pen)
+            F = problem.objective(X, pen)
             # "not decreased" counts as failed: with the long step the iterates can settle into a 2-cycle
             rose = ((F >= check_F - 1e-9 * check_F.abs()) & (growth.view(T) > 1)).view(T, 1, 1)
             if bool(rose.any()):  # back to the last check with half the step, momentum reset
@@ -141,25 +142,25 @@ def minimize(P: InnerProblem, U: torch.Tensor, pen: torch.Tensor, L: torch.Tenso
                 continue
             check_X, check_F = X, F
         if it % NEWTON_CHECK == 0:
-            pattern = torch.sign(X) if P.sparsity == "l1" else X.ne(0).any(dim=2).to(X.dtype)
+            pattern = torch.sign(X) if problem.sparsity == "l1" else X.ne(0).any(dim=2).to(X.dtype)
             if last_pattern is not None and float((pattern != last_pattern).sum()) <= NEWTON_SETTLED * X.numel() \
-                    and _newton_affordable(X, P.sparsity):
-                X, kkt, k = newton_finish(P, X, pen, tol, eta_safe)
+                    and _newton_affordable(X, problem.sparsity):
+                X, kkt, k = newton_finish(problem, X, pen, tol, eta_safe)
                 newton += k
                 if kkt <= tol:
                     break
                 Xe, pattern = X, None  # wait for the support to settle again
                 since.zero_()
-                check_X, check_F = X, P.objective(X, pen)
+                check_X, check_F = X, problem.objective(X, pen)
             last_pattern = pattern
         # cheap proxy for the KKT residual: the prox-gradient mapping at the extrapolated point
         if it >= next_check and float((dX / eta).square().sum(dim=(1, 2)).max()) <= (0.5 * tol) ** 2:
-            kkt = float(P.kkt(X, pen, eta_safe).max())
+            kkt = float(problem.kkt(X, pen, eta_safe).max())
             if kkt <= tol:
                 break
             next_check = it + 5
     else:
-        kkt = float(P.kkt(X, pen, eta_safe).max())
+        kkt = float(problem.kkt(X, pen, eta_safe).max())
     return X, it, kkt, newton
 
 
@@ -170,7 +171,7 @@ def _newton_affordable(U: torch.Tensor, sparsity: str) -> bool:
     return m <= NEWTON_MAX and U.shape[0] * m * m <= NEWTON_MAX_ELEMS
 
 
-def newton_finish(P: InnerProblem, U: torch.Tensor, pen: torch.Tensor, tol: float, eta_safe: torch.Tensor):
+def newton_finish(problem: InnerProblem, U: torch.Tensor, pen: torch.Tensor, tol: float, eta_safe: torch.Tensor):
     """Active-set Newton: rounds of one prox-gradient step, then one Newton step on its support.
 
     The prox-gradient step (step ``eta_safe``, the KKT residual's) gives the residual and the support
@@ -184,22 +185,17 @@ def newton_finish(P: InnerProblem, U: torch.Tensor, pen: torch.Tensor, tol: floa
     slack = 4 * torch.finfo(U.dtype).eps
     kkt, steps = float("inf"), 0
     for rnd in range(NEWTON_STEPS + 1):
-        Up = prox(U - eta_safe * P.smooth_grad(U), eta_safe * pen, P.sparsity)
+        Up = prox(U - eta_safe * problem.smooth_grad(U), eta_safe * pen, problem.sparsity)
         kkt = float(((U - Up) / eta_safe).square().sum(dim=(1, 2)).sqrt().max())
         if kkt <= tol or rnd == NEWTON_STEPS:
             break
-        U, S = Up, P.scores(Up)
-        obj, Pr = P.objective(U, pen, S), P.probs(S)
-        G = P.grad(U, Pr - P.Yk)
-        W = U[:, :-1]
-        if P.sparsity == "l1":
-            G[:, :-1] += pen[:, :-1] * torch.sign(W)
-        else:
-            nrm = torch.linalg.vector_norm(W, dim=2, keepdim=True)
-            G[:, :-1] += pen[:, :-1] * W / torch.where(nrm > 0, nrm, torch.ones_like(nrm))
-        A = ActiveSet.of(active_mask(U, P.sparsity))
+        U, S = Up, problem.scores(Up)
+        obj, probs = problem.objective(U, pen, S), problem.probs(S)
+        G = problem.grad(U, probs - problem.Yk)
+        G[:, :-1] += pen[:, :-1] * importance_grad(U[:, :-1], problem.sparsity)
+        A = ActiveSet.of(active_mask(U, problem.sparsity))
         g = A.gather(G)
-        step = -robust_solve(P.hessian(U, Pr, A, pen), g.unsqueeze(-1)).squeeze(-1)
+        step = -robust_solve(problem.hessian(U, probs, A, pen), g.unsqueeze(-1)).squeeze(-1)
         dec = (g * step).sum(dim=1)  # directional derivative per task, < 0
         dU = A.scatter(step, U.shape)
         steps += 1
@@ -207,10 +203,10 @@ def newton_finish(P: InnerProblem, U: torch.Tensor, pen: torch.Tensor, tol: floa
         t = 1.0
         for _ in range(NEWTON_HALVINGS):
             Un = U + t * dU
-            same_side = Un * U > 0 if P.sparsity == "l1" else (Un * U).sum(dim=2, keepdim=True) > 0
+            same_side = Un * U > 0 if problem.sparsity == "l1" else (Un * U).sum(dim=2, keepdim=True) > 0
             same_side[:, -1] = True  # the bias row is free
             Un = torch.where(same_side, Un, 0.0)
-            Fn = P.objective(Un, pen)
+            Fn = problem.objective(Un, pen)
             ok = todo & (Fn <= obj + 1e-4 * t * dec + slack * obj.abs())
             U = torch.where(ok.view(T, 1, 1), Un, U)
             obj = torch.where(ok, Fn, obj)
