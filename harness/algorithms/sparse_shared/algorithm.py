@@ -39,7 +39,7 @@ class SparseShared(Algorithm):
     """Backbone trained through per-task heads fitted with sparsity and sharing penalties.
 
     Each task's linear head solves ``CE(support) + alpha_t R(W_t) + beta lam_bar Phi(A(W)) + rho/2 ||W||^2``
-    jointly over the batch (``solver.py``; Phi the sharing term, smallest when the tasks use the same
+    jointly over the batch (``problem.py``, ``solver.py``; Phi the sharing term, smallest when the tasks use the same
     features); the backbone gets the query loss gradient through the heads by implicit differentiation
     (``implicit.py``). See docs/design.md, "SparseShared as implemented".
     """
