@@ -298,6 +298,7 @@ def transfer_section(path: Path) -> list[str]:
     rows = pd.read_json(path, lines=True)
     rows["beta"] = rows["hparams"].map(lambda h: h.get("beta"))
     rows["label"] = rows.apply(run_label, axis=1)
+    rows = rows.sort_values(["source", "target", "label"], kind="stable")
     table = [[r["source"], r["target"], r["label"], f"{r['source_task_acc']:.3f}",
               f"{r['task_acc']:.3f} ± {r['task_ci95']:.3f}"] for _, r in rows.iterrows()]
     from tabulate import tabulate
