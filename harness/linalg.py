@@ -9,9 +9,14 @@ functions therefore factor one matrix at a time (each factorisation still uses e
 elsewhere they are the batched PyTorch call. Cholesky does not pivot (no ?LASWP), so
 :func:`solve_spd` factors the whole batch at once everywhere. :func:`top_eigenvalue_bound` replaces
 the batched symmetric eigensolver where only an upper bound on the largest eigenvalue is needed.
+:func:`robust_solve` falls back from Cholesky to LU to the pseudo-inverse; :func:`minres` solves
+symmetric systems given only their products.
 """
 
 from __future__ import annotations
+
+import warnings
+from typing import Callable
 
 import torch
 
@@ -74,3 +79,68 @@ def top_eigenvalue_bound(G: torch.Tensor, squarings: int = 5) -> torch.Tensor:
         M = M / t[..., None, None]
     logtr = 2 * logtr + torch.log(M.square().sum((-2, -1)))
     return torch.exp(logtr / 2 ** squarings)
+
+
+def robust_solve(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Solve H x = g (batched, symmetric, expected positive definite): Cholesky; LU where it fails;
+    the pseudo-inverse where that fails too."""
+    x, ok = solve_spd(H, g)
+    if bool(ok.all()) and bool(torch.isfinite(x).all()):
+        return x
+    try:
+        x, info = solve_ex(H, g)
+        if int(info.max()) == 0 and bool(torch.isfinite(x).all()):
+            return x
+    except RuntimeError:
+        pass
+    return torch.linalg.pinv(H, hermitian=True) @ g
+
+
+def minres(A: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
+           dot: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], rtol: float, maxiter: int,
+           hint: str = "") -> torch.Tensor:
+    """Batched MINRES (Paige & Saunders, as in scipy) for symmetric (possibly indefinite) ``A``.
+
+    ``dot`` reduces to per-system scalars broadcastable to the vectors (one system: a full sum). Stops
+    when every residual estimate is <= rtol ||b||; at the cap it warns (RuntimeWarning, ``hint`` appended).
+    """
+    x = torch.zeros_like(b)
+    beta1 = torch.sqrt(dot(b, b))
+    if float(beta1.max()) == 0:
+        return x
+    tiny = torch.finfo(b.dtype).tiny
+    zero = torch.zeros_like(beta1)
+    r1 = r2 = y = b
+    oldb, beta, dbar, epsln, phibar, cs, sn = zero, beta1, zero, zero, beta1, -torch.ones_like(beta1), zero
+    w = w2 = torch.zeros_like(b)
+
+    def safe_inv(z):
+        return torch.where(z > tiny, 1.0 / torch.where(z > tiny, z, torch.ones_like(z)), torch.zeros_like(z))
+
+    for itn in range(1, maxiter + 1):
+        s = safe_inv(beta)
+        v = s * y
+        y = A(v)
+        if itn >= 2:
+            y = y - (beta * safe_inv(oldb)) * r1
+        alfa = dot(v, y)
+        y = y - (alfa * s) * r2
+        r1, r2, oldb = r2, y, beta
+        beta = torch.sqrt(dot(y, y).clamp_min(0))
+        oldeps = epsln
+        delta = cs * dbar + sn * alfa
+        gbar = sn * dbar - cs * alfa
+        epsln, dbar = sn * beta, -cs * beta
+        gamma = torch.sqrt(gbar * gbar + beta * beta).clamp_min(tiny)
+        cs, sn = gbar / gamma, beta / gamma
+        phi, phibar = cs * phibar, sn * phibar
+        w1, w2 = w2, w
+        w = (v - oldeps * w1 - delta * w2) / gamma
+        x = x + phi * w
+        if bool((phibar <= rtol * beta1).all()):
+            break
+    else:
+        rel = float((phibar / torch.where(beta1 > 0, beta1, torch.ones_like(beta1))).max())
+        warnings.warn(f"MINRES stopped at its cap of {maxiter} iterations with relative residual {rel:.1e} > "
+                      f"{rtol:.0e}{hint}", RuntimeWarning, stacklevel=2)
+    return x

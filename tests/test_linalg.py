@@ -107,3 +107,25 @@ def test_top_eigenvalue_bound_is_an_upper_bound_within_rank_root(dtype):
     # a flat spectrum is the worst case: tr(I^32)^(1/32) = m^(1/32) exactly
     eye = torch.eye(50, dtype=dtype).expand(2, 50, 50)
     assert torch.allclose(linalg.top_eigenvalue_bound(eye), torch.full((2,), 50 ** (1 / 32), dtype=dtype))
+
+
+def test_minres_solves_batched_and_indefinite_symmetric_systems():
+    A = _spd(3, 8)
+    A[1] -= 12 * torch.eye(8, dtype=torch.float64)  # symmetric, indefinite (CG would not do)
+    assert float(torch.linalg.eigvalsh(A[1]).min()) < 0
+    b = torch.randn(3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    per_system = lambda x, y: (x * y).sum(dim=1, keepdim=True)  # noqa: E731
+    x = linalg.minres(lambda v: (A @ v.unsqueeze(-1)).squeeze(-1), b, per_system, 1e-12, 100)
+    assert torch.allclose(x, torch.linalg.solve(A, b), atol=1e-9)
+    with pytest.warns(RuntimeWarning, match="MINRES stopped at its cap of 2 iterations.*; see here"):
+        linalg.minres(lambda v: (A @ v.unsqueeze(-1)).squeeze(-1), b, per_system, 1e-12, 2, hint="; see here")
+
+
+def test_robust_solve_falls_back_where_cholesky_fails():
+    A = _spd(3, 5)
+    A[0] = -A[0]  # negative definite: Cholesky fails, LU solves it
+    A[2] = torch.ones(5, 5, dtype=torch.float64)  # singular: the pseudo-inverse
+    g = torch.randn(3, 5, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    x = linalg.robust_solve(A, g)
+    assert torch.allclose(x[:2], torch.linalg.solve(A[:2], g[:2]), atol=1e-10)
+    assert torch.allclose(x[2], torch.linalg.pinv(A[2]) @ g[2], atol=1e-10)

@@ -14,18 +14,12 @@ by H's diagonal or its K x K row blocks (:func:`_scaling`).
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Optional
 
 import torch
 
-from harness.algorithms.sparse_shared.problem import (
-    ActiveSet,
-    InnerProblem,
-    active_mask,
-    importance_grad,
-    robust_solve,
-)
+from harness.algorithms.sparse_shared.problem import ActiveSet, InnerProblem, active_mask, importance_grad
+from harness.linalg import minres, robust_solve
 from harness.algorithms.sparse_shared.solver import solve
 from harness.precision import full_precision
 
@@ -34,6 +28,8 @@ SHARING_GRAD = ("last_solve", "full")
 # beta 0, dense / MINRES ms: l1 T=16 m=173 41 / 125, m=307 102 / 61; T=4 m=386 62 / 77, m=543 149 / 79)
 DENSE_M = 256
 DENSE_ELEMS = 2 ** 20
+CAP_HINT = ("; the implicit backward's gradient is approximate (sparse_heads(..., backward='dense') or a larger "
+            "backward_max_iter solves it fully)")
 
 
 @full_precision
@@ -108,7 +104,7 @@ def implicit_grad_Z(problem: InnerProblem, U: torch.Tensor, gU: torch.Tensor, pe
             dot = lambda x, y: (x * y).sum(dim=(1, 2), keepdim=True)  # noqa: E731
         tol = backward_tol if backward_tol is not None else (1e-10 if dtype == torch.float64 else 1e-6)
         lower, upper = _scaling(problem.row_blocks(U, probs, pen), M, problem.sparsity)
-        V = upper(_minres(lambda x: lower(hvp(upper(x))), lower(G), dot, tol, backward_max_iter)) * M
+        V = upper(minres(lambda x: lower(hvp(upper(x))), lower(G), dot, tol, backward_max_iter, hint=CAP_HINT)) * M
     if not problem.binary:
         V = torch.cat([V[:, :-1], V[:, -1:] - V[:, -1:].mean(dim=2, keepdim=True)], dim=1)
     # F_U = Zat R^T / n + (Z-independent terms): d<F, V>/dZat = (V R + U J_P(V^T Zat)) / n, R, J_P (T, K, n)
@@ -161,49 +157,3 @@ class SharingHessian:
         mdA = dA + self.mix * dA.sum()  # M dA
         h = mdA.sum() / self.St - self.v * mdA  # (11^T / St - diag(v)) M dA
         return self.scale * self.q * (h + self.mix * h.sum()).view(1, -1, 1)
-
-
-def _minres(A, b, dot, rtol: float, maxiter: int):
-    """Batched MINRES (Paige & Saunders, as in scipy) for symmetric A; ``dot`` reduces to per-system
-    scalars broadcastable to the vectors. Stops when every residual estimate is <= rtol ||b||."""
-    x = torch.zeros_like(b)
-    beta1 = torch.sqrt(dot(b, b))
-    if float(beta1.max()) == 0:
-        return x
-    tiny = torch.finfo(b.dtype).tiny
-    zero = torch.zeros_like(beta1)
-    r1 = r2 = y = b
-    oldb, beta, dbar, epsln, phibar, cs, sn = zero, beta1, zero, zero, beta1, -torch.ones_like(beta1), zero
-    w = w2 = torch.zeros_like(b)
-
-    def safe_inv(z):
-        return torch.where(z > tiny, 1.0 / torch.where(z > tiny, z, torch.ones_like(z)), torch.zeros_like(z))
-
-    for itn in range(1, maxiter + 1):
-        s = safe_inv(beta)
-        v = s * y
-        y = A(v)
-        if itn >= 2:
-            y = y - (beta * safe_inv(oldb)) * r1
-        alfa = dot(v, y)
-        y = y - (alfa * s) * r2
-        r1, r2, oldb = r2, y, beta
-        beta = torch.sqrt(dot(y, y).clamp_min(0))
-        oldeps = epsln
-        delta = cs * dbar + sn * alfa
-        gbar = sn * dbar - cs * alfa
-        epsln, dbar = sn * beta, -cs * beta
-        gamma = torch.sqrt(gbar * gbar + beta * beta).clamp_min(tiny)
-        cs, sn = gbar / gamma, beta / gamma
-        phi, phibar = cs * phibar, sn * phibar
-        w1, w2 = w2, w
-        w = (v - oldeps * w1 - delta * w2) / gamma
-        x = x + phi * w
-        if bool((phibar <= rtol * beta1).all()):
-            break
-    else:
-        rel = float((phibar / torch.where(beta1 > 0, beta1, torch.ones_like(beta1))).max())
-        warnings.warn(f"implicit backward: MINRES stopped at its cap of {maxiter} iterations with relative residual "
-                      f"{rel:.1e} > {rtol:.0e}; the backbone gradient is approximate (sparse_heads(..., "
-                      "backward='dense') or a larger backward_max_iter solves it fully)", RuntimeWarning, stacklevel=2)
-    return x

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.algorithms.episodic import require_finite
-from harness.linalg import solve_ex, solve_spd, top_eigenvalue_bound
+from harness.linalg import top_eigenvalue_bound
 
 GAUGE = 0.5  # curvature added along the constant-bias direction of softmax heads (CE is flat there)
 SPARSITY = ("l1", "group")
@@ -298,18 +298,3 @@ def active_mask(U: torch.Tensor, sparsity: str) -> torch.Tensor:
     M = U != 0 if sparsity == "l1" else (U != 0).any(dim=2, keepdim=True).expand_as(U).clone()
     M[:, -1] = True
     return M
-
-
-def robust_solve(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Solve H x = g (batched, symmetric, expected positive definite): Cholesky; LU where it fails;
-    the pseudo-inverse where that fails too."""
-    x, ok = solve_spd(H, g)
-    if bool(ok.all()) and bool(torch.isfinite(x).all()):
-        return x
-    try:
-        x, info = solve_ex(H, g)
-        if int(info.max()) == 0 and bool(torch.isfinite(x).all()):
-            return x
-    except RuntimeError:
-        pass
-    return torch.linalg.pinv(H, hermitian=True) @ g

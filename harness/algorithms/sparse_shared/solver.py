@@ -23,9 +23,9 @@ from harness.algorithms.sparse_shared.problem import (
     active_mask,
     importance_grad,
     prox,
-    robust_solve,
     sharing_weights,
 )
+from harness.linalg import robust_solve
 from harness.precision import full_precision
 
 MM_TOL = 1e-3  # majorise-minimise stops when no importance share pt_j moves by more than this
