@@ -19,8 +19,8 @@ from typing import Optional
 import torch
 
 from harness.algorithms.sparse_shared.problem import ActiveSet, InnerProblem, active_mask, importance_grad
-from harness.linalg import minres, robust_solve
 from harness.algorithms.sparse_shared.solver import solve
+from harness.linalg import minres, robust_solve
 from harness.precision import full_precision
 
 SHARING_GRAD = ("last_solve", "full")

@@ -35,8 +35,8 @@ NEWTON_CHECK = 5  # iterations between support comparisons
 NEWTON_SETTLED = 0.002  # fraction of entries whose sign may change between comparisons for Newton to start
 NEWTON_STEPS = 6  # prox-gradient + Newton rounds per finish
 NEWTON_MAX = 1024  # largest active set per task solved by Newton
-NEWTON_MAX_ELEMS = 2 ** 22  # largest number of Hessian entries, all tasks together (16 MB in float32;
-# 2^20 left d=2048 T=16 C=5 at the first solve's 200-iteration cap, 2^22 finishes it with 2 Newton steps)
+NEWTON_MAX_ELEMS = 2 ** 22  # largest number of Hessian entries, all tasks together (16 MB in float32): enough
+# for d=2048 T=16 C=5, whose first solve would otherwise stop at the 200-iteration cap without Newton
 NEWTON_HALVINGS = 5  # step halvings tried per Newton step before a task keeps its iterate
 
 
