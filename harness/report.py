@@ -290,23 +290,26 @@ def image_datasets(final, df, out: Path) -> list[str]:
 
 def transfer_section(path: Path) -> list[str]:
     """(e): new-task accuracy of frozen backbones on the other dataset's factor tasks
-    (``python -m harness.transfer ... --out transfer.jsonl``), next to the accuracy on their own."""
+    (``python -m harness.transfer ... --out transfer.jsonl``), next to the accuracy on their own; runs
+    of the same algorithm and beta (seeds) are one row."""
     import pandas as pd
+    from tabulate import tabulate
 
     if not path.exists():
         return []
     rows = pd.read_json(path, lines=True)
     rows["beta"] = rows["hparams"].map(lambda h: h.get("beta"))
     rows["label"] = rows.apply(run_label, axis=1)
-    rows = rows.sort_values(["source", "target", "label"], kind="stable")
-    table = [[r["source"], r["target"], r["label"], f"{r['source_task_acc']:.3f}",
-              f"{r['task_acc']:.3f} ± {r['task_ci95']:.3f}"] for _, r in rows.iterrows()]
-    from tabulate import tabulate
-
+    table = []
+    for (source, target, label), g in rows.groupby(["source", "target", "label"], sort=True):
+        target_acc = (fmt(*interval(g["task_acc"])[:2]) if len(g) > 1
+                      else f"{g['task_acc'].iloc[0]:.3f} ± {g['task_ci95'].iloc[0]:.3f}")
+        table.append([source, target, label, len(g), fmt(*interval(g["source_task_acc"])[:2]), target_acc])
     return ["## (e) Cross-dataset transfer\n",
             "New-task accuracy with the backbone frozen: heads fitted on the support set of binary factor tasks "
-            "of the target dataset (95% interval over tasks), next to the accuracy on the source's own tasks.\n",
-            tabulate(table, headers=["source", "target", "run", "source new-task acc", "target new-task acc"],
+            "of the target dataset, next to the accuracy on the source's own tasks. With one run (n = 1) the "
+            "interval is over the target's tasks; with several, the mean and 95% t-interval over the runs.\n",
+            tabulate(table, headers=["source", "target", "run", "n", "source new-task acc", "target new-task acc"],
                      tablefmt="github", disable_numparse=True), ""]
 
 
