@@ -10,7 +10,8 @@ on the same inputs (cold start: every meta-batch has new tasks), and prints the 
 given are SparseShared's defaults (alpha, rho, sparsity, sharing_eps, mm_rounds, sharing_grad, and
 inner_tol / inner_max_iter as tol / max_iter): what a training step solves. Rows: the
 sharing term at beta 0.01 (the default) and 0.1, and beta = 0, at the main shape (T=16 tasks, n=50
-support points, d=64 features, C=5 classes) and, without ``--quick``, at d=2048.
+support points, d=64 features, C=5 classes), the default at SyntheticLinear's shape (d=10, binary) and,
+without ``--quick``, at d=2048.
 
 Then the floor of any eager-PyTorch FISTA at the main shape: one iteration written with the fewest
 tensor operations (scores, softmax residual, gradient, step, soft-threshold, momentum: 10 calls), and
@@ -165,6 +166,7 @@ def main():
 
     betas = ((0.01, " (default)"), (0.1, ""), (0.0, ""))
     ridge = [row(f"MAIN T=16 d=64 C=5 beta {beta:g}{tag}", 16, 64, 5, beta=beta) for beta, tag in betas]
+    row("SyntheticLinear T=16 d=10 C=2 beta 0.01", 16, 10, 2, beta=0.01)
     t_it = minimal_fista_iteration(16, n, 64, 5, dtype, args.repeats)
     tr = statistics.median(ridge)
     print(f"floor: one FISTA iteration in 10 tensor operations {t_it * 1e6:.1f} us; 3x the ridge head "
