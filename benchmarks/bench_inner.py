@@ -138,7 +138,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    ap.add_argument("--quick", action="store_true", help="main shape only")
+    ap.add_argument("--quick", action="store_true", help="the main and SyntheticLinear shapes only (no d=2048)")
     ap.add_argument("--alpha", type=float, default=DEFAULTS["alpha"])
     ap.add_argument("--sparsity", default=DEFAULTS["sparsity"], choices=["l1", "group"])
     ap.add_argument("--sharing_grad", default=DEFAULTS["sharing_grad"], choices=["last_solve", "full"])

@@ -167,9 +167,14 @@ class InnerProblem(NamedTuple):
         penalty = (pen[:, :-1, 0] * row_importance(W, self.sparsity)).sum(1)
         return ce + 0.5 * self.rho * (W * W).sum(dim=(1, 2)) + penalty
 
+    def prox_step(self, U: torch.Tensor, pen: torch.Tensor, eta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prox(U - eta g), the per-task KKT residual ||(U - that) / eta||) of the convex problem with penalty
+        ``pen``, g the smooth gradient."""
+        Up = prox(U - eta * self.smooth_grad(U), eta * pen, self.sparsity)
+        return Up, ((U - Up) / eta).square().sum((1, 2)).sqrt()
+
     def kkt(self, U: torch.Tensor, pen: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
-        """Per-task KKT residual ||(U - prox(U - eta g)) / eta|| of the convex problem with penalty ``pen``."""
-        return ((U - prox(U - eta * self.smooth_grad(U), eta * pen, self.sparsity)) / eta).square().sum((1, 2)).sqrt()
+        return self.prox_step(U, pen, eta)[1]
 
     def lipschitz(self) -> torch.Tensor:
         """Per-task Lipschitz bound of the smooth gradient, (T,)."""

@@ -63,7 +63,7 @@ def solve(problem: InnerProblem, init: Optional[Tuple[torch.Tensor, torch.Tensor
     if init is None:
         U = problem.initial_heads()
     else:
-        U = torch.cat([init[0], init[1].unsqueeze(1)], dim=1).detach().to(problem.Zat).clone()
+        U = torch.cat([init[0], init[1].unsqueeze(1)], dim=1).detach().to(problem.Zat)
         if U.shape != (problem.Zat.shape[0], problem.d + 1, problem.Yk.shape[1]):
             raise ValueError("init shapes do not match (T, d, K), (T, K)")
     L = problem.lipschitz()
@@ -142,8 +142,9 @@ def minimize(problem: InnerProblem, U: torch.Tensor, pen: torch.Tensor, L: torch
                 continue
             check_X, check_F = X, F
         if it % NEWTON_CHECK == 0:
-            pattern = torch.sign(X) if problem.sparsity == "l1" else X.ne(0).any(dim=2).to(X.dtype)
-            if last_pattern is not None and float((pattern != last_pattern).sum()) <= NEWTON_SETTLED * X.numel() \
+            W = X[:, :-1]
+            pattern = torch.sign(W) if problem.sparsity == "l1" else W.ne(0).any(dim=2).to(W.dtype)
+            if last_pattern is not None and float((pattern != last_pattern).sum()) <= NEWTON_SETTLED * W.numel() \
                     and _newton_affordable(X, problem.sparsity):
                 X, kkt, k = newton_finish(problem, X, pen, tol, eta_safe)
                 newton += k
@@ -166,8 +167,7 @@ def minimize(problem: InnerProblem, U: torch.Tensor, pen: torch.Tensor, L: torch
 
 def _newton_affordable(U: torch.Tensor, sparsity: str) -> bool:
     """Whether the dense per-task Newton systems on U's support are small enough."""
-    M = U[:, :-1] != 0 if sparsity == "l1" else (U[:, :-1] != 0).any(dim=2, keepdim=True).expand_as(U[:, :-1])
-    m = int(M.sum(dim=(1, 2)).max()) + U.shape[2]
+    m = int(active_mask(U, sparsity).sum(dim=(1, 2)).max())
     return m <= NEWTON_MAX and U.shape[0] * m * m <= NEWTON_MAX_ELEMS
 
 
@@ -185,8 +185,8 @@ def newton_finish(problem: InnerProblem, U: torch.Tensor, pen: torch.Tensor, tol
     slack = 4 * torch.finfo(U.dtype).eps
     kkt, steps = float("inf"), 0
     for rnd in range(NEWTON_STEPS + 1):
-        Up = prox(U - eta_safe * problem.smooth_grad(U), eta_safe * pen, problem.sparsity)
-        kkt = float(((U - Up) / eta_safe).square().sum(dim=(1, 2)).sqrt().max())
+        Up, residual = problem.prox_step(U, pen, eta_safe)
+        kkt = float(residual.max())
         if kkt <= tol or rnd == NEWTON_STEPS:
             break
         U, S = Up, problem.scores(Up)
