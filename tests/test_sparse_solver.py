@@ -20,7 +20,7 @@ from harness.algorithms.sparse_shared.problem import (
     row_importance,
     sharing_weights,
 )
-from harness.algorithms.sparse_shared.solver import solve, solve_heads
+from harness.algorithms.sparse_shared.solver import solve
 
 DT = torch.float64
 
@@ -79,7 +79,7 @@ def test_optimality_conditions(C, sparsity, beta):
     T, n, d = 3, 30, 8
     Z, Y = _problem(T, n, d, C, seed=10 + C)
     alpha, rho = 0.3, 1e-3
-    W, b, info = solve_heads(Z, Y, C, alpha, beta=beta, rho=rho, sparsity=sparsity, tol=1e-10, max_iter=20000)
+    W, b, info = sparse_heads(Z, Y, C, alpha, beta=beta, rho=rho, sparsity=sparsity, tol=1e-10, max_iter=20000)
     assert info["kkt"] <= 1e-10, info
     K = 1 if C == 2 else C
     assert W.shape == (T, d, K) and b.shape == (T, K)
@@ -116,7 +116,7 @@ def test_optimality_conditions(C, sparsity, beta):
 @pytest.mark.parametrize("sparsity", ["l1", "group"])
 def test_exact_zeros_and_lambda_max(C, sparsity):
     Z, Y = _problem(4, 25, 10, C, seed=7)
-    W, b, info = solve_heads(Z, Y, C, 0.5, rho=1e-3, sparsity=sparsity, tol=1e-8)
+    W, b, info = sparse_heads(Z, Y, C, 0.5, rho=1e-3, sparsity=sparsity, tol=1e-8)
     nzero = int((W == 0).sum())
     assert nzero > 0
     assert info["frac_zero"] == pytest.approx(nzero / W.numel())
@@ -124,7 +124,7 @@ def test_exact_zeros_and_lambda_max(C, sparsity):
         # whole rows are zero
         rowzero = (W == 0).all(-1)
         assert int(rowzero.sum()) * W.shape[-1] == nzero
-    W1, b1, info1 = solve_heads(Z, Y, C, 1.0, beta=0.0, rho=0.0, sparsity=sparsity, tol=1e-10)
+    W1, b1, info1 = sparse_heads(Z, Y, C, 1.0, beta=0.0, rho=0.0, sparsity=sparsity, tol=1e-10)
     assert torch.count_nonzero(W1) == 0 and info1["frac_zero"] == 1.0
     # the bias is then at its W=0 optimum: log class frequency / logit of positive rate
     freq = F.one_hot(Y, C).to(DT).mean(1)
@@ -134,7 +134,7 @@ def test_exact_zeros_and_lambda_max(C, sparsity):
         ref = torch.log(freq) - torch.log(freq).mean(1, keepdim=True)
     assert torch.allclose(b1, ref, atol=1e-8)
     # lambda_max is tight: slightly below it every task has a non-zero weight
-    W2, _, _ = solve_heads(Z, Y, C, 0.97, beta=0.0, rho=0.0, sparsity=sparsity, tol=1e-10)
+    W2, _, _ = sparse_heads(Z, Y, C, 0.97, beta=0.0, rho=0.0, sparsity=sparsity, tol=1e-10)
     assert ((W2 != 0).flatten(1).any(1)).all()
 
 
@@ -162,7 +162,7 @@ def test_matches_sklearn_l1_logreg():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         clf = LogisticRegression(**kw).fit(X.numpy(), y.numpy())
-    W, b, info = solve_heads(Z, Y, 2, alpha, rho=1e-10, tol=1e-11, max_iter=50000)
+    W, b, info = sparse_heads(Z, Y, 2, alpha, rho=1e-10, tol=1e-11, max_iter=50000)
     assert info["kkt"] < 1e-10
     np.testing.assert_allclose(W[0, :, 0].numpy(), clf.coef_[0], atol=1e-3)
     np.testing.assert_allclose(b[0, 0].item(), clf.intercept_[0], atol=1e-3)
@@ -384,14 +384,6 @@ def test_float32_and_device(beta, sharing_grad, device):
     assert float((Z32.grad.cpu().double() - Z64.grad).norm() / Z64.grad.norm()) < 0.05
 
 
-def test_warm_start_reduces_iterations():
-    Z, Y = _problem(4, 30, 16, 5, seed=4)
-    W, b, info = solve_heads(Z, Y, 5, 0.2, tol=1e-8)
-    W2, b2, info2 = solve_heads(Z, Y, 5, 0.2, tol=1e-8, init=(W, b))
-    assert info2["iters"] < info["iters"] / 4
-    assert torch.allclose(W, W2, atol=1e-5)
-
-
 @pytest.mark.parametrize("C,sparsity", [(2, "l1"), (5, "l1"), (2, "group"), (5, "group")])
 def test_newton_polish_matches_fista_and_saves_iterations(C, sparsity, monkeypatch):
     # The solver finishes with active-set Newton once the support settles; FISTA alone must reach
@@ -400,9 +392,9 @@ def test_newton_polish_matches_fista_and_saves_iterations(C, sparsity, monkeypat
 
     Z, Y = _problem(6, 40, 24, C, seed=200 + C)
     kw = dict(sparsity=sparsity, tol=1e-10, max_iter=20000)
-    W, b, info = solve_heads(Z, Y, C, 0.2, **kw)
+    W, b, info = sparse_heads(Z, Y, C, 0.2, **kw)
     monkeypatch.setattr(solver, "_newton_affordable", lambda *a: False)
-    W0, b0, info0 = solve_heads(Z, Y, C, 0.2, **kw)
+    W0, b0, info0 = sparse_heads(Z, Y, C, 0.2, **kw)
     assert info["newton_steps"] > 0 and info0["newton_steps"] == 0
     assert info["kkt"] <= 1e-10 and info0["kkt"] <= 1e-10
     assert info["iters"] < info0["iters"] / 2, (info, info0)
@@ -420,9 +412,9 @@ def test_step_backoff_recovers_from_too_long_steps(C, sparsity, monkeypatch):
 
     Z, Y = _problem(6, 40, 24, C, seed=300 + C)
     kw = dict(sparsity=sparsity, tol=1e-10, max_iter=20000)
-    W, b, info = solve_heads(Z, Y, C, 0.2, **kw)
+    W, b, info = sparse_heads(Z, Y, C, 0.2, **kw)
     monkeypatch.setattr(solver, "STEP_GROWTH", 64.0)
-    W1, b1, info1 = solve_heads(Z, Y, C, 0.2, **kw)
+    W1, b1, info1 = sparse_heads(Z, Y, C, 0.2, **kw)
     assert info1["kkt"] <= 1e-10 and info1["iters"] < 20000, info1
     assert torch.equal(W == 0, W1 == 0)
     assert (W - W1).abs().max() < 1e-6 and (b - b1).abs().max() < 1e-6
@@ -432,8 +424,8 @@ def test_step_backoff_recovers_from_too_long_steps(C, sparsity, monkeypatch):
     (2, "l1", 0.0, "last_solve"), (5, "group", 0.0, "last_solve"), (2, "l1", 0.1, "full"), (5, "group", 0.1, "full")])
 def test_iterative_backward_converges_on_wide_problems(C, sparsity, beta, sharing_grad):
     # Scaled by its diagonal (l1) or K x K row blocks (group), MINRES converged here (float32) in
-    # 14 (binary l1) and 21 (5-way group) iterations at beta 0, 43 and 51 with the full sharing
-    # Hessian; plain MINRES took 15, 148, 119 and 601. A cap of 100 holds the scaled ones only.
+    # 15 (binary l1) and 25 (5-way group) iterations at beta 0, 40 and 130 with the full sharing
+    # Hessian; plain MINRES took 15, 150, 70 and more than 1000 (measured at 5-iteration steps).
     g = torch.Generator().manual_seed(0)
     T, n, d = 16, 50, 256
     Y = torch.arange(n).repeat(T, 1) % C
@@ -446,7 +438,7 @@ def test_iterative_backward_converges_on_wide_problems(C, sparsity, beta, sharin
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # stopping at the iteration cap fails the test
         iterative = implicit_grad_Z(problem, U, 2 * U, info["penalty"], full_sharing=full, backward="iterative",
-                                    backward_max_iter=100)
+                                    backward_max_iter=200)
     assert torch.isfinite(iterative).all()
     if not full:  # with the sharing Hessian there is no dense solve
         dense = implicit_grad_Z(problem, U, 2 * U, info["penalty"], backward="dense")
@@ -483,7 +475,7 @@ def test_non_finite_features_raise_floating_point_error():
     Z, Y = _problem(2, 12, 5, 2, seed=0)
     Z[1, 3, 2] = float("nan")
     with pytest.raises(FloatingPointError, match="not finite"):
-        solve_heads(Z, Y, 2, alpha=0.2)
+        sparse_heads(Z, Y, 2, alpha=0.2)
     Z[1, 3, 2] = float("inf")
     with pytest.raises(FloatingPointError, match="not finite"):
         sparse_heads(Z.requires_grad_(), Y, 2, alpha=0.2)
@@ -507,15 +499,15 @@ def test_reweighted_rounds_decrease_the_full_objective_to_a_stationary_point(C, 
     kw = dict(beta=beta, rho=rho, sparsity=sparsity, lam=lam, sharing_eps=delta, tol=1e-12, max_iter=50000)
     values = []
     for rounds in (1, 2, 3, 5, 8):
-        W, b, info = solve_heads(Z, Y, C, alpha, mm_rounds=rounds, **kw)
+        W, b, info = sparse_heads(Z, Y, C, alpha, mm_rounds=rounds, **kw)
         values.append(float(_reweighted_objective(Z, Y, C, W, b, alpha, beta, rho, delta, lam, sparsity)))
-    W0, b0, _ = solve_heads(Z, Y, C, alpha, beta=0.0, rho=rho, sparsity=sparsity, lam=lam, tol=1e-12, max_iter=50000)
+    W0, b0, _ = sparse_heads(Z, Y, C, alpha, beta=0.0, rho=rho, sparsity=sparsity, lam=lam, tol=1e-12, max_iter=50000)
     values.insert(0, float(_reweighted_objective(Z, Y, C, W0, b0, alpha, beta, rho, delta, lam, sparsity)))
     assert all(v1 <= v0 + 1e-10 for v0, v1 in zip(values, values[1:])), values
     assert values[-1] < values[0] - 1e-4, values
     # stationarity of the full objective: the last convex problem's weights, recomputed at its
     # solution, leave it (nearly) optimal
-    W, b, info = solve_heads(Z, Y, C, alpha, mm_rounds=500, **kw)
+    W, b, info = sparse_heads(Z, Y, C, alpha, mm_rounds=500, **kw)
     w, _ = sharing_weights(W, sparsity, delta)
     pen = alpha * lam.view(-1, 1, 1) + beta * lam.mean() * w.view(1, -1, 1)
     assert torch.allclose(info["penalty"][:, :-1], pen, rtol=0, atol=2e-3 * float(pen.max()))
@@ -544,11 +536,12 @@ def test_reweighted_implicit_gradient_is_that_of_the_last_convex_solve(C, sparsi
     def f_fixed(Zx):  # the last convex problem, its per-row penalties frozen
         problem = InnerProblem.build(Zx, Y, C, 0.05, sparsity=sparsity, lam=lam)
         U0 = torch.cat([W, b.unsqueeze(1)], dim=1).detach()
-        return (solver.minimize(problem, U0, pen, problem.lipschitz(), 50000, 1e-13)[0][:, :-1] * GW).sum()
+        fixed = solver.Penalty(problem, 0, value=pen)
+        return (solver.minimize(problem, U0, fixed, problem.lipschitz(), 50000, 1e-13)[0][:, :-1] * GW).sum()
 
     fd_fixed = float((f_fixed(Z + h * V) - f_fixed(Z - h * V)) / (2 * h))
     assert abs(implicit_dir - fd_fixed) <= 1e-5 * max(1.0, abs(fd_fixed)), (implicit_dir, fd_fixed)
-    f_full = lambda Zx: (solve_heads(Zx, Y, C, 0.05, **kw)[0] * GW).sum()  # noqa: E731
+    f_full = lambda Zx: (sparse_heads(Zx, Y, C, 0.05, **kw)[0] * GW).sum()  # noqa: E731
     fd_full = float((f_full(Z + h * V) - f_full(Z - h * V)) / (2 * h))
     assert fd_full * implicit_dir > 0  # same direction; the size differs by the left-out term
 
@@ -558,7 +551,7 @@ def test_long_step_two_cycle_is_detected():
     torch.manual_seed(0)
     Z = torch.randn(4, 30, 8, dtype=DT)
     Y = torch.randint(0, 2, (4, 30))
-    W, b, info = solve_heads(Z, Y, 2, 0.2, beta=0.0, tol=1e-10, max_iter=2000)
+    W, b, info = sparse_heads(Z, Y, 2, 0.2, beta=0.0, tol=1e-10, max_iter=2000)
     assert info["kkt"] <= 1e-10 and info["iters"] < 500, info
 
 
@@ -605,6 +598,6 @@ def test_full_sharing_gradient_matches_finite_differences_at_the_mm_fixed_point(
     assert info["mm_rounds"] < 3000
     (W * GW).sum().backward()
     h = 1e-6
-    f = lambda Zx: (solve_heads(Zx, Y, C, alpha, **kw)[0] * GW).sum()  # noqa: E731
+    f = lambda Zx: (sparse_heads(Zx, Y, C, alpha, **kw)[0] * GW).sum()  # noqa: E731
     fd = float((f(Z + h * V) - f(Z - h * V)) / (2 * h))
     assert float((Zr.grad * V).sum()) == pytest.approx(fd, rel=1e-5, abs=1e-7)

@@ -37,7 +37,9 @@ def sparse_heads(Z: torch.Tensor, Y: torch.Tensor, n_classes: int, alpha: float,
                  rho: float = 1e-3, sparsity: str = "l1", sharing_eps: float = 0.1,
                  lam: Optional[torch.Tensor] = None, sharing_grad: str = "last_solve", backward: str = "auto",
                  backward_tol: Optional[float] = None, backward_max_iter: int = 1000, **solver_options):
-    """:func:`harness.algorithms.sparse_shared.solver.solve_heads` with (W, b) differentiable w.r.t. ``Z``.
+    """The heads ``(W (T, d, K), b (T, K), info)`` of (T, n, d) supports Z with (T, n) labels Y, differentiable
+    w.r.t. ``Z``. ``alpha`` is relative to each task's lambda_max, ``beta`` to the batch's mean; ``lam`` fixes
+    lambda_max; ``solver_options`` are :func:`solver.solve`'s. Softmax intercepts are centred (sum_k b_tk = 0).
 
     ``sharing_grad="last_solve"`` differentiates the last convex solve of majorise-minimise, its
     penalties held constant: it leaves out how the weights w_j move with the heads (the full
@@ -116,8 +118,8 @@ def implicit_grad_Z(problem: InnerProblem, U: torch.Tensor, gU: torch.Tensor, pe
 def _scaling(B: torch.Tensor, M: torch.Tensor, sparsity: str):
     """(lower, upper): H ~ L L^T from the row blocks B (T, d+1, K, K), so that L^-1 H L^-T is near the
     identity: L^-1 per row for group heads with K > 1 (whole rows are active), 1 / sqrt(diag B) otherwise
-    (Jacobi). T=16 n=50 float32, MINRES iterations plain -> scaled: group 5-way d=256 148 -> 21 (beta 0),
-    601 -> 51 (full sharing); binary l1 d=256 full sharing 119 -> 43. Identity off the active set."""
+    (Jacobi). T=16 n=50 float32, MINRES iterations plain -> scaled: group 5-way d=256 150 -> 25 (beta 0),
+    > 1000 -> 130 (full sharing); binary l1 d=256 full sharing 70 -> 40. Identity off the active set."""
     eye = torch.eye(B.shape[-1], dtype=B.dtype, device=B.device)
     if sparsity == "group" and B.shape[-1] > 1:
         L, info = torch.linalg.cholesky_ex(torch.where(M.any(-1)[..., None, None], B, eye))

@@ -1,19 +1,24 @@
 """Forward solver of the SparseShared inner problem (``problem.py``; Fumero et al., arXiv 2304.07939).
 
-Majorise-minimise (:func:`solve`): the concave sharing term Phi is linearised at the previous heads,
-leaving the convex problem with per-row penalties ``alpha_t + beta lam_bar w_j``; every round lowers
-the full objective. The first round is the unshared solve (``beta = 0`` stops there).
-
-Each convex problem (:func:`minimize`): FISTA with per-task steps and gradient adaptive restart
+One convex solve (:func:`minimize`): FISTA with per-task steps and gradient adaptive restart
 (O'Donoghue & Candes), finished by active-set Newton once the support has stopped changing: FISTA
-finds the support in tens of iterations but needs hundreds more to converge on it. A warm start
-(every round after the first) goes to Newton at once. Pure torch, float32 or float64, on Z's device.
+finds the support in tens of iterations but needs hundreds more to converge on it. Pure torch,
+float32 or float64, on Z's device. Training tasks never repeat (new factor subsets, directions and
+points), and probe tasks started from the last checkpoint's heads saved nothing measurable (10-25 cold
+iterations against 2-4 Newton steps warm), so every solve starts cold, at W = 0.
+
+The sharing term by majorise-minimise (:class:`Penalty`): the concave Phi, linearised at the iterate,
+leaves the convex problem with per-row penalties ``alpha_t + beta lam_bar w_j``. FISTA starts on the
+unshared problem (``alpha_t`` alone); from then on Phi is linearised anew before every Newton step (or,
+without Newton, whenever FISTA has converged), until the weights stop moving. Every step lowers the
+linearised objective, which lies above the full one and touches it at the iterate, so every step lowers
+the full objective; the returned heads solve the last convex problem to ``tol``.
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
@@ -26,69 +31,56 @@ from harness.algorithms.sparse_shared.problem import (
     sharing_weights,
 )
 from harness.linalg import robust_solve
-from harness.precision import full_precision
 
 MM_TOL = 1e-3  # majorise-minimise stops when no importance share pt_j moves by more than this
 STEP_GROWTH = 2.0  # first steps are STEP_GROWTH / L_t, halved (down to 1 / L_t) where the objective stops falling
 STEP_CHECK = 10  # iterations between those objective checks
-NEWTON_CHECK = 5  # iterations between support comparisons
-NEWTON_SETTLED = 0.002  # fraction of entries whose sign may change between comparisons for Newton to start
-NEWTON_STEPS = 6  # prox-gradient + Newton rounds per finish
+NEWTON_CHECK = 5  # iterations between support comparisons and convergence tests
+NEWTON_SETTLED = 0.02  # fraction of entries whose sign may change between comparisons for Newton to start
+NEWTON_STEPS = 6  # Newton steps per finish with the penalty fixed
 NEWTON_MAX = 1024  # largest active set per task solved by Newton
 NEWTON_MAX_ELEMS = 2 ** 22  # largest number of Hessian entries, all tasks together (16 MB in float32): enough
 # for d=2048 T=16 C=5, whose first solve would otherwise stop at the 200-iteration cap without Newton
 NEWTON_HALVINGS = 5  # step halvings tried per Newton step before a task keeps its iterate
 
 
-@full_precision
-@torch.no_grad()
-def solve_heads(Z: torch.Tensor, Y: torch.Tensor, n_classes: int, alpha: float, beta: float = 0.0,
-                rho: float = 1e-3, sparsity: str = "l1", sharing_eps: float = 0.1,
-                lam: Optional[torch.Tensor] = None, **solver_options):
-    """The heads of (T, n, d) supports Z with (T, n) labels Y: ``(W (T, d, K), b (T, K), info)``.
-
-    ``alpha`` is relative to each task's lambda_max, ``beta`` to the batch's mean; ``lam`` fixes
-    lambda_max. ``solver_options`` are :func:`solve`'s. Softmax intercepts are centred (sum_k b_tk = 0).
-    """
-    problem = InnerProblem.build(Z, Y, n_classes, alpha, beta, rho, sparsity, sharing_eps, lam)
-    U, info = solve(problem, **solver_options)
-    return U[:, :-1].contiguous(), U[:, -1].contiguous(), info
-
-
-def solve(problem: InnerProblem, init: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, max_iter: int = 2000,
-          tol: float = 1e-5, mm_rounds: int = 5):
-    """``(U, info)``: the augmented heads and ``iters`` (FISTA), ``newton_steps``, ``kkt`` (the last
-    solve's, max over tasks), ``frac_zero``, ``mm_rounds`` and ``penalty`` (T, d+1, 1), the last convex
-    solve's, which the implicit backward differentiates. ``init``: a warm start (W, b)."""
-    if init is None:
-        U = problem.initial_heads()
-    else:
-        U = torch.cat([init[0], init[1].unsqueeze(1)], dim=1).detach().to(problem.Zat)
-        if U.shape != (problem.Zat.shape[0], problem.d + 1, problem.Yk.shape[1]):
-            raise ValueError("init shapes do not match (T, d, K), (T, K)")
-    L = problem.lipschitz()
-    pen, rounds = problem.alpha_t, 0
-    U, iters, kkt, newton = minimize(problem, U, pen, L, max_iter, tol, warm=init is not None)
-    if problem.sharing > 0:
-        w, pt = sharing_weights(U[:, :-1], problem.sparsity, problem.delta)
-        for rounds in range(1, mm_rounds + 1):
-            pen = problem.with_sharing(w)
-            U, i, kkt, k = minimize(problem, U, pen, L, max_iter, tol, warm=True)
-            iters, newton = iters + i, newton + k
-            w, pt_next = sharing_weights(U[:, :-1], problem.sparsity, problem.delta)
-            moved, pt = float((pt_next - pt).abs().max()), pt_next
-            if moved <= MM_TOL:
-                break
+def solve(problem: InnerProblem, max_iter: int = 2000, tol: float = 1e-5, mm_rounds: int = 5):
+    """``(U, info)``: the augmented heads and ``iters`` (FISTA), ``newton_steps``, ``kkt`` (max over
+    tasks), ``frac_zero``, ``mm_rounds`` (linearisations of Phi) and ``penalty`` (T, d+1, 1), the last
+    convex problem's, which the implicit backward differentiates."""
+    penalty = Penalty(problem, mm_rounds)
+    U, iters, kkt, newton = minimize(problem, problem.initial_heads(), penalty, problem.lipschitz(), max_iter, tol)
     if not problem.binary:  # softmax CE is invariant to b_t + c 1: fix the gauge sum_k b_tk = 0
         U[:, -1] -= U[:, -1].mean(dim=1, keepdim=True)
-    return U, {"iters": int(iters), "newton_steps": int(newton), "kkt": float(kkt), "mm_rounds": rounds,
-               "frac_zero": float((U[:, :-1] == 0).double().mean()), "penalty": pen}
+    return U, {"iters": int(iters), "newton_steps": int(newton), "kkt": float(kkt), "mm_rounds": penalty.rounds,
+               "frac_zero": float((U[:, :-1] == 0).double().mean()), "penalty": penalty.value}
+
+
+class Penalty:
+    """The convex problem's penalty (T, d+1, 1): ``alpha_t``, then, after each :meth:`relinearise` at
+    heads U, ``alpha_t + beta lam_bar w(U)``; at most ``mm_rounds`` of those, and none once no share
+    pt_j has moved by more than ``MM_TOL`` between two (``settled``)."""
+
+    def __init__(self, problem: InnerProblem, mm_rounds: int, value: Optional[torch.Tensor] = None):
+        self.problem, self.rounds, self.pt = problem, 0, None
+        self.value = problem.alpha_t if value is None else value
+        self.left = mm_rounds if problem.sharing > 0 and value is None else 0
+
+    @property
+    def settled(self) -> bool:
+        return self.left == 0
+
+    def relinearise(self, U: torch.Tensor) -> None:
+        w, pt = sharing_weights(U[:, :-1], self.problem.sparsity, self.problem.delta)
+        moved = math.inf if self.pt is None else float((pt - self.pt).abs().max())
+        self.value, self.pt, self.rounds = self.problem.with_sharing(w), pt, self.rounds + 1
+        self.left = 0 if moved <= MM_TOL else self.left - 1
 
 
 @functools.lru_cache(maxsize=8)
 def _momentum_cpu(n: int) -> torch.Tensor:
-    """FISTA's momentum (t_k - 1) / t_{k+1} after k steps since a restart (t_0 = 1), built once per length."""
-    t, out = 1.0, []
+    """FISTA's momentum for the k-th step since a restart, k = 0..n (t_0 = 1; 0 for k <= 1)."""
+    t, out = 1.0, [0.0]
     for _ in range(n):
         tn = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
         out.append((t - 1.0) / tn)
@@ -96,73 +88,76 @@ def _momentum_cpu(n: int) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.float64)
 
 
-def minimize(problem: InnerProblem, U: torch.Tensor, pen: torch.Tensor, L: torch.Tensor, max_iter: int, tol: float,
-             warm: bool = False):
-    """The convex problem with penalty ``pen`` from U: ``(U, FISTA iterations, max KKT, Newton steps)``.
+def minimize(problem: InnerProblem, U: torch.Tensor, penalty: Penalty, L: torch.Tensor, max_iter: int, tol: float):
+    """The convex problem with ``penalty`` from U, relinearised as it allows: ``(U, FISTA iterations,
+    max KKT, Newton steps)``.
 
     Steps start at ``STEP_GROWTH / L_t`` (the bound is worst-case; 2x cut iterations by a third); every
     ``STEP_CHECK`` iterations a task whose objective did not fall goes back to the last check with its
     step halved, never below the always-safe ``1 / L_t``. Every ``NEWTON_CHECK`` iterations, once the
-    support has settled, :func:`newton_finish`; a warm start with a non-empty support tries it first.
+    support has settled, :func:`newton_finish`.
     """
     T = U.shape[0]
     Lv = L.view(T, 1, 1)
     eta_safe = 1.0 / Lv
     newton = 0
-    if warm and bool((U[:, :-1] != 0).any()) and _newton_affordable(U, problem.sparsity):
-        U, kkt, newton = newton_finish(problem, U, pen, tol, eta_safe)
-        if kkt <= tol:
-            return U, 0, kkt, newton
     growth = torch.full((T, 1, 1), STEP_GROWTH, dtype=U.dtype, device=U.device)
     momentum = _momentum_cpu(max_iter + 1).to(U)
     since = torch.zeros(T, 1, 1, dtype=torch.long, device=U.device)  # steps since each task's restart
     X = Xe = U  # the iterate and the extrapolated point
-    kkt, it, next_check, last_pattern = float("inf"), 0, 0, None
-    check_X, check_F = X, problem.objective(X, pen)
+    kkt, last_pattern = math.inf, None
+    check_X, check_F = X, problem.objective(X, penalty.value)
     eta = growth / Lv
-    thr = eta * pen
+    thr = _threshold(eta, penalty, X)
     for it in range(1, max_iter + 1):
         Xn = prox(torch.addcmul(Xe, eta, problem.smooth_grad(Xe), value=-1.0), thr, problem.sparsity)
         dX, step = Xe - Xn, Xn - X
-        keep = (dX * step).sum(dim=(1, 2), keepdim=True) <= 0  # gradient restart where this is > 0
-        mom = torch.take(momentum, since) * keep
-        since = (since + 1) * keep
-        X, Xe = Xn, torch.addcmul(Xn, mom, step)
+        since = (since + 1) * ((dX * step).sum(dim=(1, 2), keepdim=True) <= 0)  # 0: gradient restart
+        X, Xe = Xn, torch.addcmul(Xn, torch.take(momentum, since), step)
+        if it % NEWTON_CHECK:
+            continue
         if it % STEP_CHECK == 0 and bool((growth > 1).any()):
-            F = problem.objective(X, pen)
+            F = problem.objective(X, penalty.value)
             # "not decreased" counts as failed: with the long step the iterates can settle into a 2-cycle
             rose = ((F >= check_F - 1e-9 * check_F.abs()) & (growth.view(T) > 1)).view(T, 1, 1)
             if bool(rose.any()):  # back to the last check with half the step, momentum reset
                 growth = torch.where(rose, (growth / 2).clamp_min(1.0), growth)
                 eta = growth / Lv
-                thr = eta * pen
+                thr = _threshold(eta, penalty, X)
                 X = torch.where(rose, check_X, X)
                 Xe = torch.where(rose, X, Xe)
                 since = since * ~rose
                 continue
             check_X, check_F = X, F
-        if it % NEWTON_CHECK == 0:
-            W = X[:, :-1]
-            pattern = torch.sign(W) if problem.sparsity == "l1" else W.ne(0).any(dim=2).to(W.dtype)
-            if last_pattern is not None and float((pattern != last_pattern).sum()) <= NEWTON_SETTLED * W.numel() \
-                    and _newton_affordable(X, problem.sparsity):
-                X, kkt, k = newton_finish(problem, X, pen, tol, eta_safe)
-                newton += k
-                if kkt <= tol:
-                    break
-                Xe, pattern = X, None  # wait for the support to settle again
-                since.zero_()
-                check_X, check_F = X, problem.objective(X, pen)
-            last_pattern = pattern
-        # cheap proxy for the KKT residual: the prox-gradient mapping at the extrapolated point
-        if it >= next_check and float((dX / eta).square().sum(dim=(1, 2)).max()) <= (0.5 * tol) ** 2:
-            kkt = float(problem.kkt(X, pen, eta_safe).max())
-            if kkt <= tol:
+        W = X[:, :-1]
+        pattern = torch.sign(W) if problem.sparsity == "l1" else W.ne(0).any(dim=2).to(W.dtype)
+        if last_pattern is not None and float((pattern != last_pattern).sum()) <= NEWTON_SETTLED * W.numel() \
+                and _newton_affordable(X, problem.sparsity):
+            X, kkt, k = newton_finish(problem, X, penalty, tol, eta_safe)
+            newton += k
+            if kkt <= tol and penalty.settled:
                 break
-            next_check = it + 5
+            pattern = None  # wait for the support to settle again
+        # cheap proxy for the KKT residual: the prox-gradient mapping at the extrapolated point
+        elif float((dX / eta).square().sum(dim=(1, 2)).max()) <= (0.5 * tol) ** 2:
+            kkt = float(problem.prox_step(X, penalty.value, eta_safe)[1].max())
+            if kkt <= tol:
+                if penalty.settled:
+                    break
+                penalty.relinearise(X)
+        if pattern is None or kkt <= tol:  # restart on the (possibly new) penalty
+            thr, Xe, kkt = _threshold(eta, penalty, X), X, math.inf
+            since.zero_()
+            check_X, check_F = X, problem.objective(X, penalty.value)
+        last_pattern = pattern
     else:
-        kkt = float(problem.kkt(X, pen, eta_safe).max())
+        kkt = float(problem.prox_step(X, penalty.value, eta_safe)[1].max())
     return X, it, kkt, newton
+
+
+def _threshold(eta: torch.Tensor, penalty: Penalty, U: torch.Tensor) -> torch.Tensor:
+    """The prox threshold eta * penalty at U's full shape (see ``InnerProblem.ridge``)."""
+    return (eta * penalty.value).expand_as(U).contiguous()
 
 
 def _newton_affordable(U: torch.Tensor, sparsity: str) -> bool:
@@ -171,7 +166,7 @@ def _newton_affordable(U: torch.Tensor, sparsity: str) -> bool:
     return m <= NEWTON_MAX and U.shape[0] * m * m <= NEWTON_MAX_ELEMS
 
 
-def newton_finish(problem: InnerProblem, U: torch.Tensor, pen: torch.Tensor, tol: float, eta_safe: torch.Tensor):
+def newton_finish(problem: InnerProblem, U: torch.Tensor, penalty: Penalty, tol: float, eta_safe: torch.Tensor):
     """Active-set Newton: rounds of one prox-gradient step, then one Newton step on its support.
 
     The prox-gradient step (step ``eta_safe``, the KKT residual's) gives the residual and the support
@@ -179,15 +174,20 @@ def newton_finish(problem: InnerProblem, U: torch.Tensor, pen: torch.Tensor, tol
     objective is smooth, with the Hessian the implicit backward solves with. Steps are projected onto
     the support's closure (an l1 entry that changes sign, or a group row that turns around, becomes
     zero, so zeros stay exact); each task takes the longest of the steps 1, 1/2, ... that decreases
-    its objective (Armijo), else keeps the prox-gradient point. Returns (U, max KKT, Newton steps).
+    its objective (Armijo), else keeps the prox-gradient point. The penalty is relinearised before
+    every round until it settles; then at most NEWTON_STEPS more. Returns (U, max KKT, Newton steps).
     """
     T = U.shape[0]
     slack = 4 * torch.finfo(U.dtype).eps
-    kkt, steps = float("inf"), 0
-    for rnd in range(NEWTON_STEPS + 1):
+    kkt, steps, fixed = math.inf, 0, 0
+    while True:
+        if not penalty.settled:
+            penalty.relinearise(U)
+            fixed = 0
+        pen = penalty.value
         Up, residual = problem.prox_step(U, pen, eta_safe)
         kkt = float(residual.max())
-        if kkt <= tol or rnd == NEWTON_STEPS:
+        if (kkt <= tol and penalty.settled) or fixed == NEWTON_STEPS:
             break
         U, S = Up, problem.scores(Up)
         obj, probs = problem.objective(U, pen, S), problem.probs(S)
@@ -198,7 +198,7 @@ def newton_finish(problem: InnerProblem, U: torch.Tensor, pen: torch.Tensor, tol
         step = -robust_solve(problem.hessian(U, probs, A, pen), g.unsqueeze(-1)).squeeze(-1)
         dec = (g * step).sum(dim=1)  # directional derivative per task, < 0
         dU = A.scatter(step, U.shape)
-        steps += 1
+        steps, fixed = steps + 1, fixed + 1
         todo = torch.ones(T, dtype=torch.bool, device=U.device)
         t = 1.0
         for _ in range(NEWTON_HALVINGS):
