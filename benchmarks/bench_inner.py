@@ -3,10 +3,10 @@
     python benchmarks/bench_inner.py [--repeats 7] [--quick] [--dtype float32] [--compile]
                                      [--alpha A] [--sparsity S] [--sharing_grad G] [--tol TOL]
 
-Times (median over repeats, after warm-up) one forward+backward of
+Times (medians over repeats run alternately, after warm-up) one forward+backward of
   * sparse:  W, b = sparse_heads(Z, Y, ...); loss(W, b).backward()
   * ridge:   W = Z^T (Z Z^T + lam I)^{-1} Y_onehot (R2D2-style); loss(W).backward()
-on the same inputs (cold start: every meta-batch has new tasks), and prints the ratio. Options not
+on the same inputs (cold start: every meta-batch has new tasks), and prints the median per-pair ratio. Options not
 given are SparseShared's defaults (alpha, rho, sparsity, sharing_eps, mm_rounds, sharing_grad, and
 inner_tol / inner_max_iter as tol / max_iter): what a training step solves. Rows: the
 sharing term at beta 0.01 (the default) and 0.1, and beta = 0, at the main shape (T=16 tasks, n=50
@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from harness.algorithms.sparse_shared.algorithm import SparseShared  # noqa: E402
 from harness.algorithms.sparse_shared.implicit import sparse_heads  # noqa: E402
+from bench_step import paired_times  # noqa: E402
 
 # the algorithm's defaults: what a SparseShared training step solves
 DEFAULTS = {k: SparseShared.HPARAMS[k].default for k in ("alpha", "rho", "sparsity", "sharing_eps", "mm_rounds",
@@ -112,6 +113,8 @@ def minimal_fista_iteration(T, n, d, C, dtype, repeats, compile=False):
 
 
 def bench(T, n, d, C, opts, dtype, repeats):
+    """(ridge s, sparse s, ratio, forward-only s, info): ridge and sparse alternate (bench_step.paired_times),
+    the ratio is the median of the per-pair ratios."""
     Z0, Y = make(T, n, d, C, dtype)
 
     def run_ridge():
@@ -124,14 +127,13 @@ def bench(T, n, d, C, opts, dtype, repeats):
         Z = Z0.clone().requires_grad_()
         sparse_step(Z, Y, C, opts, infos)
 
-    tr = timeit(run_ridge, repeats)
-    ts = timeit(run_sparse, repeats)
-    # split: forward-only solve time
+    ts, tr, ratio = paired_times(run_sparse, run_ridge, repeats)
+
     def run_fwd():
         with torch.no_grad():
             sparse_heads(Z0, Y, C, **opts)
     tf = timeit(run_fwd, max(3, repeats // 2), warmup=1)
-    return tr, ts, tf, infos[-1]
+    return tr, ts, ratio, tf, infos[-1]
 
 
 def main():
@@ -149,8 +151,8 @@ def main():
     base = dict(DEFAULTS, alpha=args.alpha, sparsity=args.sparsity, sharing_grad=args.sharing_grad, tol=args.tol)
     n = 50
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, dtype {args.dtype}, "
-          f"alpha {args.alpha}, {args.sparsity}, sharing_grad {args.sharing_grad}, n_support {n}, median of "
-          f"{args.repeats}")
+          f"alpha {args.alpha}, {args.sparsity}, sharing_grad {args.sharing_grad}, n_support {n}, medians of "
+          f"{args.repeats} alternating runs (ratio: the median of the per-pair ratios)")
     hdr = (f"{'config':<44}{'ridge ms':>10}{'sparse ms':>11}{'(fwd ms)':>10}{'ratio':>8}{'iters':>7}{'newton':>8}"
            f"{'zero%':>7}{'mm':>4}")
     print(hdr)
@@ -158,8 +160,8 @@ def main():
 
     def row(name, T, d, C, **over):
         opts = dict(base, **over)
-        tr, ts, tf, info = bench(T, n, d, C, opts, dtype, args.repeats)
-        print(f"{name:<44}{tr * 1e3:>10.2f}{ts * 1e3:>11.2f}{tf * 1e3:>10.2f}{ts / tr:>8.1f}"
+        tr, ts, ratio, tf, info = bench(T, n, d, C, opts, dtype, args.repeats)
+        print(f"{name:<44}{tr * 1e3:>10.2f}{ts * 1e3:>11.2f}{tf * 1e3:>10.2f}{ratio:>8.1f}"
               f"{info['iters']:>7d}{info['newton_steps']:>8d}{100 * info['frac_zero']:>7.1f}{info['mm_rounds']:>4d}",
               flush=True)
         return tr

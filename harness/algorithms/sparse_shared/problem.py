@@ -202,10 +202,10 @@ class InnerProblem(NamedTuple):
         vf, wf = A.valid.to(dtype), A.is_w.to(dtype)
         Zg = A.rows(self.Zat, A.j_idx) * vf.unsqueeze(2)  # (T, m, n)
         if self.binary:
-            H = torch.bmm(Zg * (P * (1 - P)), Zg.transpose(1, 2)) / n
+            H = torch.bmm(Zg * (P * (1 - P) / n), Zg.transpose(1, 2))
         else:
             ZP = Zg * A.rows(P, A.k_idx)
-            both = torch.bmm(ZP, torch.cat([Zg, ZP], dim=1).transpose(1, 2)) / n  # one call for both products
+            both = torch.bmm(ZP / n, torch.cat([Zg, ZP], dim=1).transpose(1, 2))  # one call for both products
             same_class = F.one_hot(A.k_idx, K).to(dtype)
             H = both[:, :, :m] * torch.bmm(same_class, same_class.transpose(1, 2)) - both[:, :, m:]
         diag = self.rho * wf + (1 - vf)

@@ -58,8 +58,8 @@ def solve(problem: InnerProblem, max_iter: int = 2000, tol: float = 1e-5, mm_rou
 
 class Penalty:
     """The convex problem's penalty (T, d+1, 1): ``alpha_t``, then, after each :meth:`relinearise` at
-    heads U, ``alpha_t + beta lam_bar w(U)``; at most ``mm_rounds`` of those, and none once no share
-    pt_j has moved by more than ``MM_TOL`` between two (``settled``)."""
+    heads U, ``alpha_t + beta lam_bar w(U)``; at most ``mm_rounds`` of those. Once no share pt_j at U
+    differs by more than ``MM_TOL`` from those of the current linearisation, that one is kept (``settled``)."""
 
     def __init__(self, problem: InnerProblem, mm_rounds: int, value: Optional[torch.Tensor] = None):
         self.problem, self.rounds, self.pt = problem, 0, None
@@ -72,9 +72,11 @@ class Penalty:
 
     def relinearise(self, U: torch.Tensor) -> None:
         w, pt = sharing_weights(U[:, :-1], self.problem.sparsity, self.problem.delta)
-        moved = math.inf if self.pt is None else float((pt - self.pt).abs().max())
-        self.value, self.pt, self.rounds = self.problem.with_sharing(w), pt, self.rounds + 1
-        self.left = 0 if moved <= MM_TOL else self.left - 1
+        self.rounds += 1
+        if self.pt is not None and float((pt - self.pt).abs().max()) <= MM_TOL:
+            self.left = 0
+        else:
+            self.value, self.pt, self.left = self.problem.with_sharing(w), pt, self.left - 1
 
 
 @functools.lru_cache(maxsize=8)
