@@ -53,7 +53,9 @@ class SparseShared(Algorithm):
         "rho": HP(1e-3),
         "sparsity": HP("l1"),  # l1 | group (over the classes of a feature row)
         "sharing_eps": HP(0.1),  # delta, the uniform share in the sharing term's importances
-        "mm_rounds": HP(5),  # majorise-minimise: the most linearisations of the sharing term per solve
+        # majorise-minimise: the most linearisations of the sharing term per solve; a cap, not a setting: the
+        # weights settle after ~3 at beta 0.01, 16-50 at beta 0.1 (benchmarks/bench_mm_rounds.py)
+        "mm_rounds": HP(50),
         "sharing_grad": HP("last_solve"),  # last_solve | full: the sharing term's Hessian in the gradient
         "feature_norm": HP("batchnorm"),
         "init_scale": HP(5.0),

@@ -119,7 +119,7 @@ def _scaling(B: torch.Tensor, M: torch.Tensor, sparsity: str):
     """(lower, upper): H ~ L L^T from the row blocks B (T, d+1, K, K), so that L^-1 H L^-T is near the
     identity: L^-1 per row for group heads with K > 1 (whole rows are active), 1 / sqrt(diag B) otherwise
     (Jacobi). T=16 n=50 float32, MINRES iterations plain -> scaled: group 5-way d=256 150 -> 25 (beta 0),
-    > 1000 -> 130 (full sharing); binary l1 d=256 full sharing 70 -> 40. Identity off the active set."""
+    350 -> 45 (full sharing, beta 0.1); binary l1 d=256 full sharing 55 -> 30. Identity off the active set."""
     eye = torch.eye(B.shape[-1], dtype=B.dtype, device=B.device)
     if sparsity == "group" and B.shape[-1] > 1:
         L, info = torch.linalg.cholesky_ex(torch.where(M.any(-1)[..., None, None], B, eye))

@@ -44,7 +44,7 @@ NEWTON_MAX_ELEMS = 2 ** 22  # largest number of Hessian entries, all tasks toget
 NEWTON_HALVINGS = 5  # step halvings tried per Newton step before a task keeps its iterate
 
 
-def solve(problem: InnerProblem, max_iter: int = 2000, tol: float = 1e-5, mm_rounds: int = 5):
+def solve(problem: InnerProblem, max_iter: int = 2000, tol: float = 1e-5, mm_rounds: int = 50):
     """``(U, info)``: the augmented heads and ``iters`` (FISTA), ``newton_steps``, ``kkt`` (max over
     tasks), ``frac_zero``, ``mm_rounds`` (linearisations of Phi) and ``penalty`` (T, d+1, 1), the last
     convex problem's, which the implicit backward differentiates."""
