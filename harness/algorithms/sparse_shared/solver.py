@@ -3,9 +3,10 @@
 One convex solve (:func:`minimize`): FISTA with per-task steps and gradient adaptive restart
 (O'Donoghue & Candes), finished by active-set Newton once the support has stopped changing: FISTA
 finds the support in tens of iterations but needs hundreds more to converge on it. Pure torch,
-float32 or float64, on Z's device. Training tasks never repeat (new factor subsets, directions and
-points), and probe tasks started from the last checkpoint's heads saved nothing measurable (10-25 cold
-iterations against 2-4 Newton steps warm), so every solve starts cold, at W = 0.
+float32 or float64, on Z's device. Every solve starts cold, at W = 0: warm starts saved nothing that
+mattered (a training task from its factor subset's last head, whose direction and points are new: at
+most ~0.3 ms of a ~30 ms step, with different heads, ``benchmarks/bench_warm_start.py``; the probe tasks
+from the last checkpoint's heads: 10-25 cold iterations against 2-4 warm Newton steps).
 
 The sharing term by majorise-minimise (:class:`Penalty`): the concave Phi, linearised at the iterate,
 leaves the convex problem with per-row penalties ``alpha_t + beta lam_bar w_j``. FISTA starts on the
