@@ -17,6 +17,7 @@ import functools
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from harness.algorithms.sparse_shared.problem import ActiveSet, InnerProblem, active_mask, importance_grad
 from harness.algorithms.sparse_shared.solver import solve
@@ -97,22 +98,29 @@ def implicit_grad_Z(problem: InnerProblem, U: torch.Tensor, gU: torch.Tensor, pe
         H = problem.hessian(U, probs, A, pen)
         V = A.scatter(robust_solve(H, A.gather(G).unsqueeze(-1)).squeeze(-1), U.shape)
     else:
-        hvp = problem.hvp(U, probs, M, pen)
-        if full_sharing:  # the sharing Hessian couples every task: one system
-            sharing = SharingHessian(U[:, :-1], problem.sparsity, problem.sharing, problem.delta)
-            hvp = _plus_sharing(hvp, sharing, M)
-            dot = lambda x, y: (x * y).sum().view(1, 1, 1)  # noqa: E731
-        else:
-            dot = lambda x, y: (x * y).sum(dim=(1, 2), keepdim=True)  # noqa: E731
         tol = backward_tol if backward_tol is not None else (1e-10 if dtype == torch.float64 else 1e-6)
-        lower, upper = _scaling(problem.row_blocks(U, probs, pen), M, problem.sparsity)
-        V = upper(minres(lambda x: lower(hvp(upper(x))), lower(G), dot, tol, backward_max_iter, hint=CAP_HINT)) * M
-    if not problem.binary:
-        V = torch.cat([V[:, :-1], V[:, -1:] - V[:, -1:].mean(dim=2, keepdim=True)], dim=1)
-    # F_U = Zat R^T / n + (Z-independent terms): d<F, V>/dZat = (V R + U J_P(V^T Zat)) / n, R, J_P (T, K, n)
+        V = _minres_solve(problem, U, probs, M, pen, G, full_sharing, tol, backward_max_iter)
+    # F_U = Zat R^T / n + (Z-independent terms): d<F, V>/dZat = (V R + U J_P(V^T Zat)) / n, R, J_P (T, K, n).
+    # The gauge part of V's bias row (its mean) changes nothing: J_P 1 = 0, and the ones row is dropped.
     jp = problem.jp(probs, problem.scores(V))
     gZat = torch.baddbmm(torch.bmm(V, probs - problem.Yk), U, jp, alpha=1.0 / n, beta=1.0 / n)
     return -gZat[:, :-1].transpose(1, 2)
+
+
+def _minres_solve(problem: InnerProblem, U: torch.Tensor, probs: torch.Tensor, M: torch.Tensor, pen: torch.Tensor,
+                  G: torch.Tensor, full_sharing: bool, tol: float, max_iter: int) -> torch.Tensor:
+    """H V = G on the active set M by MINRES with Hessian-vector products, scaled by :func:`_scaling`;
+    ``full_sharing`` adds the sharing Hessian, which couples every task into one system."""
+    hvp = problem.hvp(U, probs, M, pen)
+    if full_sharing:
+        sharing = SharingHessian(U[:, :-1], problem.sparsity, problem.sharing, problem.delta)
+        task_hvp = hvp
+        hvp = lambda V: task_hvp(V) + F.pad(sharing((V * M)[:, :-1]), (0, 0, 0, 1)) * M  # noqa: E731
+        dot = lambda x, y: (x * y).sum().view(1, 1, 1)  # noqa: E731
+    else:
+        dot = lambda x, y: (x * y).sum(dim=(1, 2), keepdim=True)  # noqa: E731
+    lower, upper = _scaling(problem.row_blocks(U, probs, pen), M, problem.sparsity)
+    return upper(minres(lambda x: lower(hvp(upper(x))), lower(G), dot, tol, max_iter, hint=CAP_HINT)) * M
 
 
 def _scaling(B: torch.Tensor, M: torch.Tensor, sparsity: str):
@@ -129,15 +137,6 @@ def _scaling(B: torch.Tensor, M: torch.Tensor, sparsity: str):
     diag = B.diagonal(dim1=-2, dim2=-1)
     sc = torch.where(M, diag.clamp_min(torch.finfo(B.dtype).tiny ** 0.5).rsqrt(), torch.ones_like(diag))
     return (lambda x: x * sc), (lambda x: x * sc)
-
-
-def _plus_sharing(hvp, sharing: "SharingHessian", M: torch.Tensor):
-    def apply(V: torch.Tensor) -> torch.Tensor:
-        out = hvp(V)
-        out[:, :-1] += sharing((V * M)[:, :-1]) * M[:, :-1]
-        return out
-
-    return apply
 
 
 class SharingHessian:

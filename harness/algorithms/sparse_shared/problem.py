@@ -208,14 +208,9 @@ class InnerProblem(NamedTuple):
             both = torch.bmm(ZP / n, torch.cat([Zg, ZP], dim=1).transpose(1, 2))  # one call for both products
             same_class = F.one_hot(A.k_idx, K).to(dtype)
             H = both[:, :, :m] * torch.bmm(same_class, same_class.transpose(1, 2)) - both[:, :, m:]
-        diag = self.rho * wf + (1 - vf)
+        H = H + torch.diag_embed(self.rho * wf + (1 - vf))
         if self.sparsity == "group":
-            g, u = self.group_curvature(U, pen)
-            sc, u = g[:, :, 0].gather(1, A.j_idx) * wf, A.gather(u)
-            same_row = (A.j_idx.unsqueeze(2) == A.j_idx.unsqueeze(1)) & A.is_w.unsqueeze(2) & A.is_w.unsqueeze(1)
-            H = H - same_row.to(dtype) * (sc.unsqueeze(2) * u.unsqueeze(2) * u.unsqueeze(1))
-            diag = diag + sc
-        H = H + torch.diag_embed(diag)
+            H = H + self.group_hessian(U, pen, A)
         if not self.binary:
             isb = ((A.j_idx == d1 - 1) & A.valid).to(dtype)
             H = H + (GAUGE / K) * isb.unsqueeze(2) * isb.unsqueeze(1)
@@ -251,6 +246,14 @@ class InnerProblem(NamedTuple):
             g, u = self.group_curvature(U, pen)
             extra += g.unsqueeze(3) * (eye - u.unsqueeze(3) * u.unsqueeze(2))
         return B + extra
+
+    def group_hessian(self, U: torch.Tensor, pen: torch.Tensor, A: "ActiveSet") -> torch.Tensor:
+        """The group penalty's Hessian g_j (I - u_j u_j^T) per row (:meth:`group_curvature`) on the active set."""
+        g, u = self.group_curvature(U, pen)
+        wf = A.is_w.to(U.dtype)
+        sc, u = g[:, :, 0].gather(1, A.j_idx) * wf, A.gather(u)
+        same_row = (A.j_idx.unsqueeze(2) == A.j_idx.unsqueeze(1)).to(U.dtype) * wf.unsqueeze(2) * wf.unsqueeze(1)
+        return torch.diag_embed(sc) - same_row * (sc.unsqueeze(2) * u.unsqueeze(2) * u.unsqueeze(1))
 
     def group_curvature(self, U: torch.Tensor, pen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(g (T, d+1, 1), u (T, d+1, K)): the group penalty's Hessian on row j is g_j (I - u_j u_j^T), with
