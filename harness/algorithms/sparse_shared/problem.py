@@ -155,7 +155,8 @@ class InnerProblem(NamedTuple):
 
     def grad(self, U: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
         """Gradient of mean CE + rho/2 ||W||^2 from the residual R = probs - targets, (T, d+1, K)."""
-        # R (Za / n) and a transposed add: ~1.5x faster than Zat R^T, whose output rows are K long
+        # R (Za / n) and a transposed add: faster than Zat R^T, whose output rows are K long (40 vs 47 us at
+        # T=16 n=50 d=64 K=5)
         return (U * self.ridge).add_(torch.bmm(R, self.Za_n).transpose(1, 2))
 
     def smooth_grad(self, U: torch.Tensor) -> torch.Tensor:
