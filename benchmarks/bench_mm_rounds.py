@@ -20,20 +20,19 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from bench_inner import DEFAULTS, make  # noqa: E402
 from harness.algorithms.sparse_shared import solver  # noqa: E402
 from harness.algorithms.sparse_shared.problem import InnerProblem, row_importance  # noqa: E402
+from harness.metrics.sharing import entropy  # noqa: E402
 
 
 def full_objective(problem: InnerProblem, U: torch.Tensor) -> tuple[float, float]:
-    """(the full objective summed over tasks, the entropy of the importance shares A_j / S)."""
-    W = U[:, :-1]
-    A = row_importance(W, problem.sparsity)
+    """(the full objective summed over tasks, the entropy of the importance shares A_j / S).
+
+    Phi(A) = St H(At / St) with At = A + delta S / d, St = (1 + delta) S (docs/design.md, section 9)."""
+    A = row_importance(U[:, :-1], problem.sparsity)
     smooth = problem.objective(U, torch.zeros_like(problem.alpha_t)).sum()
     Aj = A.sum(0)
-    S, d, delta = Aj.sum(), Aj.shape[0], problem.delta
-    At = Aj + delta * S / d
-    phi = (At * torch.log((1 + delta) * S / At)).sum()
-    p = Aj / S
-    entropy = -(p[p > 0] * p[p > 0].log()).sum()
-    return float(smooth + (problem.alpha_t[:, :-1, 0] * A).sum() + problem.sharing * phi), float(entropy)
+    S, delta = Aj.sum(), problem.delta
+    phi = (1 + delta) * S * entropy(Aj + delta * S / Aj.shape[0])
+    return float(smooth + (problem.alpha_t[:, :-1, 0] * A).sum() + problem.sharing * phi), entropy(Aj)
 
 
 def main() -> None:

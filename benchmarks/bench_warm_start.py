@@ -42,7 +42,13 @@ def main() -> None:
     sampler = FactorTaskSampler([dataset[i] for i in range(len(dataset))], h, seed=args.seed)
     drawn = []  # the factor subsets of the batch being sampled
     draw = sampler._subset
-    sampler._subset = lambda g: drawn.append(tuple(sorted((s := draw(g)).tolist()))) or s
+
+    def recorded(g: torch.Generator) -> torch.Tensor:
+        subset = draw(g)
+        drawn.append(tuple(sorted(subset.tolist())))
+        return subset
+
+    sampler._subset = recorded
     opts = dict(max_iter=h["inner_max_iter"], tol=h["inner_tol"], mm_rounds=h["mm_rounds"])
     last, rows, warm_tasks = {}, [], 0
     for step in range(args.steps):
