@@ -42,24 +42,6 @@ def evaluate(algorithm, dataset, splits, train_envs, args, with_dci: bool, probe
     return metrics
 
 
-EVAL_HEADS = ("own", "probe")  # hparam eval_head of episodic algorithms (harness/hparams.py EPISODIC)
-
-
-def check_eval_hparams(hparams: dict) -> None:
-    """A one-line UserError for an ``eval_head`` or ``eval_n_fit`` the evaluation cannot use."""
-    import json
-
-    from harness.errors import UserError
-
-    head, n_fit = hparams.get("eval_head", "own"), hparams.get("eval_n_fit", 2000)
-    if head not in EVAL_HEADS:
-        raise UserError(f"hparam eval_head must be one of {', '.join(map(repr, EVAL_HEADS))} (the algorithm's "
-                        f"adapt, or a logistic-regression probe on its features), got {json.dumps(head)}")
-    if type(n_fit) is not int or n_fit < 0:
-        raise UserError(f"hparam eval_n_fit must be an integer >= 0 (0: every training-domain 'in' point), "
-                        f"got {json.dumps(n_fit)}")
-
-
 def probe_head(algorithm, x, y):
     """A multinomial logistic-regression probe on the frozen features ``algorithm.features(x)``, fitted on
     (x, y) whatever the algorithm's own ``adapt`` does (the base class's ``adapt``): ``x -> logits``."""
@@ -75,6 +57,7 @@ def eval_predictor(algorithm, train_envs, args, n_fit: int | None = None, head: 
     import torch
 
     from harness.datasets.tasks import ConcatEnv
+    from harness.hparams import EPISODIC, check
     from harness.utils import generator
 
     if not algorithm.EPISODIC:
@@ -82,7 +65,8 @@ def eval_predictor(algorithm, train_envs, args, n_fit: int | None = None, head: 
     hparams = getattr(algorithm, "hparams", {})
     n_fit = hparams.get("eval_n_fit", 2000) if n_fit is None else n_fit
     head = hparams.get("eval_head", "own") if head is None else head
-    check_eval_hparams({"eval_head": head, "eval_n_fit": n_fit})
+    for name, value in (("eval_head", head), ("eval_n_fit", n_fit)):
+        check(name, value, EPISODIC[name])
     pool = ConcatEnv(train_envs)
     idx = torch.randperm(len(pool), generator=generator(args.seed, "adapt"))[: n_fit or len(pool)]
     x, y = pool.batch(idx)

@@ -6,7 +6,7 @@ algorithm) never shifts the values drawn for the others. The space of a run is t
 the common space, the dataset's and the algorithm's (later ones override earlier ones).
 
 Algorithms and datasets, built-in or plugins, declare their hparams on the class:
-``HPARAMS = {"name": HP(default, sampler)}``; an algorithm with ``EPISODIC = True`` also gets
+``HPARAMS = {"name": HP(default, sampler, domain)}``; an algorithm with ``EPISODIC = True`` also gets
 the episodic hparams below. This module imports no torch; :func:`space` imports the classes
 (hence torch) when it is called.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -26,14 +26,53 @@ Sampler = Callable[[np.random.RandomState], Any]
 
 
 @dataclass(frozen=True)
+class Domain:
+    """The values an hparam accepts: a user's override outside them is a one-line error (:func:`check`)."""
+
+    accepts: Callable[[Any], bool]
+    text: str  # completes "hparam NAME must be ..."
+
+
+def one_of(*options: Any) -> Domain:
+    return Domain(lambda v: v in options, "one of " + " | ".join(map(str, options)))
+
+
+def at_least(lo: float, note: str = "") -> Domain:
+    return Domain(lambda v: v >= lo, f">= {lo}{note}")
+
+
+def above(lo: float) -> Domain:
+    return Domain(lambda v: v > lo, f"> {lo}")
+
+
+def in_range(lo: float, hi: float, open_lo: bool = False, note: str = "") -> Domain:
+    """[lo, hi], or (lo, hi] with ``open_lo``."""
+    text = f"in {'(' if open_lo else '['}{lo}, {hi}]{note}"
+    return Domain(lambda v: (lo < v if open_lo else lo <= v) and v <= hi, text)
+
+
+@dataclass(frozen=True)
 class HP:
-    """One hyperparameter: its default and how random search draws it."""
+    """One hyperparameter: its default, how random search draws it and the values it accepts."""
 
     default: Any
     sample: Sampler | None = None  # None: fixed at the default during random search
+    domain: Domain | None = None  # None: any value of the default's type
 
     def draw(self, rng: np.random.RandomState) -> Any:
         return self.default if self.sample is None else _plain(self.sample(rng))
+
+
+def check(name: str, value: Any, hp: HP) -> None:
+    """A one-line UserError unless ``value`` is in ``hp``'s domain (None passes where it is the default)."""
+    if hp.domain is None or (value is None and hp.default is None):
+        return
+    try:
+        ok = bool(hp.domain.accepts(value))
+    except TypeError:
+        ok = False
+    if not ok:
+        raise UserError(f"hparam {name} must be {hp.domain.text}, got {json.dumps(value)}")
 
 
 def _plain(v: Any) -> Any:
@@ -61,11 +100,11 @@ def int_pow2(lo: int, hi: int) -> Sampler:
 
 
 COMMON: dict[str, HP] = {
-    "lr": HP(1e-3, log_uniform(-4.5, -2.5)),
-    "weight_decay": HP(0.0, log_uniform(-6, -2)),
-    "batch_size": HP(32, int_pow2(3, 6)),  # per training environment
+    "lr": HP(1e-3, log_uniform(-4.5, -2.5), above(0)),
+    "weight_decay": HP(0.0, log_uniform(-6, -2), at_least(0)),
+    "batch_size": HP(32, int_pow2(3, 6), at_least(1)),  # per training environment
     "backbone": HP("MLP"),
-    "feature_dim": HP(64),  # d, the width of the representation
+    "feature_dim": HP(64, domain=at_least(1)),  # d, the width of the representation
     "mlp_width": HP(256),  # backbone MLP
     "mlp_depth": HP(3),
     "cnn_width": HP(32),  # backbone SmallCNN
@@ -74,22 +113,28 @@ COMMON: dict[str, HP] = {
 
 # Episodic algorithms draw tasks from the dataset's task sampler.
 EPISODIC: dict[str, HP] = {
-    "tasks_per_batch": HP(16, choice(8, 16, 32)),
-    "support": HP(50, choice(20, 50, 100)),
-    "query": HP(50),
-    "n_way": HP(5),  # class tasks (ignored by binary factor tasks)
+    "tasks_per_batch": HP(16, choice(8, 16, 32), at_least(1)),
+    "support": HP(50, choice(20, 50, 100), at_least(1)),
+    "query": HP(50, domain=at_least(1)),
+    "n_way": HP(5, domain=at_least(2)),  # class tasks (ignored by binary factor tasks)
     "max_factors": HP(3),  # factor tasks depend on a random subset of 1..max_factors factors
     # the head that reads the dataset's label at evaluation (harness/evaluation.py eval_predictor): "own" = the
     # algorithm's adapt, "probe" = a logistic-regression probe on its frozen features; fitted on eval_n_fit
     # training-domain 'in' points (0: all of them). docs/rotated_fmnist.md measures both.
-    "eval_head": HP("own"),
-    "eval_n_fit": HP(2000),
+    "eval_head": HP("own", domain=one_of("own", "probe")),
+    "eval_n_fit": HP(2000, domain=at_least(0, " (0: every training-domain 'in' point)")),
 }
 
 
 def space(algorithm: str, dataset: str) -> dict[str, HP]:
-    """The full hparam space of (algorithm, dataset)."""
-    return {**COMMON, **dataset_space(dataset), **algorithm_space(algorithm)}
+    """The full hparam space of (algorithm, dataset); a class that overrides an hparam without a domain
+    keeps the domain of the one it overrides."""
+    merged: dict[str, HP] = {}
+    for part in (COMMON, dataset_space(dataset), algorithm_space(algorithm)):
+        for name, hp in part.items():
+            old = merged.get(name)
+            merged[name] = replace(hp, domain=old.domain) if hp.domain is None and old is not None else hp
+    return merged
 
 
 def algorithm_space(name: str) -> dict[str, HP]:

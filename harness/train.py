@@ -145,12 +145,6 @@ def check_args(args: argparse.Namespace) -> None:
             raise UserError(f"--device {args.device}: this machine has {n} CUDA device(s)")
 
 
-# hparams whose values are bounded whatever the algorithm (others check their own, e.g. SparseShared's alpha)
-HPARAM_BOUNDS = {"lr": (0, False), "weight_decay": (0, True), "batch_size": (1, True), "feature_dim": (1, True),
-                 "n_per_env": (1, True), "tasks_per_batch": (1, True), "support": (1, True), "query": (1, True),
-                 "n_way": (2, True), "k_shot": (1, True), "n_episodes": (1, True)}
-
-
 def parse_hparams(text: str | None, algorithm: str, dataset: str) -> dict | None:
     """--hparams as a dict whose values have the types of the defaults they override, finite and in range."""
     from harness import hparams as hp
@@ -170,11 +164,11 @@ def parse_hparams(text: str | None, algorithm: str, dataset: str) -> dict | None
         raise UserError("--hparams is nested too deeply") from None
     if not isinstance(overrides, dict):
         raise UserError(f"--hparams must be a JSON object, got {type(overrides).__name__}")
-    defaults = hp.resolve(algorithm, dataset, 0, None)
+    space = hp.space(algorithm, dataset)
     for name, value in overrides.items():
-        if name not in defaults:
+        if name not in space:
             continue  # hp.resolve names the unknown ones with the valid ones
-        default = defaults[name]
+        default = space[name].default
         if isinstance(default, bool):
             ok = isinstance(value, bool) or (name == "pretrained" and isinstance(value, str))
         elif isinstance(default, int):
@@ -188,10 +182,7 @@ def parse_hparams(text: str | None, algorithm: str, dataset: str) -> dict | None
         if not ok:
             raise UserError(f"hparam {name} must be a {type(default).__name__} like its default {default!r}, "
                             f"got {json.dumps(value)}")
-        if name in HPARAM_BOUNDS and isinstance(value, (int, float)) and not isinstance(value, bool):
-            lo, inclusive = HPARAM_BOUNDS[name]
-            if value < lo or (value == lo and not inclusive):
-                raise UserError(f"hparam {name} must be {'>=' if inclusive else '>'} {lo}, got {value}")
+        hp.check(name, value, space[name])
     return overrides
 
 
@@ -228,7 +219,6 @@ def run(args: argparse.Namespace) -> Path:
 def _run(args: argparse.Namespace) -> Path:
     from harness import hparams as hp
     from harness.errors import UserError
-    from harness.evaluation import check_eval_hparams
     from harness.lock import RunLock
     from harness.registry import ALGORITHMS, DATASETS
 
@@ -244,7 +234,6 @@ def _run(args: argparse.Namespace) -> Path:
                         "leave at least one to train on")
     hparams = hp.resolve(args.algorithm, args.dataset, args.hparams_seed,
                          parse_hparams(args.hparams, args.algorithm, args.dataset))
-    check_eval_hparams(hparams)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         if (out / DONE).exists():  # another process finished it while we waited for the lock

@@ -40,9 +40,10 @@ def test_diverging_loss_is_a_clear_error(cli, tmp_path, algorithm, freq):
 
 
 @pytest.mark.parametrize("hparams, expected", [
-    ('{"alpha": -0.1}', "SparseShared hparam alpha must be in [0, 1]"),
-    ('{"sparsity": "l2"}', "SparseShared hparam sparsity must be one of l1 | group, got 'l2'"),
-    ('{"rho": 0}', "SparseShared hparam rho must be > 0"),
+    ('{"alpha": -0.1}', "hparam alpha must be in [0, 1]"),
+    ('{"sparsity": "l2"}', 'hparam sparsity must be one of l1 | group, got "l2"'),
+    ('{"rho": 0}', "hparam rho must be > 0"),
+    ('{"sharing_grad": "exact"}', 'hparam sharing_grad must be one of last_solve | full, got "exact"'),
 ])
 def test_sparse_shared_hparams_out_of_domain_are_one_line_errors(cli, tmp_path, hparams, expected):
     """Before, a negative alpha trained silently with an expanding 'prox' and an unknown option failed

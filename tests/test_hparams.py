@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -53,7 +54,8 @@ def test_every_algorithm_and_dataset_declares_its_hparams_on_its_class():
         cls = DATASETS.get(name)
         assert hp.dataset_space(name) == cls.HPARAMS, name
         assert all(isinstance(v, hp.HP) for v in hp.dataset_space(name).values()), name
-        assert hp.space("ERM", name) == {**hp.COMMON, **cls.HPARAMS}, name
+        merged = {**hp.COMMON, **cls.HPARAMS}
+        assert {k: v.default for k, v in hp.space("ERM", name).items()} == {k: v.default for k, v in merged.items()}
 
 
 def test_episodic_hparams_come_from_the_class_flag():
@@ -63,3 +65,26 @@ def test_episodic_hparams_come_from_the_class_flag():
     assert not set(hp.EPISODIC) & set(hp.default_hparams("ERM", "Sprites"))
     assert hp.default_hparams("ERM", "MPI3D")["mpi3d_variant"] == "toy"
     assert "mpi3d_variant" not in hp.default_hparams("ERM", "Shapes3D")
+
+
+def test_domains_reject_out_of_range_values_and_survive_overrides():
+    """A dataset that overrides a common hparam (SyntheticLinear's batch_size, lr) keeps its domain; one
+    that declares its own (SparseShared's alpha) gets it checked; a None default accepts None."""
+    space = hp.space("SparseShared", "SyntheticLinear")
+    assert space["batch_size"].default == 64 and space["batch_size"].domain is hp.COMMON["batch_size"].domain
+    for name, bad, message in [("batch_size", 0, "hparam batch_size must be >= 1, got 0"),
+                               ("lr", 0.0, "hparam lr must be > 0, got 0.0"),
+                               ("alpha", 1.5, "hparam alpha must be in [0, 1]"),
+                               ("sharing_eps", 0.0, "hparam sharing_eps must be in (0, 1], got 0.0"),
+                               ("sparsity", "l2", 'must be one of l1 | group, got "l2"')]:
+        with pytest.raises(UserError, match=re.escape(message)):
+            hp.check(name, bad, space[name])
+    for name, good in [("batch_size", 1), ("alpha", 0.0), ("alpha", 1.0), ("sharing_eps", 1.0), ("sparsity", "group")]:
+        hp.check(name, good, space[name])
+    hp.check("n_per_env", None, hp.space("ERM", "RotatedFashionMNIST")["n_per_env"])
+    with pytest.raises(UserError, match="n_per_env must be >= 1"):
+        hp.check("n_per_env", 0, hp.space("ERM", "RotatedFashionMNIST")["n_per_env"])
+    for seed in range(1, 30):  # random search stays inside every domain
+        drawn = hp.random_hparams("SparseShared", "SyntheticLinear", seed)
+        for name, value in drawn.items():
+            hp.check(name, value, space[name])

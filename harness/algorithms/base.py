@@ -13,7 +13,7 @@ and returns a predictor ``x -> logits`` (default: a multinomial logistic-regress
 ``checkpoint_logs(probe)`` adds values to each checkpoint record; a class attribute
 ``PLOT_LOGS = {"key": "curve" | "heatmap"}`` names the logged values ``harness.plots`` should draw
 (a scalar per checkpoint as a training curve, a matrix as a heatmap of each run's last checkpoint).
-Hparams: ``HPARAMS = {"name": HP(default, sampler)}`` on the class.
+Hparams: ``HPARAMS = {"name": HP(default, sampler, domain)}`` on the class.
 Episodic algorithms are evaluated on the dataset's label through ``adapt`` on the training
 split. Optimizers stored as attributes are saved in ``state_dict()`` (via
 ``get_extra_state``), so ``state_dict`` alone is enough to resume a run. Two rules keep

@@ -103,7 +103,7 @@ class MultiEnvDataset:
       METRICS        what it reports besides accuracy: "wg_acc" (has groups), "disentanglement"
                      (has factors: DCI and MCC), "fewshot"
       N_STEPS, CHECKPOINT_FREQ   defaults for ``harness.train``
-      HPARAMS        the dataset's hparams (``{"name": harness.hparams.HP(default, sampler)}``),
+      HPARAMS        the dataset's hparams (``{"name": harness.hparams.HP(default, sampler, domain)}``),
                      overriding the common ones (backbone, lr, batch size, ...)
       TEST_ENV_SETS  the test-environment sets a sweep runs (default: each environment in turn)
       FEWSHOT        with "fewshot" in METRICS: episode settings for ``metrics.fewshot``

@@ -41,7 +41,7 @@ import torch
 from harness.datasets.base import EnvDataset, MultiEnvDataset, TensorEnv
 from harness.datasets.domainbed_images import IMAGENET_MEAN, IMAGENET_STD, ImageListEnv, _is_image
 from harness.errors import UserError
-from harness.hparams import HP, int_pow2
+from harness.hparams import HP, at_least, int_pow2
 from harness.registry import DATASETS
 
 SPLITS = ("train", "val", "test")
@@ -68,7 +68,7 @@ class FewShotImageDataset(MultiEnvDataset):
     # train split only (--test_envs 1 2); k_shot, n_episodes: few-shot evaluation
     # (timm backbones train from scratch here, as few-shot benchmarks do: "pretrained": false)
     HPARAMS = {"backbone": HP("SmallCNN"), "feature_dim": HP(128), "batch_size": HP(64, int_pow2(4, 7)),
-               "k_shot": HP(5), "n_episodes": HP(600), "pretrained": HP(False)}
+               "k_shot": HP(5, domain=at_least(1)), "n_episodes": HP(600, domain=at_least(1)), "pretrained": HP(False)}
 
     def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
         super().__init__(data_dir, test_envs, hparams)

@@ -57,7 +57,7 @@ import torch
 
 from harness.datasets.base import MultiEnvDataset, TensorEnv
 from harness.errors import UserError
-from harness.hparams import HP, int_pow2, log_uniform
+from harness.hparams import HP, at_least, int_pow2, log_uniform
 from harness.registry import DATASETS
 from harness.utils import generator
 
@@ -149,7 +149,8 @@ class RotatedFashionMNIST(MultiEnvDataset):
     # DomainBed's small-image settings (RotatedMNIST): lr 1e-3, batch 64 per env, no weight decay, and its
     # network MNIST_CNN (harness/backbones/domainbed_mnist.py; 128 features). docs/rotated_fmnist.md
     HPARAMS = {"backbone": HP("MNIST_CNN"), "feature_dim": HP(128), "lr": HP(1e-3, log_uniform(-4.5, -3.5)),
-               "batch_size": HP(64, int_pow2(3, 9)), "weight_decay": HP(0.0), "n_per_env": HP(None), "data_seed": HP(0)}
+               "batch_size": HP(64, int_pow2(3, 9)), "weight_decay": HP(0.0),
+               "n_per_env": HP(None, domain=at_least(1)), "data_seed": HP(0)}
 
     def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
         super().__init__(data_dir, test_envs, hparams)

@@ -8,7 +8,7 @@ import torch
 
 from harness.datasets.base import MultiEnvDataset, TensorEnv
 from harness.errors import UserError
-from harness.hparams import HP, int_pow2, log_uniform
+from harness.hparams import HP, at_least, int_pow2, log_uniform
 from harness.registry import DATASETS
 from harness.utils import generator
 
@@ -54,7 +54,8 @@ class SyntheticLinear(MultiEnvDataset):
     # lr 3e-3 and every factor combination kept for training tasks (ood_task_fraction 0): identifiability
     # needs the task diversity (measurements: docs/measurements.md)
     HPARAMS = {"backbone": HP("MLP"), "feature_dim": HP(10), "batch_size": HP(64, int_pow2(5, 7)),
-               "lr": HP(3e-3, log_uniform(-3.5, -2)), "n_factors": HP(10), "n_per_env": HP(4000), "data_seed": HP(0),
+               "lr": HP(3e-3, log_uniform(-3.5, -2)), "n_factors": HP(10, domain=at_least(1)),
+               "n_per_env": HP(4000, domain=at_least(1)), "data_seed": HP(0),
                "ood_task_fraction": HP(0.0), "factor_correlation": HP(0.0)}
 
     ENVIRONMENTS = ["shift0", "shift25", "shift50"]

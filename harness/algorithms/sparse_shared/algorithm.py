@@ -13,25 +13,9 @@ from harness.algorithms.base import Algorithm
 from harness.algorithms.episodic import feature_norm, head_logits, task_features
 from harness.algorithms.sparse_shared.implicit import SHARING_GRAD, sparse_heads
 from harness.algorithms.sparse_shared.problem import SPARSITY, row_importance
-from harness.errors import UserError
-from harness.hparams import HP, log_uniform, uniform
+from harness.hparams import HP, above, at_least, in_range, log_uniform, one_of, uniform
 from harness.metrics.sharing import entropy, sharing_stats
 from harness.registry import ALGORITHMS
-
-
-def check_hparams(h: dict) -> None:
-    """One-line errors for SparseShared hparams outside their domain (docs/design.md, "SparseShared as implemented")."""
-    for name, allowed in {"sparsity": SPARSITY, "sharing_grad": SHARING_GRAD}.items():
-        if h[name] not in allowed:
-            raise UserError(f"SparseShared hparam {name} must be one of {' | '.join(allowed)}, got {h[name]!r}")
-    bounds = {"alpha": (0 <= h["alpha"] <= 1, "in [0, 1] (relative to each task's lambda_max)"),
-              "beta": (h["beta"] >= 0, ">= 0"), "rho": (h["rho"] > 0, "> 0"),
-              "sharing_eps": (0 < h["sharing_eps"] <= 1, "in (0, 1]"), "mm_rounds": (h["mm_rounds"] >= 1, ">= 1"),
-              "inner_tol": (h["inner_tol"] > 0, "> 0"), "inner_max_iter": (h["inner_max_iter"] >= 1, ">= 1"),
-              "adapt_max_iter": (h["adapt_max_iter"] >= 1, ">= 1")}
-    for name, (ok, domain) in bounds.items():
-        if not ok:
-            raise UserError(f"SparseShared hparam {name} must be {domain}, got {h[name]!r}")
 
 
 @ALGORITHMS.register("SparseShared")
@@ -46,28 +30,28 @@ class SparseShared(Algorithm):
 
     EPISODIC = True
     HPARAMS = {
-        "alpha": HP(0.3, uniform(0.05, 0.7)),  # relative to each task's lambda_max
+        "alpha": HP(0.3, uniform(0.05, 0.7), in_range(0, 1, note=" (relative to each task's lambda_max)")),
         # the sharing weight, relative to the batch's mean lambda_max; the study (docs/study) found 0.03 and
         # more lowered DCI disentanglement on SyntheticLinear, 0.01 did not
-        "beta": HP(0.01, log_uniform(-3, -0.5)),
-        "rho": HP(1e-3),
-        "sparsity": HP("l1"),  # l1 | group (over the classes of a feature row)
-        "sharing_eps": HP(0.1),  # delta, the uniform share in the sharing term's importances
+        "beta": HP(0.01, log_uniform(-3, -0.5), at_least(0)),
+        "rho": HP(1e-3, domain=above(0)),
+        "sparsity": HP("l1", domain=one_of(*SPARSITY)),  # group: over the classes of a feature row
+        "sharing_eps": HP(0.1, domain=in_range(0, 1, open_lo=True)),  # delta, the sharing term's uniform share
         # majorise-minimise: the most linearisations of the sharing term per solve; a cap, not a setting: the
         # weights settle after ~3 at beta 0.01, 16-50 at beta 0.1 (benchmarks/bench_mm_rounds.py)
-        "mm_rounds": HP(50),
-        "sharing_grad": HP("last_solve"),  # last_solve | full: the sharing term's Hessian in the gradient
+        "mm_rounds": HP(50, domain=at_least(1)),
+        # the sharing term's Hessian in the gradient (implicit.sparse_heads)
+        "sharing_grad": HP("last_solve", domain=one_of(*SHARING_GRAD)),
         "feature_norm": HP("batchnorm"),
-        "init_scale": HP(5.0),
-        "inner_max_iter": HP(200),
-        "inner_tol": HP(1e-4),
-        "adapt_max_iter": HP(3000),  # the solver's cap in adapt (evaluation heads: larger problems)
+        "init_scale": HP(5.0, domain=above(0)),
+        "inner_max_iter": HP(200, domain=at_least(1)),
+        "inner_tol": HP(1e-4, domain=above(0)),
+        "adapt_max_iter": HP(3000, domain=at_least(1)),  # the solver's cap in adapt (larger problems)
         "weight_decay": HP(0.0),
     }
     PLOT_LOGS = {"usage": "heatmap", "probe_sharing": "curve", "probe_features_used": "curve"}
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
-        check_hparams(hparams)
         super().__init__(input_shape, num_classes, num_domains, hparams)
         d = self.featurizer.n_outputs
         self.norm = feature_norm(hparams["feature_norm"], d)
@@ -94,10 +78,8 @@ class SparseShared(Algorithm):
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item(), "inner_iters": float(info["iters"]),
-                "inner_newton_steps": float(info["newton_steps"]), "inner_mm_rounds": float(info["mm_rounds"]),
-                "kkt": float(info["kkt"]),
-                "frac_zero": float(info["frac_zero"]),
+        return {"loss": loss.item(), **{f"inner_{k}": float(info[k]) for k in ("iters", "newton_steps", "mm_rounds")},
+                "kkt": float(info["kkt"]), "frac_zero": float(info["frac_zero"]),
                 # H(p), p_j proportional to sum_t ||W_tj||_2 (report.py's "train sharing" is 1 - H / log d)
                 "entropy": entropy(row_importance(W.detach(), "group").sum(dim=0)),
                 "scale": self.log_scale.exp().item()}

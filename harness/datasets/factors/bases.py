@@ -8,7 +8,7 @@ import numpy as np
 from harness.datasets.factors.cache import cached_arrays, digest
 from harness.datasets.factors.sampling import band_range, check_rho, choose_rows, env_rng, sample_factor_classes
 from harness.errors import UserError
-from harness.hparams import HP, int_pow2
+from harness.hparams import HP, at_least, int_pow2
 
 
 def _hp_rho(hparams: dict) -> float:
@@ -38,7 +38,7 @@ class FactorDatasetMixin:
     # ood_task_fraction: the share of multi-factor combinations kept out of the training tasks, for
     # out-of-distribution tasks at evaluation (harness/datasets/tasks.py)
     HPARAMS = {"backbone": HP("SmallCNN"), "feature_dim": HP(32), "batch_size": HP(32, int_pow2(3, 6)),
-               "n_per_env": HP(4000), "data_seed": HP(0), "factor_correlation": HP(0.0), "data_cache": HP(True),
+               "n_per_env": HP(4000, domain=at_least(1)), "data_seed": HP(0), "factor_correlation": HP(0.0), "data_cache": HP(True),
                "ood_task_fraction": HP(0.2)}
     FAMILY: str = ""
     GRID: dict[str, np.ndarray] = {}
