@@ -537,7 +537,8 @@ def test_reweighted_implicit_gradient_is_that_of_the_last_convex_solve(C, sparsi
     def f_fixed(Zx):  # the last convex problem, its per-row penalties frozen
         problem = InnerProblem.build(Zx, Y, C, 0.05, sparsity=sparsity, lam=lam)
         U0 = torch.cat([W, b.unsqueeze(1)], dim=1).detach()
-        fixed = solver.Penalty(problem, 0, value=pen)
+        fixed = solver.Penalty(problem, 0)
+        fixed.value = pen
         return (solver.minimize(problem, U0, fixed, problem.lipschitz(), 50000, 1e-13)[0][:, :-1] * GW).sum()
 
     fd_fixed = float((f_fixed(Z + h * V) - f_fixed(Z - h * V)) / (2 * h))

@@ -5,7 +5,7 @@ every bias entry) its solution satisfies ``F(u, Z) = grad_u [CE + rho/2 ||W||^2]
 with u = (W_A, b) and ``pen`` that solve's penalty (alpha_t, plus beta lam_bar w_j with the sharing
 term). With H = dF/du and the upstream gradient g_u, solve ``H v = g_u``; then ``grad_Z = -(dF/dZ)^T v``.
 The penalties (lambda_max, the weights w_j) are constants; ``sharing_grad="full"`` adds the sharing
-term's own Hessian ``beta lam_bar J^T Hess(Phi) J`` (:class:`SharingHessian`), which couples the tasks.
+term's own Hessian ``beta lam_bar J^T Hess(Phi) J`` (``InnerProblem.sharing_hessian``), which couples the tasks.
 
 H without it is block-diagonal over tasks and positive definite: batched Cholesky on the compressed
 active set while it is small, otherwise MINRES with Hessian-vector products, scaled on both sides
@@ -17,20 +17,18 @@ import functools
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
-from harness.algorithms.sparse_shared.problem import ActiveSet, InnerProblem, active_mask, importance_grad
+from harness.algorithms.sparse_shared.problem import ActiveSet, InnerProblem, active_mask
 from harness.algorithms.sparse_shared.solver import solve
 from harness.linalg import minres, robust_solve
 from harness.precision import full_precision
 
 SHARING_GRAD = ("last_solve", "full")
-# dense while the compressed active dimension m <= DENSE_M or T m^2 <= DENSE_ELEMS, else MINRES (n=50 float32
-# beta 0, dense / MINRES ms: l1 T=16 m=173 41 / 125, m=307 102 / 61; T=4 m=386 62 / 77, m=543 149 / 79)
+# dense while the active dimension m <= DENSE_M or T m^2 <= DENSE_ELEMS, else MINRES (dense / MINRES ms, n=50
+# float32 l1: T=16 m=173 41 / 125, m=307 102 / 61; T=4 m=386 62 / 77, m=543 149 / 79)
 DENSE_M = 256
 DENSE_ELEMS = 2 ** 20
-CAP_HINT = ("; the implicit backward's gradient is approximate (sparse_heads(..., backward='dense') or a larger "
-            "backward_max_iter solves it fully)")
+CAP_HINT = "; the implicit gradient is approximate (backward='dense' or a larger backward_max_iter solves it)"
 
 
 @full_precision
@@ -111,14 +109,9 @@ def _minres_solve(problem: InnerProblem, U: torch.Tensor, probs: torch.Tensor, M
                   G: torch.Tensor, full_sharing: bool, tol: float, max_iter: int) -> torch.Tensor:
     """H V = G on the active set M by MINRES with Hessian-vector products, scaled by :func:`_scaling`;
     ``full_sharing`` adds the sharing Hessian, which couples every task into one system."""
-    hvp = problem.hvp(U, probs, M, pen)
-    if full_sharing:
-        sharing = SharingHessian(U[:, :-1], problem.sparsity, problem.sharing, problem.delta)
-        task_hvp = hvp
-        hvp = lambda V: task_hvp(V) + F.pad(sharing((V * M)[:, :-1]), (0, 0, 0, 1)) * M  # noqa: E731
-        dot = lambda x, y: (x * y).sum().view(1, 1, 1)  # noqa: E731
-    else:
-        dot = lambda x, y: (x * y).sum(dim=(1, 2), keepdim=True)  # noqa: E731
+    hvp = problem.hvp(U, probs, M, pen, full_sharing)
+    dims = (0, 1, 2) if full_sharing else (1, 2)
+    dot = lambda x, y: (x * y).sum(dim=dims, keepdim=True)  # noqa: E731
     lower, upper = _scaling(problem.row_blocks(U, probs, pen), M, problem.sparsity)
     return upper(minres(lambda x: lower(hvp(upper(x))), lower(G), dot, tol, max_iter, hint=CAP_HINT)) * M
 
@@ -137,24 +130,3 @@ def _scaling(B: torch.Tensor, M: torch.Tensor, sparsity: str):
     diag = B.diagonal(dim1=-2, dim2=-1)
     sc = torch.where(M, diag.clamp_min(torch.finfo(B.dtype).tiny ** 0.5).rsqrt(), torch.ones_like(diag))
     return (lambda x: x * sc), (lambda x: x * sc)
-
-
-class SharingHessian:
-    """``scale * J^T Hess(Phi) J`` of the sharing term as a product on the W rows.
-
-    With Phi = St log St - sum_j At_j log At_j, At = M A, M = I + delta/d 11^T and v = 1 / At:
-    Hess(Phi) = M (11^T / St - diag(v)) M, applied to dA = J V (J = dA/dW: signs for l1, unit rows for
-    group; the row norms' own curvature is in the convex Hessian through the per-row penalty)."""
-
-    def __init__(self, W: torch.Tensor, sparsity: str, scale: float, delta: float):
-        self.q = importance_grad(W, sparsity)
-        A = (self.q * W).sum(dim=(0, 2))  # (d,)
-        d, S = A.shape[0], A.sum()
-        self.v = 1.0 / (A + delta * S / d)
-        self.St, self.scale, self.mix = (1 + delta) * S, scale, delta / d
-
-    def __call__(self, Vw: torch.Tensor) -> torch.Tensor:
-        dA = (self.q * Vw).sum(dim=(0, 2))
-        mdA = dA + self.mix * dA.sum()  # M dA
-        h = mdA.sum() / self.St - self.v * mdA  # (11^T / St - diag(v)) M dA
-        return self.scale * self.q * (h + self.mix * h.sum()).view(1, -1, 1)

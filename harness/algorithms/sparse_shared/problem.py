@@ -137,13 +137,8 @@ class InnerProblem(NamedTuple):
     def initial_heads(self) -> torch.Tensor:
         """U with W = 0 and the optimal intercept for it (log class frequency, or logit of the positive rate)."""
         T, K = self.Yk.shape[:2]
-        freq = self.Yk.mean(dim=2)
-        tiny = torch.finfo(freq.dtype).tiny ** 0.5
-        if self.binary:
-            f = freq.clamp(tiny, 1 - torch.finfo(freq.dtype).eps)
-            b = torch.log(f) - torch.log1p(-f)
-        else:
-            b = torch.log(freq.clamp_min(tiny))
+        freq, eps = self.Yk.mean(dim=2), torch.finfo(self.Yk.dtype).eps
+        b = torch.logit(freq, eps) if self.binary else torch.log(freq.clamp_min(eps))
         return torch.cat([self.Zat.new_zeros(T, self.d, K), b.unsqueeze(1)], dim=1)
 
     def scores(self, U: torch.Tensor) -> torch.Tensor:
@@ -187,9 +182,8 @@ class InnerProblem(NamedTuple):
         return (0.25 if self.binary else 0.5) * lam / n + self.rho
 
     def jp(self, P: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
-        """The (symmetric) Jacobian of probs at probabilities P applied to scores S, per sample."""
-        if self.binary:
-            return P * (1 - P) * S
+        """The (symmetric) Jacobian of probs at probabilities P applied to scores S, per sample (with K = 1
+        the sigmoid's, p (1 - p) s)."""
         PS = P * S
         return PS - P * PS.sum(dim=1, keepdim=True)
 
@@ -202,34 +196,58 @@ class InnerProblem(NamedTuple):
         K, m, dtype = U.shape[2], A.m, U.dtype
         vf, wf = A.valid.to(dtype), A.is_w.to(dtype)
         Zg = A.rows(self.Zat, A.j_idx) * vf.unsqueeze(2)  # (T, m, n)
-        if self.binary:
-            H = torch.bmm(Zg * (P * (1 - P) / n), Zg.transpose(1, 2))
-        else:
-            ZP = Zg * A.rows(P, A.k_idx)
-            both = torch.bmm(ZP / n, torch.cat([Zg, ZP], dim=1).transpose(1, 2))  # one call for both products
-            same_class = F.one_hot(A.k_idx, K).to(dtype)
-            H = both[:, :, :m] * torch.bmm(same_class, same_class.transpose(1, 2)) - both[:, :, m:]
-        H = H + torch.diag_embed(self.rho * wf + (1 - vf))
-        if self.sparsity == "group":
-            H = H + self.group_hessian(U, pen, A)
+        ZP = Zg * A.rows(P, A.k_idx)
+        # Z (diag(p_k) [k = l] - p_k p_l) Z^T (with K = 1 the sigmoid's p (1 - p)), both products in one call
+        both = torch.bmm(ZP / n, torch.cat([Zg, ZP], dim=1).transpose(1, 2))
+        same_class = F.one_hot(A.k_idx, K).to(dtype)
+        H = both[:, :, :m] * torch.bmm(same_class, same_class.transpose(1, 2)) - both[:, :, m:]
+        diag = self.rho * wf + (1 - vf)
+        if self.sparsity == "group":  # g_j (I - u_j u_j^T) on the slots of row j (group_curvature)
+            g, u = self.group_curvature(U, pen)
+            g, u = g[:, :, 0].gather(1, A.j_idx) * wf, A.gather(u)
+            same_row = (A.j_idx.unsqueeze(2) == A.j_idx.unsqueeze(1)).to(dtype)
+            H, diag = H - same_row * (g.unsqueeze(2) * u.unsqueeze(2) * u.unsqueeze(1)), diag + g
+        H = H + torch.diag_embed(diag)
         if not self.binary:
             isb = ((A.j_idx == d1 - 1) & A.valid).to(dtype)
             H = H + (GAUGE / K) * isb.unsqueeze(2) * isb.unsqueeze(1)
         return H
 
-    def hvp(self, U: torch.Tensor, P: torch.Tensor, M: torch.Tensor, pen: torch.Tensor):
-        """V -> H V on the active set (mask M, (T, d+1, K)), matrix-free; the same H as :meth:`hessian`."""
+    def hvp(self, U: torch.Tensor, P: torch.Tensor, M: torch.Tensor, pen: torch.Tensor, full_sharing: bool = False):
+        """V -> H V on the active set (mask M, (T, d+1, K)), matrix-free; the same H as :meth:`hessian`,
+        plus :meth:`sharing_hessian` with ``full_sharing``."""
         if self.sparsity == "group":
             g, u = self.group_curvature(U, pen)
+        sharing = self.sharing_hessian(U) if full_sharing else None
 
         def apply(V: torch.Tensor) -> torch.Tensor:
             V = V * M
             out = self.grad(V, self.jp(P, self.scores(V)))
             if self.sparsity == "group":
                 out += g * (V - u * (u * V).sum(dim=2, keepdim=True))
+            if sharing is not None:
+                out += sharing(V)
             if not self.binary:  # the gauge along the constant-bias direction
                 out[:, -1:] += (GAUGE / V.shape[2]) * V[:, -1:].sum(dim=2, keepdim=True)
             return out * M
+
+        return apply
+
+    def sharing_hessian(self, U: torch.Tensor):
+        """V -> ``beta lam_bar J^T Hess(Phi) J V``, the sharing term's Hessian (zero on the bias row). With
+        Phi = St log St - sum_j At_j log At_j, At = M A, M = I + delta/d 11^T: Hess(Phi) = M (11^T / St - diag(1 / At))
+        M, applied to dA = J V (J = dA/dW: signs for l1, unit rows for group; the row norms' own curvature
+        is in the convex Hessian through the per-row penalty)."""
+        q = importance_grad(torch.cat([U[:, :-1], torch.zeros_like(U[:, -1:])], dim=1), self.sparsity)
+        A = (q * U).sum(dim=(0, 2))[:-1]  # (d,)
+        d, S = A.shape[0], A.sum()
+        v, St, mix = 1.0 / (A + self.delta * S / d), (1 + self.delta) * S, self.delta / d
+
+        def apply(V: torch.Tensor) -> torch.Tensor:
+            mdA = (q * V).sum(dim=(0, 2))[:-1]
+            mdA += mix * mdA.sum()  # M dA
+            h = mdA.sum() / St - v * mdA  # (11^T / St - diag(v)) M dA
+            return self.sharing * q * torch.cat([h + mix * h.sum(), h.new_zeros(1)]).view(1, -1, 1)
 
         return apply
 
@@ -247,14 +265,6 @@ class InnerProblem(NamedTuple):
             g, u = self.group_curvature(U, pen)
             extra += g.unsqueeze(3) * (eye - u.unsqueeze(3) * u.unsqueeze(2))
         return B + extra
-
-    def group_hessian(self, U: torch.Tensor, pen: torch.Tensor, A: "ActiveSet") -> torch.Tensor:
-        """The group penalty's Hessian g_j (I - u_j u_j^T) per row (:meth:`group_curvature`) on the active set."""
-        g, u = self.group_curvature(U, pen)
-        wf = A.is_w.to(U.dtype)
-        sc, u = g[:, :, 0].gather(1, A.j_idx) * wf, A.gather(u)
-        same_row = (A.j_idx.unsqueeze(2) == A.j_idx.unsqueeze(1)).to(U.dtype) * wf.unsqueeze(2) * wf.unsqueeze(1)
-        return torch.diag_embed(sc) - same_row * (sc.unsqueeze(2) * u.unsqueeze(2) * u.unsqueeze(1))
 
     def group_curvature(self, U: torch.Tensor, pen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(g (T, d+1, 1), u (T, d+1, K)): the group penalty's Hessian on row j is g_j (I - u_j u_j^T), with

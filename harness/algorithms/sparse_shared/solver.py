@@ -2,25 +2,18 @@
 
 One convex solve (:func:`minimize`): FISTA with per-task steps and gradient adaptive restart
 (O'Donoghue & Candes), finished by active-set Newton once the support has stopped changing: FISTA
-finds the support in tens of iterations but needs hundreds more to converge on it. Pure torch,
-float32 or float64, on Z's device. Every solve starts cold, at W = 0: warm starts saved nothing that
-mattered (a training task from its factor subset's last head, whose direction and points are new: at
-most ~0.3 ms of a ~30 ms step, with different heads, ``benchmarks/bench_warm_start.py``; the probe tasks
-from the last checkpoint's heads: 10-25 cold iterations against 2-4 warm Newton steps).
+finds the support in tens of iterations but needs hundreds more to converge on it. Every solve starts
+cold, at W = 0 (warm starts saved nothing that mattered: docs/measurements.md).
 
 The sharing term by majorise-minimise (:class:`Penalty`): the concave Phi, linearised at the iterate,
-leaves the convex problem with per-row penalties ``alpha_t + beta lam_bar w_j``. FISTA starts on the
-unshared problem (``alpha_t`` alone); from then on Phi is linearised anew before every Newton step (or,
-without Newton, whenever FISTA has converged), until the weights stop moving. Every step lowers the
-linearised objective, which lies above the full one and touches it at the iterate, so every step lowers
-the full objective; the returned heads solve the last convex problem to ``tol``.
+leaves the convex problem with per-row penalties ``alpha_t + beta lam_bar w_j``. FISTA starts on
+``alpha_t`` alone; then Phi is linearised anew before every Newton step (without Newton, whenever FISTA
+has converged) until the weights stop moving. The linearisation lies above Phi and touches it at the
+iterate, so every step that lowers the convex objective lowers the full one.
 """
 from __future__ import annotations
 
-import functools
 import math
-from typing import Optional
-
 import torch
 
 from harness.algorithms.sparse_shared.problem import (
@@ -62,10 +55,9 @@ class Penalty:
     heads U, ``alpha_t + beta lam_bar w(U)``; at most ``mm_rounds`` of those. Once no share pt_j at U
     differs by more than ``MM_TOL`` from those of the current linearisation, that one is kept (``settled``)."""
 
-    def __init__(self, problem: InnerProblem, mm_rounds: int, value: Optional[torch.Tensor] = None):
-        self.problem, self.rounds, self.pt = problem, 0, None
-        self.value = problem.alpha_t if value is None else value
-        self.left = mm_rounds if problem.sharing > 0 and value is None else 0
+    def __init__(self, problem: InnerProblem, mm_rounds: int):
+        self.problem, self.rounds, self.pt, self.value = problem, 0, None, problem.alpha_t
+        self.left = mm_rounds if problem.sharing > 0 else 0
 
     @property
     def settled(self) -> bool:
@@ -78,17 +70,6 @@ class Penalty:
             self.left = 0
         else:
             self.value, self.pt, self.left = self.problem.with_sharing(w), pt, self.left - 1
-
-
-@functools.lru_cache(maxsize=8)
-def _momentum_cpu(n: int) -> torch.Tensor:
-    """FISTA's momentum for the k-th step since a restart, k = 0..n (t_0 = 1; 0 for k <= 1)."""
-    t, out = 1.0, [0.0]
-    for _ in range(n):
-        tn = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
-        out.append((t - 1.0) / tn)
-        t = tn
-    return torch.tensor(out, dtype=torch.float64)
 
 
 def minimize(problem: InnerProblem, U: torch.Tensor, penalty: Penalty, L: torch.Tensor, max_iter: int, tol: float):
@@ -105,7 +86,8 @@ def minimize(problem: InnerProblem, U: torch.Tensor, penalty: Penalty, L: torch.
     eta_safe = 1.0 / Lv
     newton = 0
     growth = torch.full((T, 1, 1), STEP_GROWTH, dtype=U.dtype, device=U.device)
-    momentum = _momentum_cpu(max_iter + 1).to(U)
+    k = torch.arange(max_iter + 1, dtype=U.dtype, device=U.device)
+    momentum = ((k - 1) / (k + 2)).clamp_min(0)  # Nesterov's (k-1)/(k+2) for the k-th step since a restart
     since = torch.zeros(T, 1, 1, dtype=torch.long, device=U.device)  # steps since each task's restart
     X = Xe = U  # the iterate and the extrapolated point
     kkt, last_pattern = math.inf, None
