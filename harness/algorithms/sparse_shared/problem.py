@@ -137,8 +137,13 @@ class InnerProblem(NamedTuple):
     def initial_heads(self) -> torch.Tensor:
         """U with W = 0 and the optimal intercept for it (log class frequency, or logit of the positive rate)."""
         T, K = self.Yk.shape[:2]
-        freq, eps = self.Yk.mean(dim=2), torch.finfo(self.Yk.dtype).eps
-        b = torch.logit(freq, eps) if self.binary else torch.log(freq.clamp_min(eps))
+        freq = self.Yk.mean(dim=2)
+        tiny = torch.finfo(freq.dtype).tiny ** 0.5
+        if self.binary:
+            f = freq.clamp(tiny, 1 - torch.finfo(freq.dtype).eps)
+            b = torch.log(f) - torch.log1p(-f)
+        else:
+            b = torch.log(freq.clamp_min(tiny))
         return torch.cat([self.Zat.new_zeros(T, self.d, K), b.unsqueeze(1)], dim=1)
 
     def scores(self, U: torch.Tensor) -> torch.Tensor:
@@ -182,8 +187,9 @@ class InnerProblem(NamedTuple):
         return (0.25 if self.binary else 0.5) * lam / n + self.rho
 
     def jp(self, P: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
-        """The (symmetric) Jacobian of probs at probabilities P applied to scores S, per sample (with K = 1
-        the sigmoid's, p (1 - p) s)."""
+        """The (symmetric) Jacobian of probs at probabilities P applied to scores S, per sample."""
+        if self.binary:
+            return P * (1 - P) * S
         PS = P * S
         return PS - P * PS.sum(dim=1, keepdim=True)
 
@@ -196,11 +202,13 @@ class InnerProblem(NamedTuple):
         K, m, dtype = U.shape[2], A.m, U.dtype
         vf, wf = A.valid.to(dtype), A.is_w.to(dtype)
         Zg = A.rows(self.Zat, A.j_idx) * vf.unsqueeze(2)  # (T, m, n)
-        ZP = Zg * A.rows(P, A.k_idx)
-        # Z (diag(p_k) [k = l] - p_k p_l) Z^T (with K = 1 the sigmoid's p (1 - p)), both products in one call
-        both = torch.bmm(ZP / n, torch.cat([Zg, ZP], dim=1).transpose(1, 2))
-        same_class = F.one_hot(A.k_idx, K).to(dtype)
-        H = both[:, :, :m] * torch.bmm(same_class, same_class.transpose(1, 2)) - both[:, :, m:]
+        if self.binary:  # Z diag(p (1 - p)) Z^T: the general form below, in one product (2x faster)
+            H = torch.bmm(Zg * (P * (1 - P) / n), Zg.transpose(1, 2))
+        else:  # Z (diag(p_k) [k = l] - p_k p_l) Z^T, both products in one call
+            ZP = Zg * A.rows(P, A.k_idx)
+            both = torch.bmm(ZP / n, torch.cat([Zg, ZP], dim=1).transpose(1, 2))
+            same_class = F.one_hot(A.k_idx, K).to(dtype)
+            H = both[:, :, :m] * torch.bmm(same_class, same_class.transpose(1, 2)) - both[:, :, m:]
         diag = self.rho * wf + (1 - vf)
         if self.sparsity == "group":  # g_j (I - u_j u_j^T) on the slots of row j (group_curvature)
             g, u = self.group_curvature(U, pen)

@@ -14,6 +14,7 @@ iterate, so every step that lowers the convex objective lowers the full one.
 from __future__ import annotations
 
 import math
+
 import torch
 
 from harness.algorithms.sparse_shared.problem import (
@@ -86,8 +87,12 @@ def minimize(problem: InnerProblem, U: torch.Tensor, penalty: Penalty, L: torch.
     eta_safe = 1.0 / Lv
     newton = 0
     growth = torch.full((T, 1, 1), STEP_GROWTH, dtype=U.dtype, device=U.device)
-    k = torch.arange(max_iter + 1, dtype=U.dtype, device=U.device)
-    momentum = ((k - 1) / (k + 2)).clamp_min(0)  # Nesterov's (k-1)/(k+2) for the k-th step since a restart
+    t, momentum = 1.0, [0.0]  # FISTA's (t_k - 1) / t_{k+1} for the k-th step since a restart (0 for k <= 1)
+    for _ in range(max_iter + 1):
+        t_next = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+        momentum.append((t - 1.0) / t_next)
+        t = t_next
+    momentum = torch.tensor(momentum, dtype=U.dtype, device=U.device)
     since = torch.zeros(T, 1, 1, dtype=torch.long, device=U.device)  # steps since each task's restart
     X = Xe = U  # the iterate and the extrapolated point
     kkt, last_pattern = math.inf, None
