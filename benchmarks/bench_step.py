@@ -1,6 +1,7 @@
 """Benchmark: one SparseShared training step vs one ERM step, same backbone, same number of images.
 
     python benchmarks/bench_step.py [--repeats 7] [--device cpu|cuda] [--precision fp32|bf16] [--timm resnet18]
+                                    [--only MLP]
 
 SparseShared's batch is T tasks x (support + query) images; ERM's is one minibatch of the same
 number of images (split over as many environments). Prints the median time of ``update`` for
@@ -74,6 +75,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     ap.add_argument("--timm", metavar="NAME", help="add a row with this timm backbone (random init), e.g. resnet18")
+    ap.add_argument("--only", metavar="TEXT", default="", help="run only the rows whose name contains TEXT, e.g. MLP")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, device {args.device}, precision {args.precision}, "
           f"threads {torch.get_num_threads()}, median of {args.repeats}")
@@ -90,7 +92,7 @@ def main() -> None:
     if args.timm:  # MiniImageNet's space has the "pretrained" hparam; features keep the model's own width
         configs.append((f"{args.timm} 3x64x64, 5-way, T=16 S=Q=50", "MiniImageNet", (3, 64, 64), 5, 16, 50, 50, 64,
                         {"backbone": args.timm, "pretrained": False}))
-    for name, dataset, shape, C, T, S, Q, d, common in configs:
+    for name, dataset, shape, C, T, S, Q, d, common in (c for c in configs if args.only in c[0]):
         ts, te, ratio, logs = bench(dataset, shape, C, T, S, Q, d, args.device, args.repeats, args.precision, common)
         print(f"{name:<46}{T * (S + Q):>7}{te * 1e3:>9.1f}{ts * 1e3:>11.1f}{ratio:>7.2f}{logs['inner_iters']:>7.0f}"
               f"{logs['inner_newton_steps']:>8.0f}", flush=True)
