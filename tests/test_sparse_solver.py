@@ -361,7 +361,7 @@ def test_implicit_vs_unrolled(C, sparsity, beta, sharing_grad, monkeypatch):
 
 
 # --------------------------------------------------------------------------- #
-# 6. float32 and device handling; warm start
+# 6. float32 and device handling
 # --------------------------------------------------------------------------- #
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device"))])

@@ -246,7 +246,7 @@ class InnerProblem(NamedTuple):
         Phi = St log St - sum_j At_j log At_j, At = M A, M = I + delta/d 11^T: Hess(Phi) = M (11^T / St - diag(1 / At))
         M, applied to dA = J V (J = dA/dW: signs for l1, unit rows for group; the row norms' own curvature
         is in the convex Hessian through the per-row penalty)."""
-        q = importance_grad(torch.cat([U[:, :-1], torch.zeros_like(U[:, -1:])], dim=1), self.sparsity)
+        q = F.pad(importance_grad(U[:, :-1], self.sparsity), (0, 0, 0, 1))  # zero on the bias row
         A = (q * U).sum(dim=(0, 2))[:-1]  # (d,)
         d, S = A.shape[0], A.sum()
         v, St, mix = 1.0 / (A + self.delta * S / d), (1 + self.delta) * S, self.delta / d

@@ -13,6 +13,7 @@ iterate, so every step that lowers the convex objective lowers the full one.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -73,6 +74,17 @@ class Penalty:
             self.value, self.pt, self.left = self.problem.with_sharing(w), pt, self.left - 1
 
 
+@functools.lru_cache(maxsize=8)
+def _momentum(n: int) -> torch.Tensor:
+    """FISTA's (t_k - 1) / t_{k+1} for the k-th step since a restart, k = 0..n (0 for k <= 1)."""
+    t, out = 1.0, [0.0]
+    for _ in range(n):
+        t_next = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+        out.append((t - 1.0) / t_next)
+        t = t_next
+    return torch.tensor(out, dtype=torch.float64)
+
+
 def minimize(problem: InnerProblem, U: torch.Tensor, penalty: Penalty, L: torch.Tensor, max_iter: int, tol: float):
     """The convex problem with ``penalty`` from U, relinearised as it allows: ``(U, FISTA iterations,
     max KKT, Newton steps)``.
@@ -87,12 +99,7 @@ def minimize(problem: InnerProblem, U: torch.Tensor, penalty: Penalty, L: torch.
     eta_safe = 1.0 / Lv
     newton = 0
     growth = torch.full((T, 1, 1), STEP_GROWTH, dtype=U.dtype, device=U.device)
-    t, momentum = 1.0, [0.0]  # FISTA's (t_k - 1) / t_{k+1} for the k-th step since a restart (0 for k <= 1)
-    for _ in range(max_iter + 1):
-        t_next = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
-        momentum.append((t - 1.0) / t_next)
-        t = t_next
-    momentum = torch.tensor(momentum, dtype=U.dtype, device=U.device)
+    momentum = _momentum(max_iter + 1).to(U)
     since = torch.zeros(T, 1, 1, dtype=torch.long, device=U.device)  # steps since each task's restart
     X = Xe = U  # the iterate and the extrapolated point
     kkt, last_pattern = math.inf, None
