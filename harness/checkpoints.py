@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 RESULTS, CHECKPOINT, DONE = "results.jsonl", "checkpoint.pt", "done"
+BEST = "best.pt"  # the checkpoint a run's own selection score picks (datasets with official splits)
 CHECKSUM_TAG = b"\n#harness-sha256:"  # checkpoint.pt = torch.save bytes + tag + 64 hex digits
 
 
@@ -38,15 +42,15 @@ def corrupt(path: Path, why: str):
                      f"(or restore it from a backup to resume)")
 
 
-def load_checkpoint(out: Path, identity: dict) -> dict | None:
-    """The verified checkpoint of ``out`` (None when there is none); a corrupt one is a UserError."""
+def load_checkpoint(out: Path, identity: dict, name: str = CHECKPOINT) -> dict | None:
+    """The verified checkpoint ``name`` of ``out`` (None when there is none); a corrupt one is a UserError."""
     import io
 
     import torch
 
     from harness.errors import UserError
 
-    path = out / CHECKPOINT
+    path = out / name
     if not path.exists():
         return None
     data = path.read_bytes()
@@ -145,6 +149,86 @@ def append_record(path: Path, record: dict) -> None:
 
 def remove_stale_temporaries(out: Path) -> None:
     """Temporary files of atomic writes a kill interrupted (the lock is held: nobody is writing them)."""
-    for pattern in (f".{CHECKPOINT}.*.tmp", f".{RESULTS}.*.tmp"):
+    for pattern in (f".{CHECKPOINT}.*.tmp", f".{RESULTS}.*.tmp", f".{BEST}.*.tmp"):
         for tmp in out.glob(pattern):
             tmp.unlink(missing_ok=True)
+
+
+# --- finished runs ----------------------------------------------------------------------------
+@dataclass
+class FinishedRun:
+    """A finished run of ``harness.train``: its directory and checkpoint records."""
+
+    path: Path
+    records: list[dict]
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.records[-1]
+
+    @property
+    def args(self) -> dict[str, Any]:
+        """The run's identity (its training arguments but paths and device)."""
+        return self.last["args"]
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return self.last["hparams"]
+
+    def best(self) -> dict[str, Any] | None:
+        """The record with the highest ``select_on`` score (the first on ties), the step ``best.pt`` holds;
+        None for runs without a ``select_on`` (DomainBed's protocol keeps only the last checkpoint)."""
+        key = self.last.get("select_on")
+        scored = [r for r in self.records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        return max(scored, key=lambda r: r[key]) if key and scored else None
+
+
+def finished_run(run_dir: str | os.PathLike) -> FinishedRun:
+    """The run in ``run_dir``; a UserError unless it is a finished run with a checkpoint. Imports no torch."""
+    from harness.errors import UserError
+
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise UserError(f"--run {path}: no such run directory")
+    if not (path / DONE).exists():
+        raise UserError(f"--run {path} is not a finished run (no {DONE} file); finish it by re-running its "
+                        "harness.train command, or pick a finished one")
+    if not (path / CHECKPOINT).exists():
+        raise UserError(f"--run {path} has no {CHECKPOINT}; the trained weights are needed (restore it or "
+                        "train the run again)")
+    records = read_records(path / RESULTS)
+    if not records or not isinstance(records[-1].get("args"), dict) or not isinstance(records[-1].get("hparams"), dict):
+        raise UserError(f"--run {path}: {RESULTS} has no checkpoint record with args and hparams")
+    return FinishedRun(path, records)
+
+
+def rebuild(run: FinishedRun, data_dir: str | None, device: Any = "cpu", name: str = CHECKPOINT):
+    """(the run's algorithm with the weights of its checkpoint ``name``, in eval mode and without gradients,
+    on ``device``; the run's dataset), both built as training built them: the run's dataset arguments and
+    hparams, its init seed; the checkpoint verified (checksum, the run's arguments, the step its records say)."""
+    import torch
+
+    from harness.errors import UserError
+    from harness.precision import check_precision
+    from harness.registry import ALGORITHMS, DATASETS
+    from harness.utils import seed_hash
+
+    args, hparams = run.args, run.hparams
+    expected = run.last if name == CHECKPOINT else run.best()
+    state = load_checkpoint(run.path, args, name)  # verifies the checksum and that it is this run's
+    if state is None or expected is None:
+        raise UserError(f"--run {run.path} has no {name}" + ("" if name == CHECKPOINT else
+                        " (only runs on official splits keep the checkpoint their validation score selects)"))
+    if state["step"] != expected["step"]:
+        raise UserError(f"{run.path / name} is at step {state['step']} but {run.path / RESULTS} says step "
+                        f"{expected['step']}; the run's files disagree")
+    device = torch.device(device)
+    check_precision(device, hparams.get("precision", "fp32"))
+    torch.manual_seed(seed_hash(args["seed"], "init"))
+    dataset = DATASETS.get(args["dataset"])(data_dir, args["test_envs"], hparams)
+    n_train_envs = len(dataset) - len(set(args["test_envs"]))
+    algorithm = ALGORITHMS.get(args["algorithm"])(dataset.input_shape, dataset.num_classes, n_train_envs, hparams)
+    load_model(algorithm, state, run.path / name)
+    algorithm.to(device).eval()
+    algorithm.requires_grad_(False)
+    return algorithm, dataset

@@ -77,11 +77,11 @@ def test_env_columns(df) -> list[int | None]:
     return single + ([None] if any(len(t) == 0 for t in df["test_envs"]) else [])
 
 
-def methods_for(df, names: list[str] | None) -> list[type[sel.SelectionMethod]]:
-    if names:
-        return [sel.get_method(n) for n in names]
+def methods_for(df, names: list[str] | None, protocol: str = "domainbed") -> list[type[sel.SelectionMethod]]:
+    """The selection methods of ``protocol`` that apply (``names``: those of them the user asked for)."""
+    methods = [sel.get_method(n) for n in names] if names else list(sel.METHODS.values())
     wg = "wg_acc" in dataset_metrics(df)
-    return [m for m in sel.METHODS.values() if wg or not m.needs_wg]
+    return [m for m in methods if m.protocol == protocol and (wg or not m.needs_wg or names)]
 
 
 def trial_values(df, selections: list[str] | None = None):
@@ -205,9 +205,24 @@ def env_names(ddf) -> dict[int, str]:
     return {}
 
 
+def protocol_of(df):
+    """Each record's protocol: ``wilds`` for runs on a benchmark's official splits, else ``domainbed``."""
+    return df["protocol"].fillna("domainbed") if "protocol" in df.columns else df["step"].map(lambda _: "domainbed")
+
+
 def build_tables(df, selections: list[str] | None = None, pm: str = "±") -> list[Table]:
-    """Every table: per dataset and selection, one per metric over test envs, one over metrics without."""
+    """Every table: DomainBed-protocol runs per dataset and selection (one per metric over test envs, one
+    over metrics without); runs on official splits (WILDS) one per dataset (:func:`official_tables`)."""
+    official = protocol_of(df) == "wilds"
+    return domainbed_tables(df[~official], selections, pm) + official_tables(df[official], selections, pm)
+
+
+def domainbed_tables(df, selections: list[str] | None, pm: str) -> list[Table]:
+    if df.empty:
+        return []
     trials = trial_values(df, selections)
+    if trials.empty:
+        return []
     tables = []
     for (dataset, selection), tdf in trials.groupby(["dataset", "selection"], sort=False):
         ddf = df[df["dataset"] == dataset]
@@ -245,6 +260,35 @@ def metric_table(dataset, selection, title, tdf, n_trials, pm) -> Table:
         cells = [make_cell(adf[adf["metric"] == m], n_trials) for m in metrics]
         table.add_row(algorithm, cells, [NO_TEST_ENV] * len(metrics), metrics, pm)
     return table
+
+
+def official_tables(df, selections: list[str] | None, pm: str) -> list[Table]:
+    """WILDS' protocol: per dataset, rows are algorithms, columns the official metrics of every evaluation
+    split (``val adj_acc_avg``, ``test acc_wg``, ...) at the checkpoint and hparams draw selected on the
+    records' ``select_on`` (:class:`harness.selection.OfficialValidation`); cells mean ± stderr over trial seeds."""
+    import pandas as pd
+
+    tables = []
+    for method in methods_for(df, selections, "wilds") if not df.empty else []:
+        for dataset, ddf in df.groupby("dataset"):
+            first = ddf.iloc[0]
+            columns = [f"{split}/{metric}" for split in first["eval_splits"] for metric in first["official_metrics"]]
+            trials, n_trials = sorted(ddf["trial_seed"].unique()), ddf["trial_seed"].nunique()
+            header = [c.replace("/", " ") for c in columns]
+            table = Table(dataset, method.name, f"{dataset} | {method.title} ({first['select_on']}) | "
+                          "official metrics (x100)", ["Algorithm"] + header)
+            for algorithm, adf in ddf.groupby("algorithm"):
+                rows = []
+                for trial in trials:
+                    choice = method.select(adf[adf["trial_seed"] == trial], None)
+                    for column in columns:
+                        value, reason = chosen_value(choice, column, None)
+                        rows.append(dict(column=column, trial_seed=trial, value=value, reason=reason))
+                rows = pd.DataFrame(rows)
+                cells = [make_cell(rows[rows["column"] == c], n_trials) for c in columns]
+                table.add_row(algorithm, cells, header, columns, pm)
+            tables.append(table)
+    return tables
 
 
 # --- rendering ----------------------------------------------------------------------------

@@ -12,8 +12,10 @@ def to_device(batch: Any, device) -> Any:
     return [tuple(t.to(device) for t in item) for item in batch]
 
 
-def evaluate(algorithm, dataset, splits, train_envs, args, with_dci: bool, probe: Any) -> dict[str, Any]:
-    """Accuracy (and worst-group accuracy, DCI/MCC, algorithm logs) on every split."""
+def evaluate(algorithm, dataset, splits, train_envs, args, with_dci: bool, probe: Any,
+             eval_splits: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Accuracy (and worst-group accuracy, DCI/MCC, algorithm logs) on every split; with official
+    ``eval_splits`` (WILDS' protocol), the dataset's official metrics of each, as ``{split}/{metric}``."""
     import torch
 
     algorithm.eval()
@@ -21,6 +23,9 @@ def evaluate(algorithm, dataset, splits, train_envs, args, with_dci: bool, probe
         with torch.no_grad():
             predict = eval_predictor(algorithm, train_envs, args)
             metrics: dict[str, float] = {}
+            for name, env in (eval_splits or {}).items():
+                y_pred, _ = predictions(predict, env, args.eval_batch_size, algorithm.device())
+                metrics.update({f"{name}/{k}": v for k, v in dataset.split_metrics(name, y_pred, env).items()})
             for i, (env_in, env_out) in enumerate(splits):
                 for name, split in (("in", env_in), ("out", env_out)):
                     metrics.update(split_metrics(predict, split, f"env{i}_{name}", args.eval_batch_size, algorithm.device()))
@@ -76,16 +81,25 @@ def eval_predictor(algorithm, train_envs, args, n_fit: int | None = None, head: 
     return algorithm.adapt(x.to(device), y.to(device), num_classes=None)
 
 
-def split_metrics(predict, split, prefix: str, batch_size: int, device) -> dict[str, float]:
+def predictions(predict, env, batch_size: int, device):
+    """(predicted labels, true labels) of every example of ``env``, in its order; predicted = argmax of
+    ``predict``'s logits."""
     import torch
 
-    correct = []
-    for start in range(0, len(split), batch_size):
-        x, y = split.batch(torch.arange(start, min(start + batch_size, len(split))))
-        correct.append((predict(x.to(device)).argmax(1).cpu() == y).float())
-    if not correct:
+    y_pred, y_true = [], []
+    for start in range(0, len(env), batch_size):
+        x, y = env.batch(torch.arange(start, min(start + batch_size, len(env))))
+        y_pred.append(predict(x.to(device)).argmax(1).cpu())
+        y_true.append(y)
+    empty = torch.zeros(0, dtype=torch.long)
+    return (torch.cat(y_pred), torch.cat(y_true)) if y_pred else (empty, empty)
+
+
+def split_metrics(predict, split, prefix: str, batch_size: int, device) -> dict[str, float]:
+    if len(split) == 0:
         return {}
-    correct = torch.cat(correct)
+    y_pred, y = predictions(predict, split, batch_size, device)
+    correct = (y_pred == y).float()
     out = {f"{prefix}_acc": correct.mean().item()}
     if split.groups is not None:
         groups = split.groups

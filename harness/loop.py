@@ -37,6 +37,7 @@ class RunContext:
     device: Any
     out: Path
     threads: int = 1
+    eval_splits: dict[str, Any] | None = None  # official evaluation splits by name (WILDS' protocol)
 
 
 def train_loop(ctx: RunContext, start: int = 0, record_steps: list[int] | None = None) -> None:
@@ -56,6 +57,8 @@ def train_loop(ctx: RunContext, start: int = 0, record_steps: list[int] | None =
     bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not tty,
                file=sys.__stderr__, dynamic_ncols=True)
     progress = Progress(start, steps, enabled=not sys.stdout.isatty())
+    protocol = protocol_fields(ctx)
+    best = BestCheckpoint(out, protocol.get("select_on"), start)
     for step in range(start, steps):
         torch.manual_seed(seed_hash(args.seed, "step", step))
         batch = to_device(ctx.next_batch(step), ctx.device)
@@ -75,20 +78,53 @@ def train_loop(ctx: RunContext, start: int = 0, record_steps: list[int] | None =
             n_checkpoints += 1
             with_dci = n_checkpoints % args.dci_freq == 0 or step + 1 == steps
             record = {"step": step + 1, "epoch": (step + 1) * hparams.get("batch_size", 1) / min_env,
-                      "args": ctx.identity, "hparams": hparams, "threads": ctx.threads,
+                      "args": ctx.identity, "hparams": hparams, "threads": ctx.threads, **protocol,
                       **{k: sum(v) / len(v) for k, v in stats.items()}, "mem_gb": peak_memory_gb(ctx.device)}
             try:
                 record.update(evaluate(algorithm, ctx.dataset, ctx.splits, ctx.train_envs, args, with_dci,
-                                       ctx.next_batch(0)))
+                                       ctx.next_batch(0), ctx.eval_splits))
             except FloatingPointError as e:
                 raise diverged("the model", step + 1, e, hparams) from None
             append_record(out / RESULTS, record)
             record_steps.append(step + 1)
-            atomic_write_bytes(out / CHECKPOINT,
-                               checkpoint_bytes(step + 1, ctx.identity, algorithm, ctx.threads, record_steps))
+            state = checkpoint_bytes(step + 1, ctx.identity, algorithm, ctx.threads, record_steps)
+            best.update(record, state)  # before checkpoint.pt: a resume recomputes this step and rewrites it
+            atomic_write_bytes(out / CHECKPOINT, state)
             print(summary_line(record))
             stats = {}
     bar.close()
+
+
+def protocol_fields(ctx: RunContext) -> dict[str, Any]:
+    """What every record says of how it was evaluated: the environment names and, for a dataset with
+    official splits (WILDS' protocol), the splits, the metrics and the score that selects models."""
+    fields: dict[str, Any] = {"environments": list(ctx.dataset.ENVIRONMENTS)}
+    if ctx.eval_splits is not None:
+        fields.update(protocol="wilds", eval_splits=list(ctx.eval_splits),
+                      official_metrics=list(ctx.dataset.OFFICIAL_METRICS), select_on=ctx.dataset.SELECT_ON)
+    return fields
+
+
+class BestCheckpoint:
+    """``best.pt``: the checkpoint whose ``select_on`` score is the run's highest so far (the first on
+    ties, as selection picks), what ``harness.predict`` loads. Inactive without a ``select_on``."""
+
+    def __init__(self, out: Path, select_on: str | None, start: int):
+        from harness.checkpoints import read_records
+
+        self.out, self.key, self.score = out, select_on, -math.inf
+        if select_on:
+            kept = [r.get(select_on) for r in read_records(out / RESULTS) if r["step"] <= start]
+            self.score = max([v for v in kept if isinstance(v, (int, float))], default=-math.inf)
+
+    def update(self, record: dict, state: bytes) -> None:
+        from harness.checkpoints import BEST
+        from harness.utils import atomic_write_bytes
+
+        value = record.get(self.key) if self.key else None
+        if isinstance(value, (int, float)) and value > self.score:
+            self.score = value
+            atomic_write_bytes(self.out / BEST, state)
 
 
 class Progress:
@@ -114,6 +150,26 @@ def diverged(what: str, step: int, detail: Any, hparams: dict):
 
     return UserError(f"{what} diverged at step {step} ({detail}); try a smaller lr "
                      f"(--hparams '{{\"lr\": {hparams.get('lr', 1e-3) / 10:g}}}')")
+
+
+def run_splits(dataset, args) -> tuple[list[tuple[Any, Any]], list[Any], dict[str, Any] | None]:
+    """(in, out) per environment, the training environments, the official evaluation splits.
+
+    DomainBed's protocol: a seeded random ``--holdout_fraction`` of every environment is its 'out'
+    split; training uses the 'in' splits of the environments not in ``--test_envs``. A dataset with
+    official splits (WILDS') trains on its ``train_envs`` and is evaluated on its whole evaluation
+    splits; no holdout is taken from an official split."""
+    from harness.errors import UserError
+
+    official = dataset.official_splits()
+    if official is not None:
+        return [], official.train_envs, official.eval_splits
+    splits = holdout_splits(dataset, args.holdout_fraction, args.trial_seed)
+    empty = [i for i in range(len(dataset)) if i not in args.test_envs and len(splits[i][0]) == 0]
+    if empty:
+        raise UserError(f"--holdout_fraction {args.holdout_fraction} leaves no training examples in "
+                        f"environment(s) {empty}; use a smaller fraction")
+    return splits, [splits[i][0] for i in range(len(dataset)) if i not in args.test_envs], None
 
 
 def holdout_splits(dataset, holdout_fraction: float, trial_seed: int) -> list[tuple[Any, Any]]:

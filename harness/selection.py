@@ -69,6 +69,7 @@ class SelectionMethod:
 
     name = ""  # short name used on the command line
     title = ""  # what the tables say
+    protocol = "domainbed"  # the runs it selects among: DomainBed's holdout or a benchmark's official splits
     needs_test_env = False
     needs_wg = False
 
@@ -201,9 +202,27 @@ class LastCheckpoint(SelectionMethod):
         return cls.best(records, mean_out(records, val_envs), "training-env out accuracy")
 
 
+class OfficialValidation(SelectionMethod):
+    """WILDS' model selection (Koh et al., "WILDS", arXiv 2012.07421, Sec. 5 and App. D): the checkpoint,
+    then the hparams draw, with the best score on the official OOD validation split, the record's
+    ``select_on`` (Waterbirds and CivilComments ``val/acc_wg``, Camelyon17 ``val/acc_avg``). Only for
+    runs of a dataset with official splits; the official metrics of every split of that checkpoint are reported.
+    """
+
+    name, title = "wilds", "WILDS: best OOD validation score"
+    protocol = "wilds"
+
+    @classmethod
+    def run_choice(cls, records, test_env):
+        keys = records["select_on"].dropna().unique() if "select_on" in records.columns else []
+        if len(keys) != 1 or keys[0] not in records.columns:
+            return Choice(reason="no select_on score in the records")
+        return cls.best(records, records[keys[0]], keys[0])
+
+
 METHODS: dict[str, type[SelectionMethod]] = {
     m.name: m for m in (TrainingDomainValidation, LeaveOneDomainOut, OracleSelection,
-                        WorstGroupValidation, LastCheckpoint)
+                        WorstGroupValidation, LastCheckpoint, OfficialValidation)
 }
 ALIASES = {cls.__name__: name for name, cls in METHODS.items()} | {"iid": "training_domain", "loo": "leave_one_out"}
 

@@ -262,10 +262,12 @@ def make_jobs(opts: dict[str, Any]) -> list[Job]:
 
 
 def check_search_names(opts: dict[str, Any]) -> None:
-    """A ``search`` hparam that no (algorithm, dataset) of the sweep has is a typo."""
+    """A ``search`` hparam that no algorithm has on the sweep's datasets is a typo (a spec's ranges for
+    algorithms that ``--algorithms`` leaves out are not)."""
     from harness.hparams import space
+    from harness.registry import ALGORITHMS
 
-    known = {k for a in opts["algorithms"] for d in opts["datasets"] for k in space(a, d)}
+    known = {k for a in {*opts["algorithms"], *ALGORITHMS.names()} for d in opts["datasets"] for k in space(a, d)}
     unknown = sorted(set(opts["search"] or {}) - known)
     if unknown:
         raise UserError(f"search names unknown hparam(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")

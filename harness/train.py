@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int_at_least(1), default=None, help="training steps (default: the dataset's)")
     p.add_argument("--checkpoint_freq", type=int_at_least(1), default=None,
                    help="evaluate and checkpoint every N steps (default: the dataset's)")
-    p.add_argument("--test_envs", type=int_at_least(0), nargs="*", default=[], help="indices of held-out environments")
+    p.add_argument("--test_envs", type=int_at_least(0), nargs="*", default=[],
+                   help="indices of held-out environments (datasets with official splits, e.g. WILDS': theirs)")
     p.add_argument("--holdout_fraction", type=open_fraction, default=0.2,
                    help="fraction of each environment held out ('out' split), in (0, 1)")
     p.add_argument("--dci_freq", type=int_at_least(1), default=5,
@@ -228,6 +229,8 @@ def _run(args: argparse.Namespace) -> Path:
         return out
     check_args(args)
     dataset_cls, algorithm_cls = DATASETS.get(args.dataset), ALGORITHMS.get(args.algorithm)
+    if getattr(dataset_cls, "SELECT_ON", None) and not args.test_envs:  # official splits: their held-out envs
+        args.test_envs = list(dataset_cls.TEST_ENV_SETS[0])
     n_envs = len(getattr(dataset_cls, "ENVIRONMENTS", None) or []) or None
     if n_envs and set(range(n_envs)) <= set(args.test_envs):
         raise UserError(f"--test_envs {args.test_envs} holds out every environment of {args.dataset}; "
@@ -252,7 +255,7 @@ def train_run(args: argparse.Namespace, hparams: dict, dataset_cls, algorithm_cl
 
     from harness.checkpoints import load_checkpoint, remove_stale_temporaries, resume
     from harness.errors import UserError
-    from harness.loop import RunContext, batch_source, holdout_splits, train_loop
+    from harness.loop import RunContext, batch_source, run_splits, train_loop
     from harness.precision import check_precision
     from harness.utils import resolve_device, seed_hash
 
@@ -274,12 +277,7 @@ def train_run(args: argparse.Namespace, hparams: dict, dataset_cls, algorithm_cl
                         "leave at least one to train on")
     steps = args.steps if args.steps is not None else dataset.N_STEPS
     freq = args.checkpoint_freq if args.checkpoint_freq is not None else dataset.CHECKPOINT_FREQ
-    splits = holdout_splits(dataset, args.holdout_fraction, args.trial_seed)
-    train_envs = [splits[i][0] for i in range(len(dataset)) if i not in args.test_envs]
-    empty = [i for i in range(len(dataset)) if i not in args.test_envs and len(splits[i][0]) == 0]
-    if empty:
-        raise UserError(f"--holdout_fraction {args.holdout_fraction} leaves no training examples in "
-                        f"environment(s) {empty}; use a smaller fraction")
+    splits, train_envs, eval_splits = run_splits(dataset, args)
     algorithm = algorithm_cls(dataset.input_shape, dataset.num_classes, len(train_envs), hparams).to(device)
 
     start, record_steps = resume(out, state, algorithm)
@@ -288,7 +286,7 @@ def train_run(args: argparse.Namespace, hparams: dict, dataset_cls, algorithm_cl
           f"precision {hparams['precision']} | "
           f"threads {threads} | steps {start}->{steps} | hparams {json.dumps(hparams)}")
     train_loop(RunContext(args, identity, hparams, algorithm, dataset, splits, train_envs, next_batch,
-                          steps, freq, device, out, threads), start, record_steps)
+                          steps, freq, device, out, threads, eval_splits), start, record_steps)
     (out / DONE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
 
 

@@ -48,52 +48,15 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
-from harness.checkpoints import CHECKPOINT, DONE, RESULTS
+from harness.checkpoints import FinishedRun, finished_run, rebuild
 from harness.errors import UserError, cli
 from harness.train import SEED_MAX, OneLineParser, device_name, int_at_least
 
 TASK_KEYS = ("support", "query", "max_factors")  # from the run; --target_hparams may override them
-
-
-@dataclass
-class FinishedRun:
-    """A finished run of ``harness.train``: its directory and last checkpoint record."""
-
-    path: Path
-    last: dict[str, Any]
-
-    @property
-    def args(self) -> dict[str, Any]:
-        """The run's identity (its training arguments but paths and device)."""
-        return self.last["args"]
-
-    @property
-    def hparams(self) -> dict[str, Any]:
-        return self.last["hparams"]
-
-
-def finished_run(run_dir: str | os.PathLike) -> FinishedRun:
-    """The run in ``run_dir``; a UserError unless it is a finished run with a checkpoint. Imports no torch."""
-    from harness.checkpoints import read_records
-
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise UserError(f"--run {path}: no such run directory")
-    if not (path / DONE).exists():
-        raise UserError(f"--run {path} is not a finished run (no {DONE} file); finish it by re-running its "
-                        "harness.train command, or pick a finished one")
-    if not (path / CHECKPOINT).exists():
-        raise UserError(f"--run {path} has no {CHECKPOINT}; the trained weights are needed (restore it or "
-                        "train the run again)")
-    records = read_records(path / RESULTS)
-    if not records or not isinstance(records[-1].get("args"), dict) or not isinstance(records[-1].get("hparams"), dict):
-        raise UserError(f"--run {path}: {RESULTS} has no checkpoint record with args and hparams")
-    return FinishedRun(path, records[-1])
 
 
 def channel_adapter(source_shape: Sequence[int], target_shape: Sequence[int]) -> tuple[Callable | None, str | None]:
@@ -160,31 +123,8 @@ class EpisodeProgress:
 
 def frozen_algorithm(run: FinishedRun, data_dir: str | None, device: Any = "cpu") -> tuple[Any, tuple[int, ...]]:
     """(the run's algorithm with its final weights, in eval mode and without gradients, on ``device``;
-    the input shape its backbone takes).
-
-    Built as training builds it: the source dataset (for its input shape, classes and training
-    environments), the run's hparams and init seed; the weights come from the verified checkpoint."""
-    import torch
-
-    from harness.checkpoints import load_checkpoint, load_model
-    from harness.precision import check_precision
-    from harness.registry import ALGORITHMS, DATASETS
-    from harness.utils import seed_hash
-
-    args, hparams = run.args, run.hparams
-    state = load_checkpoint(run.path, args)  # verifies the checksum and that it is this run's
-    if state["step"] != run.last["step"]:
-        raise UserError(f"{run.path / CHECKPOINT} is at step {state['step']} but the last record of "
-                        f"{run.path / RESULTS} is at step {run.last['step']}; the run's files disagree")
-    device = torch.device(device)
-    check_precision(device, hparams.get("precision", "fp32"))
-    torch.manual_seed(seed_hash(args["seed"], "init"))
-    source = DATASETS.get(args["dataset"])(data_dir, args["test_envs"], hparams)
-    n_train_envs = len(source) - len(set(args["test_envs"]))
-    algorithm = ALGORITHMS.get(args["algorithm"])(source.input_shape, source.num_classes, n_train_envs, hparams)
-    load_model(algorithm, state, run.path / CHECKPOINT)
-    algorithm.to(device).eval()
-    algorithm.requires_grad_(False)
+    the input shape its backbone takes), rebuilt as training built it (:func:`harness.checkpoints.rebuild`)."""
+    algorithm, source = rebuild(run, data_dir, device)
     return algorithm, tuple(source.input_shape)
 
 

@@ -8,6 +8,7 @@ ids). ``batch(indices)`` fetches many items at once (vectorised for in-memory da
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -93,6 +94,15 @@ class SubsetEnv(EnvDataset):
         return self.parent.labels[self.indices]
 
 
+@dataclass
+class OfficialSplits:
+    """A benchmark's own splits (WILDS' protocol): the training domains an algorithm trains on, and
+    the evaluation splits by their official names, each in the benchmark's row order."""
+
+    train_envs: list[EnvDataset]
+    eval_splits: dict[str, EnvDataset]
+
+
 class MultiEnvDataset:
     """A dataset made of environments (domains).
 
@@ -111,6 +121,11 @@ class MultiEnvDataset:
                      environment of novel classes the episodes are drawn from
     Construction: ``Dataset(data_dir, test_envs, hparams)``; ``test_envs`` lets the dataset
     switch augmentation off for them.
+
+    Protocol: DomainBed's by default (a random ``holdout_fraction`` of every environment is its
+    'out' split). A dataset with official splits (WILDS) returns them from ``official_splits`` and
+    declares ``OFFICIAL_METRICS`` (what ``split_metrics`` computes per split, named as the benchmark
+    names them) and ``SELECT_ON`` (``"split/metric"``, the validation score that selects models).
     """
 
     ENVIRONMENTS: list[str] = []
@@ -122,6 +137,8 @@ class MultiEnvDataset:
     TEST_ENV_SETS: list[list[int]] | None = None
     FEWSHOT: dict = {"n_way": 5, "k_shot": 5, "n_query": 15, "n_episodes": 600}
     HPARAMS: dict = {}
+    OFFICIAL_METRICS: tuple[str, ...] = ()
+    SELECT_ON: str | None = None
 
     def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
         self.data_dir = data_dir
@@ -146,6 +163,14 @@ class MultiEnvDataset:
 
     def __len__(self) -> int:
         return len(self.datasets)
+
+    def official_splits(self) -> OfficialSplits | None:
+        """The benchmark's own train and evaluation splits; None: DomainBed's random holdout."""
+        return None
+
+    def split_metrics(self, split: str, y_pred: torch.Tensor, env: EnvDataset) -> dict[str, float]:
+        """``OFFICIAL_METRICS`` of predicted labels ``y_pred`` on the evaluation split ``split`` (``env``)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no official metrics")
 
     def fewshot_env(self) -> EnvDataset:
         raise NotImplementedError(f"{type(self).__name__} declares no few-shot split")

@@ -15,21 +15,24 @@ Layout read (what ``wilds.get_dataset(NAME, root_dir=DIR, download=True)`` leave
 The files are read directly with pandas and PIL, not through the ``wilds`` package: importing
 ``wilds`` starts a thread that asks PyPI for its latest version (network at import), its
 CivilComments loader writes integers into the string ``split`` column, which pandas >= 3
-rejects, and its ``eval`` needs ``torch_scatter``. The harness computes average and
-worst-group accuracy itself (``env{i}_{in,out}_acc`` / ``_wg_acc``) from each environment's
-``groups``; labels, groups and splits follow WILDS' definitions.
+rejects, and its ``eval`` needs ``torch_scatter``. The metrics are WILDS' own, computed here
+and tested against ``wilds``' ``eval`` on the same predictions (tests/test_wilds_protocol.py).
 
-Protocols (docs/design.md, "Evaluation protocols"):
+Protocol: WILDS' (docs/design.md, "Evaluation protocols"). Training sees WILDS' ``train`` split
+only; the evaluation splits are WILDS' official ones, whole, in WILDS' row order (no random
+holdout); the metrics are named and computed as ``wilds``' ``eval`` computes them; models are
+selected on the OOD validation split (``SELECT_ON``).
 
-- **Waterbirds, CivilComments** (spurious correlations / subpopulation shift): environments are
-  WILDS' official splits ``train``, ``val``, ``test``; sweeps hold out ``val`` and ``test``
-  (``TEST_ENV_SETS = [[1, 2]]``), so training sees the train split only. Report the average and
-  worst-group accuracy of the test environment (env 2) and select models on the worst-group
-  accuracy of the validation environment (env 1, ``VAL_ENVS``; ``SELECTION = "worst_group"``).
-- **Camelyon17** (domain generalisation): one environment per hospital (centre 0..4). As in WILDS,
-  centre 1 is the out-of-distribution validation domain and centre 2 the test domain
-  (``TEST_ENV_SETS = [[1, 2]]``, ``VAL_ENVS = [1]``); training uses centres 0, 3 and 4. Groups are
-  the slides (WILDS' evaluation grouper), so ``wg_acc`` is WILDS' worst-slide accuracy.
+- **Waterbirds**: environments = splits ``train``, ``val``, ``test`` (held out: ``[1, 2]``).
+  Reported: ``adj_acc_avg`` (group accuracies weighted by WILDS' fixed training-group counts) and
+  ``acc_wg`` over the four (label, background) groups; selection on ``val/acc_wg``.
+- **CivilComments**: environments = splits ``train``, ``val``, ``test``. Reported: ``acc_avg`` and
+  ``acc_wg``, the minimum over WILDS' 16 overlapping groups (identity k mentioned, label);
+  comments without an identity count in ``acc_avg`` only. Selection on ``val/acc_wg``.
+- **Camelyon17**: environments = hospitals 0..4 (the training domains are 0, 3, 4; held out:
+  ``[1, 2]``). Splits: ``train`` (rows of hospitals 0, 3, 4 whose ``split`` is 0), ``id_val``
+  (their rows whose ``split`` is 1: never trained on), ``val`` (hospital 1), ``test`` (hospital 2).
+  Reported: ``acc_avg`` and ``acc_wg`` (worst slide); selection on ``val/acc_avg``.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from harness.datasets.base import EnvDataset, MultiEnvDataset
+from harness.datasets.base import EnvDataset, MultiEnvDataset, OfficialSplits
 from harness.datasets.domainbed_images import IMAGENET_MEAN, IMAGENET_STD, ImageListEnv
 from harness.errors import UserError
 from harness.hparams import HP, int_pow2, log_uniform
@@ -132,20 +135,48 @@ RESNET50_HPARAMS = {"backbone": HP("resnet50"), "pretrained": HP(True), "project
 
 
 class WildsDataset(MultiEnvDataset):
-    """Common declarations of the WILDS datasets."""
+    """Common declarations of the WILDS datasets: WILDS' official splits and metrics."""
 
     METRICS = ("wg_acc",)
     TEST_ENV_SETS = [[1, 2]]
-    VAL_ENVS = [1]  # the environment whose (worst-group) accuracy selects models
-    SELECTION = "worst_group"
     WILDS_NAME = ""
-    GROUP_NAMES: list[str] = []
     REQUIRED = "metadata.csv"  # the file whose presence says the dataset is there
+
+    def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
+        super().__init__(data_dir, test_envs, hparams)
+        official = self.TEST_ENV_SETS[0]
+        if self.test_envs and sorted(self.test_envs) != official:
+            names = ", ".join(self.ENVIRONMENTS[i] for i in official)
+            raise UserError(f"{type(self).__name__} follows WILDS' official splits: its held-out environments are "
+                            f"--test_envs {' '.join(map(str, official))} ({names}), got {self.test_envs}")
+        self.test_envs = list(official)
 
     @classmethod
     def root(cls, data_dir: str | None) -> Path:
         """``<data_dir>/<WILDS_NAME>_v1.0`` (checked by ``sweep launch`` before any job starts)."""
         return wilds_root(cls.__name__, cls.WILDS_NAME, data_dir, cls.REQUIRED)
+
+    def official_splits(self) -> OfficialSplits:
+        """Environments are WILDS' splits: train on ``train``, evaluate ``val`` and ``test`` whole."""
+        return OfficialSplits([self.datasets[0]], {"val": self.datasets[1], "test": self.datasets[2]})
+
+
+def group_accuracies(correct: torch.Tensor, g: torch.Tensor, n_groups: int) -> tuple[list[float], torch.Tensor]:
+    """(accuracy, count) per group 0..n_groups-1, as ``wilds.common.utils.avg_over_groups`` computes them:
+    in float32, and 0 for an empty group (a scatter-mean over no elements)."""
+    counts = torch.bincount(g, minlength=n_groups)[:n_groups].float()
+    sums = torch.zeros(n_groups).index_add_(0, g, correct.float())
+    return (sums / counts.clamp(min=1)).tolist(), counts
+
+
+def mean_accuracy(correct: torch.Tensor) -> float:
+    """WILDS' ``acc_avg``: the float32 mean of the 0/1 correctness vector."""
+    return correct.float().mean().item()
+
+
+def worst(accs: list[float], counts: torch.Tensor) -> float:
+    """WILDS' ``acc_wg`` of ``standard_group_eval``: the minimum over groups that have members."""
+    return min(a for a, n in zip(accs, counts.tolist()) if n > 0)
 
 
 @DATASETS.register("Waterbirds")
@@ -162,7 +193,11 @@ class Waterbirds(WildsDataset):
 
     ENVIRONMENTS = ["train", "val", "test"]
     WILDS_NAME = "waterbirds"
-    GROUP_NAMES = ["landbird_land", "landbird_water", "waterbird_land", "waterbird_water"]
+    OFFICIAL_METRICS = ("adj_acc_avg", "acc_wg")
+    SELECT_ON = "val/acc_wg"
+    # WILDS' adj_acc_avg weights each (label, background) group by its size in the full training split
+    # (3498, 184, 56, 1057, fixed in wilds' waterbirds_dataset.py); groups = 2 * y + place
+    TRAIN_GROUP_COUNTS = (3498, 184, 56, 1057)
     NUM_CLASSES = 2
     N_STEPS = 5000
     CHECKPOINT_FREQ = 500
@@ -188,6 +223,11 @@ class Waterbirds(WildsDataset):
             self.datasets.append(GroupedImageEnv([paths[int(i)] for i in idx], y[idx], groups[idx],
                                                  train_tf if aug else eval_tf, augmented=aug))
 
+    def split_metrics(self, split: str, y_pred: torch.Tensor, env: EnvDataset) -> dict[str, float]:
+        accs, counts = group_accuracies(y_pred.cpu() == env.y, env.groups, 4)
+        adjusted = sum(a * n for a, n in zip(accs, self.TRAIN_GROUP_COUNTS)) / sum(self.TRAIN_GROUP_COUNTS)
+        return {"adj_acc_avg": adjusted, "acc_wg": worst(accs, counts)}
+
 
 @DATASETS.register("Camelyon17")
 class Camelyon17(WildsDataset):
@@ -200,16 +240,17 @@ class Camelyon17(WildsDataset):
 
     ENVIRONMENTS = ["hospital0", "hospital1", "hospital2", "hospital3", "hospital4"]
     WILDS_NAME = "camelyon17"
+    OFFICIAL_METRICS = ("acc_avg", "acc_wg")
+    SELECT_ON = "val/acc_avg"
     NUM_CLASSES = 2
     N_STEPS = 5000
     CHECKPOINT_FREQ = 500
-    METRICS = ("wg_acc",)
 
     def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
         super().__init__(data_dir, test_envs, hparams)
         root = self.root(data_dir)
         df = read_csv(root / "metadata.csv", index_col=0)
-        cols = ["patient", "node", "x_coord", "y_coord", "tumor", "slide", "center"]
+        cols = ["patient", "node", "x_coord", "y_coord", "tumor", "slide", "center", "split"]
         require_columns(df, cols, root / "metadata.csv")
         size = int(hparams.get("image_size", 96))
         self.INPUT_SHAPE = (3, size, size)
@@ -221,13 +262,35 @@ class Camelyon17(WildsDataset):
         y = _long(df["tumor"])
         slide = _long(df["slide"])
         center = _long(df["center"])
+        split = _long(df["split"])
+        self.n_slides = int(slide.max()) + 1 if len(slide) else 0
+
+        def env(mask: torch.Tensor, augmented: bool = False) -> GroupedImageEnv:
+            idx = mask.nonzero().flatten()  # WILDS' row order
+            return GroupedImageEnv([paths[int(i)] for i in idx], y[idx], slide[idx],
+                                   train_tf if augmented else eval_tf, augmented=augmented)
+
         for e in range(len(self.ENVIRONMENTS)):
-            idx = (center == e).nonzero().flatten()
-            if len(idx) == 0:
+            if not (center == e).any():
                 raise UserError(f"{root / 'metadata.csv'} has no patches of centre {e}")
-            aug = augment and e not in self.test_envs
-            self.datasets.append(GroupedImageEnv([paths[int(i)] for i in idx], y[idx], slide[idx],
-                                                 train_tf if aug else eval_tf, augmented=aug))
+            self.datasets.append(env(center == e, augment and e not in self.test_envs))
+        train_centres = ~((center == 1) | (center == 2))
+        self._official = OfficialSplits(
+            [env((center == e) & (split == 0), augment) for e in range(5) if e not in (1, 2)],
+            {"id_val": env(train_centres & (split == 1)), "val": env(center == 1), "test": env(center == 2)})
+        for name, part in [("train", e) for e in self._official.train_envs] + list(self._official.eval_splits.items()):
+            if len(part) == 0:
+                raise UserError(f"{root / 'metadata.csv'} has no rows of WILDS' split '{name}' (the 'split' "
+                                "column is 0 for train and 1 for id_val rows of centres 0, 3 and 4)")
+
+    def official_splits(self) -> OfficialSplits:
+        """WILDS' splits: train and id_val (the ``split`` column) of hospitals 0, 3, 4; val = 1; test = 2."""
+        return self._official
+
+    def split_metrics(self, split: str, y_pred: torch.Tensor, env: EnvDataset) -> dict[str, float]:
+        correct = y_pred.cpu() == env.y
+        accs, counts = group_accuracies(correct, env.groups, self.n_slides)  # WILDS' eval grouper: slides
+        return {"acc_avg": mean_accuracy(correct), "acc_wg": worst(accs, counts)}
 
 
 # --- text -------------------------------------------------------------------------------------
@@ -284,9 +347,9 @@ class CivilComments(WildsDataset):
 
     y = 1[toxicity >= 0.5]. Identities (>= 0.5): male, female, LGBTQ, christian, muslim,
     other_religions, black, white, in WILDS' order. WILDS' groups (identity k mentioned) x label
-    overlap; ``groups`` is a partition of them: ``2 * k + y`` with k the first identity the
-    comment mentions, or k = 8 (groups 16, 17) for comments that mention none. Environments:
-    WILDS' splits train, val, test. Text is tokenised with the tokenizer of the chosen text
+    overlap; ``acc_wg`` is the minimum over those 16 (``split_metrics``). ``groups`` is a partition
+    for group-aware training: ``2 * k + y`` with k the first identity the comment mentions, or k = 8
+    (groups 16, 17) for comments that mention none. Environments: WILDS' splits train, val, test. Text is tokenised with the tokenizer of the chosen text
     backbone (``backbone`` + ``pretrained``), truncated/padded to ``max_length`` tokens.
     """
 
@@ -297,7 +360,8 @@ class CivilComments(WildsDataset):
 
     ENVIRONMENTS = ["train", "val", "test"]
     WILDS_NAME = "civilcomments"
-    GROUP_NAMES = [f"{k}_{lab}" for k in [*IDENTITIES, "none"] for lab in ("nontoxic", "toxic")]
+    OFFICIAL_METRICS = ("acc_avg", "acc_wg")
+    SELECT_ON = "val/acc_wg"
     NUM_CLASSES = 2
     N_STEPS = 10000
     CHECKPOINT_FREQ = 1000
@@ -331,16 +395,16 @@ class CivilComments(WildsDataset):
                                          tokenizer, max_length))
 
 
-def wilds_worst_group_accuracy(correct: torch.Tensor, identities: torch.Tensor, y: torch.Tensor) -> float:
-    """WILDS' CivilComments worst-group accuracy: the minimum over the 16 overlapping groups
-    (identity k mentioned, label) that have members. ``correct`` is a 0/1 vector."""
-    accs = []
-    for k in range(identities.shape[1]):
-        for label in (0, 1):
-            mask = identities[:, k] & (y == label)
-            if mask.any():
-                accs.append(correct[mask].float().mean().item())
-    return min(accs) if accs else float("nan")
+    def split_metrics(self, split: str, y_pred: torch.Tensor, env: EnvDataset) -> dict[str, float]:
+        """WILDS' CivilComments ``eval``: ``acc_avg`` over every comment; ``acc_wg`` the minimum over the 16
+        groups (identity k mentioned, label), each group's accuracy as WILDS computes it (0 when empty)."""
+        correct = y_pred.cpu() == env.y
+        accs = []
+        for k in range(env.identities.shape[1]):
+            g = 2 * env.identities[:, k].long() + env.y  # (identity, label); WILDS keeps identity 1: 2 and 3
+            acc, _ = group_accuracies(correct, g, 4)
+            accs += [acc[2], acc[3]]
+        return {"acc_avg": mean_accuracy(correct), "acc_wg": min(accs)}
 
 
-__all__ = ["Waterbirds", "Camelyon17", "CivilComments", "wilds_worst_group_accuracy"]
+__all__ = ["Waterbirds", "Camelyon17", "CivilComments"]
