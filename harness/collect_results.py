@@ -13,6 +13,10 @@ tables per length (``Sprites (200 steps)``): their checkpoints are not comparabl
 
 Cells that cannot be computed show ``X``; cells averaged over fewer trial seeds than the
 dataset has show ``*``. The footer of each table says why. Plots: ``harness/plots.py``.
+
+Runs on a dataset's official splits (WILDS' protocol, records with ``protocol: "wilds"``) get one table
+per dataset instead: the checkpoint and hparams draw selected on the OOD validation split
+(``harness.selection.OfficialValidation``), columns the official metrics of every evaluation split.
 """
 
 from __future__ import annotations
