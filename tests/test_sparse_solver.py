@@ -16,10 +16,10 @@ from harness.algorithms.sparse_shared.problem import (
     InnerProblem,
     active_mask,
     lambda_max,
-    prox,
     row_importance,
     sharing_weights,
 )
+from harness.algorithms.sparse_shared.penalties import SHARINGS, SPARSITIES
 from harness.algorithms.sparse_shared.solver import solve
 
 DT = torch.float64
@@ -162,7 +162,7 @@ def test_matches_sklearn_l1_logreg():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         clf = LogisticRegression(**kw).fit(X.numpy(), y.numpy())
-    W, b, info = sparse_heads(Z, Y, 2, alpha, rho=1e-10, tol=1e-11, max_iter=50000)
+    W, b, info = sparse_heads(Z, Y, 2, alpha, beta=0.0, rho=1e-10, tol=1e-11, max_iter=50000)
     assert info["kkt"] < 1e-10
     np.testing.assert_allclose(W[0, :, 0].numpy(), clf.coef_[0], atol=1e-3)
     np.testing.assert_allclose(b[0, 0].item(), clf.intercept_[0], atol=1e-3)
@@ -196,7 +196,7 @@ def test_implicit_grad_vs_finite_differences(C, sparsity, mode):
     gw = torch.randn(T, d, K, generator=g, dtype=DT)
     gb = torch.randn(T, K, generator=g, dtype=DT)
     lam = lambda_max(Z, Y, C, sparsity)  # held fixed (treated as a constant)
-    kw = dict(lam=lam, rho=0.05, sparsity=sparsity, tol=1e-13, max_iter=50000, backward=mode)
+    kw = dict(lam=lam, beta=0.0, rho=0.05, sparsity=sparsity, tol=1e-13, max_iter=50000, backward=mode)
     alpha = 0.35
     Zr = Z.clone().requires_grad_()
     W, b, _ = sparse_heads(Zr, Y, C, alpha, **kw)
@@ -391,7 +391,7 @@ def test_newton_polish_matches_fista_and_saves_iterations(C, sparsity, monkeypat
     from harness.algorithms.sparse_shared import solver
 
     Z, Y = _problem(6, 40, 24, C, seed=200 + C)
-    kw = dict(sparsity=sparsity, tol=1e-10, max_iter=20000)
+    kw = dict(beta=0.0, sparsity=sparsity, tol=1e-10, max_iter=20000)
     W, b, info = sparse_heads(Z, Y, C, 0.2, **kw)
     monkeypatch.setattr(solver, "_newton_affordable", lambda *a: False)
     W0, b0, info0 = sparse_heads(Z, Y, C, 0.2, **kw)
@@ -411,7 +411,7 @@ def test_step_backoff_recovers_from_too_long_steps(C, sparsity, monkeypatch):
     from harness.algorithms.sparse_shared import solver
 
     Z, Y = _problem(6, 40, 24, C, seed=300 + C)
-    kw = dict(sparsity=sparsity, tol=1e-10, max_iter=20000)
+    kw = dict(beta=0.0, sparsity=sparsity, tol=1e-10, max_iter=20000)
     W, b, info = sparse_heads(Z, Y, C, 0.2, **kw)
     monkeypatch.setattr(solver, "STEP_GROWTH", 64.0)
     W1, b1, info1 = sparse_heads(Z, Y, C, 0.2, **kw)
@@ -466,7 +466,7 @@ def test_l1_prox_is_soft_thresholding(dtype):
     thr = (torch.rand(16, 65, 1, generator=g, dtype=torch.float64) * 1.5).to(dtype)
     thr[:, -1] = 0.0  # an unpenalised (bias) row passes through
     V[0, 0, 0] = thr[0, 0, 0]  # on the threshold: exactly zero
-    X = prox(V, thr, "l1")
+    X = SPARSITIES["l1"].prox(V, thr)
     assert torch.equal(X, torch.sign(V) * torch.clamp(V.abs() - thr, min=0))
     assert torch.equal(X[:, -1], V[:, -1]) and X[0, 0, 0].item() == 0.0
     assert 0.3 < float((X == 0).to(torch.float64).mean()) < 0.9

@@ -12,7 +12,7 @@ from torch import nn
 from harness.algorithms.base import Algorithm
 from harness.algorithms.episodic import feature_norm, head_logits, task_features
 from harness.algorithms.sparse_shared.implicit import SHARING_GRAD, sparse_heads
-from harness.algorithms.sparse_shared.problem import SPARSITY, row_importance
+from harness.algorithms.sparse_shared.problem import DEFAULTS, SHARING, SPARSITY, row_importance
 from harness.hparams import HP, above, at_least, in_range, log_uniform, one_of, uniform
 from harness.metrics.sharing import entropy, sharing_stats
 from harness.registry import ALGORITHMS
@@ -30,22 +30,24 @@ class SparseShared(Algorithm):
 
     EPISODIC = True
     HPARAMS = {
-        "alpha": HP(0.3, uniform(0.05, 0.7), in_range(0, 1, note=" (relative to each task's lambda_max)")),
-        # the sharing weight, relative to the batch's mean lambda_max; the study (docs/study) found 0.03 and
-        # more lowered DCI disentanglement on SyntheticLinear, 0.01 did not
-        "beta": HP(0.01, log_uniform(-3, -0.5), at_least(0)),
-        "rho": HP(1e-3, domain=above(0)),
-        "sparsity": HP("l1", domain=one_of(*SPARSITY)),  # group: over the classes of a feature row
-        "sharing_eps": HP(0.1, domain=in_range(0, 1, open_lo=True)),  # delta, the sharing term's uniform share
+        "alpha": HP(DEFAULTS["alpha"], uniform(0.05, 0.7), in_range(0, 1, note=" (relative to each task's lambda_max)")),
+        # the sharing weight, relative to the batch's mean lambda_max (the default form); the study (docs/study)
+        # found 0.03 and more lowered DCI disentanglement on SyntheticLinear, 0.01 did not
+        "beta": HP(DEFAULTS["beta"], log_uniform(-3, -0.5), at_least(0)),
+        "rho": HP(DEFAULTS["rho"], domain=above(0)),
+        "sparsity": HP(DEFAULTS["sparsity"], domain=one_of(*SPARSITY)),  # group: over the classes of a feature row
+        # the sharing term (penalties.py): reweighted = beta lam_bar St H(pt), entropy = the paper's beta H(pt), none
+        "sharing": HP(DEFAULTS["sharing"], domain=one_of(*SHARING)),
+        "sharing_eps": HP(DEFAULTS["sharing_eps"], domain=in_range(0, 1, open_lo=True)),  # delta: the uniform share
         # majorise-minimise: the most linearisations of the sharing term per solve; a cap, not a setting: the
         # weights settle after ~3 at beta 0.01, 16-50 at beta 0.1 (benchmarks/bench_mm_rounds.py)
-        "mm_rounds": HP(50, domain=at_least(1)),
+        "mm_rounds": HP(DEFAULTS["mm_rounds"], domain=at_least(1)),
         # the sharing term's Hessian in the gradient (implicit.sparse_heads)
-        "sharing_grad": HP("last_solve", domain=one_of(*SHARING_GRAD)),
+        "sharing_grad": HP(DEFAULTS["sharing_grad"], domain=one_of(*SHARING_GRAD)),
         "feature_norm": HP("batchnorm"),
         "init_scale": HP(5.0, domain=above(0)),
-        "inner_max_iter": HP(200, domain=at_least(1)),
-        "inner_tol": HP(1e-4, domain=above(0)),
+        "inner_max_iter": HP(DEFAULTS["max_iter"], domain=at_least(1)),
+        "inner_tol": HP(DEFAULTS["tol"], domain=above(0)),
         "adapt_max_iter": HP(3000, domain=at_least(1)),  # the solver's cap in adapt (larger problems)
         "weight_decay": HP(0.0),
     }
@@ -66,7 +68,7 @@ class SparseShared(Algorithm):
         """The batch's heads; ``shared=False`` solves with the sparsity penalty alone (beta = 0)."""
         h = self.hparams
         return sparse_heads(z_support, y_support, n_classes, alpha=h["alpha"], beta=h["beta"] if shared else 0.0,
-                            rho=h["rho"], sparsity=h["sparsity"], sharing_eps=h["sharing_eps"],
+                            rho=h["rho"], sparsity=h["sparsity"], sharing_eps=h["sharing_eps"], sharing=h["sharing"],
                             mm_rounds=h["mm_rounds"], sharing_grad=h["sharing_grad"],
                             max_iter=max_iter or h["inner_max_iter"], tol=h["inner_tol"])
 

@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from harness.algorithms.sparse_shared.problem import ActiveSet, InnerProblem, active_mask
+from harness.algorithms.sparse_shared.problem import DEFAULTS, ActiveSet, InnerProblem, active_mask
 from harness.algorithms.sparse_shared.solver import solve
 from harness.linalg import minres, robust_solve
 from harness.precision import full_precision
@@ -32,9 +32,10 @@ CAP_HINT = "; the implicit gradient is approximate (backward='dense' or a larger
 
 
 @full_precision
-def sparse_heads(Z: torch.Tensor, Y: torch.Tensor, n_classes: int, alpha: float, beta: float = 0.0,
-                 rho: float = 1e-3, sparsity: str = "l1", sharing_eps: float = 0.1,
-                 lam: Optional[torch.Tensor] = None, sharing_grad: str = "last_solve", backward: str = "auto",
+def sparse_heads(Z: torch.Tensor, Y: torch.Tensor, n_classes: int, alpha: float = DEFAULTS["alpha"],
+                 beta: float = DEFAULTS["beta"], rho: float = DEFAULTS["rho"], sparsity: str = DEFAULTS["sparsity"],
+                 sharing_eps: float = DEFAULTS["sharing_eps"], lam: Optional[torch.Tensor] = None,
+                 sharing: str = DEFAULTS["sharing"], sharing_grad: str = DEFAULTS["sharing_grad"], backward: str = "auto",
                  backward_tol: Optional[float] = None, backward_max_iter: int = 1000, **solver_options):
     """The heads ``(W (T, d, K), b (T, K), info)`` of (T, n, d) supports Z with (T, n) labels Y, differentiable
     w.r.t. ``Z``. ``alpha`` is relative to each task's lambda_max, ``beta`` to the batch's mean; ``lam`` fixes
@@ -52,7 +53,7 @@ def sparse_heads(Z: torch.Tensor, Y: torch.Tensor, n_classes: int, alpha: float,
         raise ValueError(f"sharing_grad must be one of {' | '.join(SHARING_GRAD)}, got {sharing_grad!r}")
     if backward not in ("auto", "dense", "iterative"):
         raise ValueError(f"backward must be auto|dense|iterative, got {backward!r}")
-    problem = InnerProblem.build(Z, Y, n_classes, alpha, beta, rho, sparsity, sharing_eps, lam)
+    problem = InnerProblem.build(Z, Y, n_classes, alpha, beta, rho, sparsity, sharing_eps, lam, sharing)
     with torch.no_grad():
         U, info = solve(problem, **solver_options)
     if torch.is_grad_enabled() and Z.requires_grad:
@@ -116,13 +117,13 @@ def _minres_solve(problem: InnerProblem, U: torch.Tensor, probs: torch.Tensor, M
     return upper(minres(lambda x: lower(hvp(upper(x))), lower(G), dot, tol, max_iter, hint=CAP_HINT)) * M
 
 
-def _scaling(B: torch.Tensor, M: torch.Tensor, sparsity: str):
+def _scaling(B: torch.Tensor, M: torch.Tensor, sparsity):
     """(lower, upper): H ~ L L^T from the row blocks B (T, d+1, K, K), so that L^-1 H L^-T is near the
     identity: L^-1 per row for group heads with K > 1 (whole rows are active), 1 / sqrt(diag B) otherwise
     (Jacobi). T=16 n=50 float32, MINRES iterations plain -> scaled: group 5-way d=256 150 -> 25 (beta 0),
     350 -> 45 (full sharing, beta 0.1); binary l1 d=256 full sharing 55 -> 30. Identity off the active set."""
     eye = torch.eye(B.shape[-1], dtype=B.dtype, device=B.device)
-    if sparsity == "group" and B.shape[-1] > 1:
+    if sparsity.whole_rows and B.shape[-1] > 1:
         L, info = torch.linalg.cholesky_ex(torch.where(M.any(-1)[..., None, None], B, eye))
         if not bool(info.any()):
             Li = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)

@@ -30,10 +30,16 @@ import torch
 import torch.nn.functional as F
 
 from harness.algorithms.episodic import require_finite
+from harness.algorithms.sparse_shared.penalties import SHARINGS, SPARSITIES, SharingTerm, SparsityNorm
 from harness.linalg import top_eigenvalue_bound
 
 GAUGE = 0.5  # curvature added along the constant-bias direction of softmax heads (CE is flat there)
-SPARSITY = ("l1", "group")
+SPARSITY = tuple(SPARSITIES)
+SHARING = tuple(SHARINGS)
+# The inner problem's and its solver's defaults, declared once: SparseShared's hparams, sparse_heads and
+# solve take them from here
+DEFAULTS = {"alpha": 0.3, "beta": 0.01, "rho": 1e-3, "sparsity": "l1", "sharing": "reweighted", "sharing_eps": 0.1,
+            "mm_rounds": 50, "sharing_grad": "last_solve", "max_iter": 200, "tol": 1e-4}
 
 
 def head_dims(n_classes: int) -> tuple[bool, int]:
@@ -43,34 +49,21 @@ def head_dims(n_classes: int) -> tuple[bool, int]:
     return n_classes == 2, (1 if n_classes == 2 else n_classes)
 
 
-def row_importance(W: torch.Tensor, sparsity: str) -> torch.Tensor:
+def norm_of(sparsity: "str | SparsityNorm") -> SparsityNorm:
+    return sparsity if isinstance(sparsity, SparsityNorm) else SPARSITIES.get_or_fail(sparsity, "sparsity")
+
+
+def row_importance(W: torch.Tensor, sparsity: "str | SparsityNorm") -> torch.Tensor:
     """A_tj, row j's share of R(W_t): its l1 norm (l1) or l2 norm (group), (T, d)."""
-    return W.abs().sum(dim=2) if sparsity == "l1" else torch.linalg.vector_norm(W, dim=2)
+    return norm_of(sparsity).importance(W)
 
 
-def importance_grad(W: torch.Tensor, sparsity: str) -> torch.Tensor:
-    """dA_tj/dW_tj on the support: sign(W) for l1, the unit row W_j / ||W_j|| for group (0 on zero rows)."""
-    if sparsity == "l1":
-        return torch.sign(W)
-    nr = torch.linalg.vector_norm(W, dim=2, keepdim=True)
-    return W / torch.where(nr > 0, nr, torch.ones_like(nr))
-
-
-def sharing_weights(W: torch.Tensor, sparsity: str, delta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(w, pt), both (d,): w_j = dPhi/dA_j and the mixed importance distribution pt (uniform for all-zero heads)."""
-    A = row_importance(W.detach(), sparsity).sum(dim=0)
-    d, S = A.shape[0], A.sum()
-    pt = torch.full_like(A, 1.0 / d) if float(S) <= 0 else (A + delta * S / d) / ((1 + delta) * S)
-    nlog = -torch.log(pt)
-    return nlog + (delta / d) * nlog.sum(), pt
-
-
-def prox(V: torch.Tensor, thr: torch.Tensor, sparsity: str) -> torch.Tensor:
-    """Prox of ``thr * R`` (thr constant along V's rows; fastest at V's shape), with exact zeros."""
-    if sparsity == "l1":
-        return V - torch.clamp(V, min=-thr, max=thr)  # soft-thresholding in 2 operations instead of 5
-    nrm = torch.linalg.vector_norm(V, dim=2, keepdim=True)
-    return V * torch.clamp(1 - thr / nrm.clamp_min(torch.finfo(V.dtype).tiny), min=0)
+def sharing_weights(W: torch.Tensor, sparsity: "str | SparsityNorm", delta: float,
+                    sharing: "str | SharingTerm" = "reweighted") -> tuple[torch.Tensor, torch.Tensor]:
+    """(w, pt), both (d,): w_j = df/dA_j of the sharing term f at the heads W and the mixed importance
+    distribution pt (uniform for all-zero heads)."""
+    term = sharing if isinstance(sharing, SharingTerm) else SHARINGS.get_or_fail(sharing, "sharing")
+    return term.weights(row_importance(W.detach(), sparsity).sum(dim=0), delta)
 
 
 def _targets(Y: torch.Tensor, K: int, binary: bool, dtype) -> torch.Tensor:
@@ -79,14 +72,13 @@ def _targets(Y: torch.Tensor, K: int, binary: bool, dtype) -> torch.Tensor:
 
 
 @torch.no_grad()
-def lambda_max(Z: torch.Tensor, Y: torch.Tensor, n_classes: int, sparsity: str = "l1") -> torch.Tensor:
+def lambda_max(Z: torch.Tensor, Y: torch.Tensor, n_classes: int, sparsity: "str | SparsityNorm" = "l1") -> torch.Tensor:
     """Smallest per-task penalty making W_t = 0 optimal (at W = 0's optimal intercept), (T,); 32 ulps
     of head-room so that alpha = 1 gives exact zeros despite round-off."""
     binary, K = head_dims(n_classes)
     Yt = _targets(Y.to(Z.device), K, binary, Z.dtype)
     G = torch.bmm(Z.detach().transpose(1, 2), Yt.mean(dim=1, keepdim=True) - Yt) / Z.shape[1]  # (T, d, K)
-    lam = G.abs().amax(dim=(1, 2)) if sparsity == "l1" else torch.linalg.vector_norm(G, dim=2).amax(dim=1)
-    return lam * (1.0 + 32 * torch.finfo(Z.dtype).eps)
+    return norm_of(sparsity).dual_max(G) * (1.0 + 32 * torch.finfo(Z.dtype).eps)
 
 
 class InnerProblem(NamedTuple):
@@ -96,20 +88,21 @@ class InnerProblem(NamedTuple):
     Za_n: torch.Tensor  # (T, n, d+1) the same, transposed and divided by n (the gradient's product)
     Yk: torch.Tensor  # (T, K, n) targets
     binary: bool
-    sparsity: str
+    sparsity: SparsityNorm  # R, the sparsity norm (penalties.SPARSITIES)
     rho: float
     ridge: torch.Tensor  # (1, d+1, K) rho on W rows, 0 on the bias row
     alpha_t: torch.Tensor  # (T, d+1, 1) alpha * lambda_max_t on W rows, 0 on the bias row
-    sharing: float  # beta * lam_bar: the sharing term's weight (0: none)
+    sharing: float  # the sharing term's weight, e.g. beta * lam_bar (0: none)
     delta: float  # sharing_eps
+    term: SharingTerm  # f, the sharing term (penalties.SHARINGS)
 
     @staticmethod
-    def build(Z: torch.Tensor, Y: torch.Tensor, n_classes: int, alpha: float, beta: float = 0.0,
-              rho: float = 1e-3, sparsity: str = "l1", sharing_eps: float = 0.1,
-              lam: Optional[torch.Tensor] = None) -> "InnerProblem":
+    def build(Z: torch.Tensor, Y: torch.Tensor, n_classes: int, alpha: float = DEFAULTS["alpha"],
+              beta: float = DEFAULTS["beta"], rho: float = DEFAULTS["rho"], sparsity: str = DEFAULTS["sparsity"],
+              sharing_eps: float = DEFAULTS["sharing_eps"], lam: Optional[torch.Tensor] = None,
+              sharing: str = DEFAULTS["sharing"]) -> "InnerProblem":
         """From (T, n, d) support features and (T, n) labels; ``lam`` fixes lambda_max (computed when None)."""
-        if sparsity not in SPARSITY:
-            raise ValueError(f"sparsity must be one of {' | '.join(SPARSITY)}, got {sparsity!r}")
+        norm, term = SPARSITIES.get_or_fail(sparsity, "sparsity"), SHARINGS.get_or_fail(sharing, "sharing")
         if Z.dim() != 3:
             raise ValueError(f"Z must be (T, n, d), got {tuple(Z.shape)}")
         Z = Z.detach()
@@ -117,22 +110,24 @@ class InnerProblem(NamedTuple):
         T, n, d = Z.shape
         binary, K = head_dims(n_classes)
         Y = Y.to(Z.device)
-        lam = lambda_max(Z, Y, n_classes, sparsity) if lam is None else lam.detach().to(Z).reshape(T)
+        lam = lambda_max(Z, Y, n_classes, norm) if lam is None else lam.detach().to(Z).reshape(T)
         Zat = torch.cat([Z.transpose(1, 2), Z.new_ones(T, 1, n)], dim=1).contiguous()
         alpha_t = torch.cat([(alpha * lam).view(T, 1, 1).expand(T, d, 1), Z.new_zeros(T, 1, 1)], dim=1)
         # per-row constants are stored at full width: broadcasting along the last dimension is 3-6x slower
         ridge = torch.cat([Z.new_full((1, d, K), float(rho)), Z.new_zeros(1, 1, K)], dim=1)
         Yk = _targets(Y, K, binary, Z.dtype).transpose(1, 2).contiguous()
-        return InnerProblem(Zat, Zat.transpose(1, 2) / n, Yk, binary, sparsity, float(rho), ridge, alpha_t,
-                            float(beta) * float(lam.mean()), float(sharing_eps))
+        return InnerProblem(Zat, Zat.transpose(1, 2) / n, Yk, binary, norm, float(rho), ridge, alpha_t,
+                            term.scale(beta, lam), float(sharing_eps), term)
 
     @property
     def d(self) -> int:
         return self.Zat.shape[1] - 1
 
     def with_sharing(self, w: torch.Tensor) -> torch.Tensor:
-        """The penalty of the sharing term linearised with weights w (d,): alpha_t + beta lam_bar w_j on W rows."""
-        return self.alpha_t + self.sharing * torch.cat([w, w.new_zeros(1)]).view(1, -1, 1)
+        """The penalty of the sharing term linearised with weights w (d,): alpha_t + scale w_j on W rows (held at
+        0 or more where a term that is not concave would make it negative)."""
+        pen = self.alpha_t + self.sharing * torch.cat([w, w.new_zeros(1)]).view(1, -1, 1)
+        return pen if self.term.concave else pen.clamp_min(0)
 
     def initial_heads(self) -> torch.Tensor:
         """U with W = 0 and the optimal intercept for it (log class frequency, or logit of the positive rate)."""
@@ -169,13 +164,13 @@ class InnerProblem(NamedTuple):
             ce = (F.softplus(S) - self.Yk * S).sum(dim=(1, 2)) / S.shape[2]
         else:
             ce = (torch.log_softmax(S, dim=1) * self.Yk).sum(dim=(1, 2)) / -S.shape[2]
-        penalty = (pen[:, :-1, 0] * row_importance(W, self.sparsity)).sum(1)
+        penalty = (pen[:, :-1, 0] * self.sparsity.importance(W)).sum(1)
         return ce + 0.5 * self.rho * (W * W).sum(dim=(1, 2)) + penalty
 
     def prox_step(self, U: torch.Tensor, pen: torch.Tensor, eta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(prox(U - eta g), the per-task KKT residual ||(U - that) / eta||) of the convex problem with penalty
         ``pen``, g the smooth gradient."""
-        Up = prox(U - eta * self.smooth_grad(U), eta * pen, self.sparsity)
+        Up = self.sparsity.prox(U - eta * self.smooth_grad(U), eta * pen)
         return Up, ((U - Up) / eta).square().sum((1, 2)).sqrt()
 
     def lipschitz(self) -> torch.Tensor:
@@ -210,8 +205,9 @@ class InnerProblem(NamedTuple):
             same_class = F.one_hot(A.k_idx, K).to(dtype)
             H = both[:, :, :m] * torch.bmm(same_class, same_class.transpose(1, 2)) - both[:, :, m:]
         diag = self.rho * wf + (1 - vf)
-        if self.sparsity == "group":  # g_j (I - u_j u_j^T) on the slots of row j (group_curvature)
-            g, u = self.group_curvature(U, pen)
+        curvature = self.norm_curvature(U, pen)
+        if curvature is not None:  # g_j (I - u_j u_j^T) on the slots of row j
+            g, u = curvature
             g, u = g[:, :, 0].gather(1, A.j_idx) * wf, A.gather(u)
             same_row = (A.j_idx.unsqueeze(2) == A.j_idx.unsqueeze(1)).to(dtype)
             H, diag = H - same_row * (g.unsqueeze(2) * u.unsqueeze(2) * u.unsqueeze(1)), diag + g
@@ -224,14 +220,14 @@ class InnerProblem(NamedTuple):
     def hvp(self, U: torch.Tensor, P: torch.Tensor, M: torch.Tensor, pen: torch.Tensor, full_sharing: bool = False):
         """V -> H V on the active set (mask M, (T, d+1, K)), matrix-free; the same H as :meth:`hessian`,
         plus :meth:`sharing_hessian` with ``full_sharing``."""
-        if self.sparsity == "group":
-            g, u = self.group_curvature(U, pen)
+        curvature = self.norm_curvature(U, pen)
         sharing = self.sharing_hessian(U) if full_sharing else None
 
         def apply(V: torch.Tensor) -> torch.Tensor:
             V = V * M
             out = self.grad(V, self.jp(P, self.scores(V)))
-            if self.sparsity == "group":
+            if curvature is not None:
+                g, u = curvature
                 out += g * (V - u * (u * V).sum(dim=2, keepdim=True))
             if sharing is not None:
                 out += sharing(V)
@@ -242,20 +238,16 @@ class InnerProblem(NamedTuple):
         return apply
 
     def sharing_hessian(self, U: torch.Tensor):
-        """V -> ``beta lam_bar J^T Hess(Phi) J V``, the sharing term's Hessian (zero on the bias row). With
-        Phi = St log St - sum_j At_j log At_j, At = M A, M = I + delta/d 11^T: Hess(Phi) = M (11^T / St - diag(1 / At))
-        M, applied to dA = J V (J = dA/dW: signs for l1, unit rows for group; the row norms' own curvature
-        is in the convex Hessian through the per-row penalty)."""
-        q = F.pad(importance_grad(U[:, :-1], self.sparsity), (0, 0, 0, 1))  # zero on the bias row
+        """V -> ``scale J^T Hess(f) J V``, the sharing term's Hessian (zero on the bias row), J = dA/dW (signs for
+        l1, unit rows for group; the row norms' own curvature is in the convex Hessian through the per-row
+        penalty)."""
+        q = F.pad(self.sparsity.importance_grad(U[:, :-1]), (0, 0, 0, 1))  # zero on the bias row
         A = (q * U).sum(dim=(0, 2))[:-1]  # (d,)
-        d, S = A.shape[0], A.sum()
-        v, St, mix = 1.0 / (A + self.delta * S / d), (1 + self.delta) * S, self.delta / d
+        hess = self.term.hessian(A, self.delta)
 
         def apply(V: torch.Tensor) -> torch.Tensor:
-            mdA = (q * V).sum(dim=(0, 2))[:-1]
-            mdA += mix * mdA.sum()  # M dA
-            h = mdA.sum() / St - v * mdA  # (11^T / St - diag(v)) M dA
-            return self.sharing * q * torch.cat([h + mix * h.sum(), h.new_zeros(1)]).view(1, -1, 1)
+            h = hess((q * V).sum(dim=(0, 2))[:-1])
+            return self.sharing * q * torch.cat([h, h.new_zeros(1)]).view(1, -1, 1)
 
         return apply
 
@@ -269,18 +261,17 @@ class InnerProblem(NamedTuple):
         eye = torch.eye(K, dtype=U.dtype, device=U.device)
         extra = torch.cat([self.rho * eye.expand(T, d1 - 1, K, K),
                            torch.full((T, 1, K, K), 0.0 if self.binary else GAUGE / K).to(U)], dim=1)
-        if self.sparsity == "group":
-            g, u = self.group_curvature(U, pen)
+        curvature = self.norm_curvature(U, pen)
+        if curvature is not None:
+            g, u = curvature
             extra += g.unsqueeze(3) * (eye - u.unsqueeze(3) * u.unsqueeze(2))
         return B + extra
 
-    def group_curvature(self, U: torch.Tensor, pen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(g (T, d+1, 1), u (T, d+1, K)): the group penalty's Hessian on row j is g_j (I - u_j u_j^T), with
-        g_j = pen_tj / ||W_j|| and u_j = W_j / ||W_j|| (both 0 on zero rows and the bias row)."""
-        W = torch.cat([U[:, :-1], torch.zeros_like(U[:, -1:])], dim=1)
-        u = importance_grad(W, "group")
-        nr = torch.linalg.vector_norm(W, dim=2, keepdim=True)
-        return torch.where(nr > 0, pen / torch.where(nr > 0, nr, torch.ones_like(nr)), 0.0), u
+    def norm_curvature(self, U: torch.Tensor, pen: torch.Tensor):
+        """The sparsity norm's own Hessian ``(g, u)`` on the rows of U (bias row 0), or None (``SparsityNorm.curvature``)."""
+        if not self.sparsity.curved:
+            return None
+        return self.sparsity.curvature(torch.cat([U[:, :-1], torch.zeros_like(U[:, -1:])], dim=1), pen)
 
 
 class ActiveSet(NamedTuple):
@@ -326,8 +317,8 @@ class ActiveSet(NamedTuple):
         return out.scatter_(1, self.idx, v * self.valid.to(v.dtype)).view(shape)
 
 
-def active_mask(U: torch.Tensor, sparsity: str) -> torch.Tensor:
+def active_mask(U: torch.Tensor, sparsity: "str | SparsityNorm") -> torch.Tensor:
     """(T, d+1, K) bool mask of U's active entries (the bias row always active)."""
-    M = U != 0 if sparsity == "l1" else (U != 0).any(dim=2, keepdim=True).expand_as(U).clone()
+    M = norm_of(sparsity).active(U)
     M[:, -1] = True
     return M

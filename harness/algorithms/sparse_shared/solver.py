@@ -18,14 +18,7 @@ import math
 
 import torch
 
-from harness.algorithms.sparse_shared.problem import (
-    ActiveSet,
-    InnerProblem,
-    active_mask,
-    importance_grad,
-    prox,
-    sharing_weights,
-)
+from harness.algorithms.sparse_shared.problem import DEFAULTS, ActiveSet, InnerProblem, active_mask, sharing_weights
 from harness.linalg import robust_solve
 
 MM_TOL = 1e-3  # majorise-minimise stops when no importance share pt_j moves by more than this
@@ -40,7 +33,8 @@ NEWTON_MAX_ELEMS = 2 ** 22  # largest number of Hessian entries, all tasks toget
 NEWTON_HALVINGS = 5  # step halvings tried per Newton step before a task keeps its iterate
 
 
-def solve(problem: InnerProblem, max_iter: int = 2000, tol: float = 1e-5, mm_rounds: int = 50):
+def solve(problem: InnerProblem, max_iter: int = DEFAULTS["max_iter"], tol: float = DEFAULTS["tol"],
+          mm_rounds: int = DEFAULTS["mm_rounds"]):
     """``(U, info)``: the augmented heads and ``iters`` (FISTA), ``newton_steps``, ``kkt`` (max over
     tasks), ``frac_zero``, ``mm_rounds`` (linearisations of Phi) and ``penalty`` (T, d+1, 1), the last
     convex problem's, which the implicit backward differentiates."""
@@ -66,7 +60,7 @@ class Penalty:
         return self.left == 0
 
     def relinearise(self, U: torch.Tensor) -> None:
-        w, pt = sharing_weights(U[:, :-1], self.problem.sparsity, self.problem.delta)
+        w, pt = sharing_weights(U[:, :-1], self.problem.sparsity, self.problem.delta, self.problem.term)
         self.rounds += 1
         if self.pt is not None and float((pt - self.pt).abs().max()) <= MM_TOL:
             self.left = 0
@@ -107,7 +101,7 @@ def minimize(problem: InnerProblem, U: torch.Tensor, penalty: Penalty, L: torch.
     eta = growth / Lv
     thr = _threshold(eta, penalty, X)
     for it in range(1, max_iter + 1):
-        Xn = prox(torch.addcmul(Xe, eta, problem.smooth_grad(Xe), value=-1.0), thr, problem.sparsity)
+        Xn = problem.sparsity.prox(torch.addcmul(Xe, eta, problem.smooth_grad(Xe), value=-1.0), thr)
         dX, step = Xe - Xn, Xn - X
         since = (since + 1) * ((dX * step).sum(dim=(1, 2), keepdim=True) <= 0)  # 0: gradient restart
         X, Xe = Xn, torch.addcmul(Xn, torch.take(momentum, since), step)
@@ -127,7 +121,7 @@ def minimize(problem: InnerProblem, U: torch.Tensor, penalty: Penalty, L: torch.
                 continue
             check_X, check_F = X, F
         W = X[:, :-1]
-        pattern = torch.sign(W) if problem.sparsity == "l1" else W.ne(0).any(dim=2).to(W.dtype)
+        pattern = problem.sparsity.pattern(W)
         if last_pattern is not None and float((pattern != last_pattern).sum()) <= NEWTON_SETTLED * W.numel() \
                 and _newton_affordable(X, problem.sparsity):
             X, kkt, k = newton_finish(problem, X, penalty, tol, eta_safe)
@@ -157,7 +151,7 @@ def _threshold(eta: torch.Tensor, penalty: Penalty, U: torch.Tensor) -> torch.Te
     return (eta * penalty.value).expand_as(U).contiguous()
 
 
-def _newton_affordable(U: torch.Tensor, sparsity: str) -> bool:
+def _newton_affordable(U: torch.Tensor, sparsity) -> bool:
     """Whether the dense per-task Newton systems on U's support are small enough."""
     m = int(active_mask(U, sparsity).sum(dim=(1, 2)).max())
     return m <= NEWTON_MAX and U.shape[0] * m * m <= NEWTON_MAX_ELEMS
@@ -189,7 +183,7 @@ def newton_finish(problem: InnerProblem, U: torch.Tensor, penalty: Penalty, tol:
         U, S = Up, problem.scores(Up)
         obj, probs = problem.objective(U, pen, S), problem.probs(S)
         G = problem.grad(U, probs - problem.Yk)
-        G[:, :-1] += pen[:, :-1] * importance_grad(U[:, :-1], problem.sparsity)
+        G[:, :-1] += pen[:, :-1] * problem.sparsity.importance_grad(U[:, :-1])
         A = ActiveSet.of(active_mask(U, problem.sparsity))
         g = A.gather(G)
         step = -robust_solve(problem.hessian(U, probs, A, pen), g.unsqueeze(-1)).squeeze(-1)
@@ -200,7 +194,7 @@ def newton_finish(problem: InnerProblem, U: torch.Tensor, penalty: Penalty, tol:
         t = 1.0
         for _ in range(NEWTON_HALVINGS):
             Un = U + t * dU
-            same_side = Un * U > 0 if problem.sparsity == "l1" else (Un * U).sum(dim=2, keepdim=True) > 0
+            same_side = problem.sparsity.same_side(Un, U)
             same_side[:, -1] = True  # the bias row is free
             Un = torch.where(same_side, Un, 0.0)
             Fn = problem.objective(Un, pen)
