@@ -108,14 +108,15 @@ def split_metrics(predict, split, prefix: str, batch_size: int, device) -> dict[
 
 
 def disentanglement_metrics(algorithm, splits, args) -> dict[str, float]:
-    """DCI and MCC of the features on the held-out ('out') splits of all environments.
+    """DCI, MCC and redundancy (features per factor) of the features on the held-out ('out') splits of all
+    environments.
 
     ``--dci full`` uses up to DCI_NUM_TRAIN + DCI_NUM_TEST (10,000 + 5,000) held-out points,
     ``fast`` up to FAST_MAX_TRAIN + half as many (2,000 + 1,000)."""
     import torch
 
     from harness.datasets.tasks import ConcatEnv
-    from harness.metrics.disentanglement import DCI_NUM_TEST, DCI_NUM_TRAIN, FAST_MAX_TRAIN, dci, mcc
+    from harness.metrics.disentanglement import DCI_NUM_TEST, DCI_NUM_TRAIN, FAST_MAX_TRAIN, dci, mcc, redundancy
     from harness.utils import generator
 
     fast = args.dci == "fast"
@@ -129,4 +130,5 @@ def disentanglement_metrics(algorithm, splits, args) -> dict[str, float]:
     codes, factors = torch.cat(codes).numpy(), pool.factors[idx].numpy()
     d = dci(codes, factors, fast=fast, seed=args.seed)  # splits them 2:1 into train and test
     return {"dci_disentanglement": d["disentanglement"], "dci_completeness": d["completeness"],
-            "dci_informativeness": d["informativeness"], "mcc": mcc(codes, factors)}
+            "dci_informativeness": d["informativeness"], "mcc": mcc(codes, factors),
+            "redundancy": redundancy(codes, factors)}

@@ -56,7 +56,9 @@ class SyntheticLinear(MultiEnvDataset):
     HPARAMS = {"backbone": HP("MLP"), "feature_dim": HP(10), "batch_size": HP(64, int_pow2(5, 7)),
                "lr": HP(3e-3, log_uniform(-3.5, -2)), "n_factors": HP(10, domain=at_least(1)),
                "n_per_env": HP(4000, domain=at_least(1)), "data_seed": HP(0),
-               "ood_task_fraction": HP(0.0), "factor_correlation": HP(0.0)}
+               "ood_task_fraction": HP(0.0), "factor_correlation": HP(0.0),
+               # tasks' factors drawn Zipf-skewed (harness.datasets.tasks.FactorTaskSampler); 0: uniform
+               "factor_skew": HP(0.0, domain=at_least(0))}
 
     ENVIRONMENTS = ["shift0", "shift25", "shift50"]
     NUM_CLASSES = 2

@@ -92,6 +92,9 @@ class FactorTaskSampler:
     ``w . z_S`` exceeds its median over the task's points (so classes are balanced): this
     harness's protocol for the sparse factor tasks of Fumero et al. (arXiv 2304.07939, Sec. 2).
 
+    Factors are equally likely, or Zipf-distributed with hparam ``factor_skew`` > 0 (the tasks then reuse
+    a few factors often: the regime where sharing features across tasks should matter most).
+
     ``split``: ``train`` draws only subsets outside :func:`heldout_combinations` (hparam
     ``ood_task_fraction``; the held-out set depends on ``data_seed`` only, so every algorithm
     and trial holds out the same combinations), ``ood`` only held-out ones, ``all`` any.
@@ -114,6 +117,10 @@ class FactorTaskSampler:
         if split == "ood" and not self.heldout:
             raise ValueError("no held-out factor combinations (ood_task_fraction = 0 or max_factors < 2)")
         self.split, self.seed = split, seed
+        # hparam factor_skew s > 0: factor i is drawn with probability proportional to (i + 1)^-s (Zipf), so a
+        # few factors are reused by many tasks; 0: every factor equally likely
+        skew = float(hparams.get("factor_skew", 0.0))
+        self.factor_p = None if skew <= 0 else torch.arange(1, self.n_factors + 1, dtype=torch.float64) ** -skew
 
     def _subset(self, g: torch.Generator) -> torch.Tensor:
         if self.split == "ood":
@@ -121,7 +128,10 @@ class FactorTaskSampler:
             return torch.tensor(combos[int(torch.randint(len(combos), (1,), generator=g))])
         while True:  # rejection: at most a fraction of multi-factor subsets is held out
             k = int(torch.randint(1, self.max_factors + 1, (1,), generator=g))
-            subset = torch.randperm(self.n_factors, generator=g)[:k]
+            if self.factor_p is None:
+                subset = torch.randperm(self.n_factors, generator=g)[:k]
+            else:
+                subset = torch.multinomial(self.factor_p, k, replacement=False, generator=g)
             if self.split == "all" or tuple(sorted(subset.tolist())) not in self.heldout:
                 return subset
 

@@ -135,6 +135,19 @@ def _abs_corr(factors: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return np.clip(corr, 0.0, 1.0)
 
 
+REDUNDANCY_THRESHOLD = 0.5
+
+
+def redundancy(codes: Any, factors: Any, threshold: float = REDUNDANCY_THRESHOLD) -> float:
+    """How many features encode each factor: the mean over factors of the number of features whose
+    ``|Pearson correlation|`` with it exceeds ``threshold``. 1 for a one-to-one code; above 1 when a factor
+    is spread over copies, which DCI completeness penalises and a concave sharing term (Fumero et al.,
+    arXiv 2304.07939, Sec. 3: features reused across the tasks that need them) should remove."""
+    codes, factors = _as_2d(codes, "codes"), _as_2d(factors, "factors")
+    _check_pair(codes, factors, "redundancy")
+    return float((_abs_corr(factors, codes) > threshold).sum(axis=1).mean())
+
+
 def mcc(codes: Any, factors: Any) -> float:
     """Mean correlation coefficient (MCC) between codes and ground-truth factors.
 
