@@ -28,7 +28,10 @@ STATS = {"probe_sharing": "sharing (importance)", "probe_sharing_counts": "shari
          "train_sharing": "sharing of the training heads"}
 COLUMNS = {**TARGETS, "task_acc": "new-task acc", "train_sharing": "train sharing", "probe_sharing": "sharing",
            "probe_features_used": "features", "probe_features_per_task": "features/task"}
-HP = ["alpha", "beta", "sharing", "factor_correlation", "sharing_grad"]
+HP = ["alpha", "beta", "sharing", "factor_correlation", "sharing_grad", "feature_dim", "factor_skew"]
+OVERCOMPLETE = "overcomplete"  # the sub-folder of --input_dir with the overcomplete study's runs (sweeps/overcomplete*)
+WIDE = {"dci_disentanglement": "DCI D", "dci_completeness": "DCI C", "dci_informativeness": "DCI I", "mcc": "MCC",
+        "redundancy": "features/factor", "probe_features_used": "features used", "task_acc": "new-task acc"}
 
 
 def final_runs(input_dir: Path):
@@ -45,7 +48,8 @@ def final_runs(input_dir: Path):
         df[h] = df.get(f"hparams.{h}")
     df["factor_correlation"] = df["factor_correlation"].fillna(0.0)
     df["sharing_grad"] = df["sharing_grad"].fillna("last_solve")  # records from before the hparam existed
-    df["sharing"] = df["sharing"].fillna("reweighted")  # the hparam went when the entropy form was dropped
+    df["sharing"] = df["sharing"].fillna("reweighted")  # records from when the hparam was absent
+    df["factor_skew"] = df["factor_skew"].fillna(0.0)
     final = df.sort_values("step").groupby("run").tail(1)
     return final, df
 
@@ -82,9 +86,9 @@ def summary_table(groups: list[tuple[str, object]]) -> str:
     return tabulate(rows, headers=["run", "n", *COLUMNS.values()], tablefmt="github", disable_numparse=True)
 
 
-def correlations(final, seed: int = 0, n_boot: int = 2000) -> str:
+def correlations(final, seed: int = 0, n_boot: int = 2000, targets=tuple(TARGETS)) -> str:
     """Pearson (p, bootstrap 95% interval), Spearman (p) and partial-on-alpha Pearson of each sharing
-    statistic against each target, over the given runs."""
+    statistic against each of ``targets``, over the given runs."""
     import numpy as np
     from scipy import stats
     from tabulate import tabulate
@@ -92,7 +96,8 @@ def correlations(final, seed: int = 0, n_boot: int = 2000) -> str:
     rng = np.random.default_rng(seed)
     rows = []
     for s, s_name in STATS.items():
-        for t, t_name in TARGETS.items():
+        for t in targets:
+            t_name = TARGETS[t]
             if s not in final or t not in final:
                 continue
             sub = final[[s, t, "alpha"]].dropna()
@@ -187,6 +192,8 @@ def build_report(input_dir: Path, out: Path) -> str:
     df = df.merge(final[["run", *HP]].rename(columns={h: f"_{h}" for h in HP}), on="run")
     for h in HP:
         df[h] = df[f"_{h}"]
+    study = final["run"].str.startswith(f"{OVERCOMPLETE}/")  # the overcomplete study has its own section
+    final, overcomplete = final[~study], final[study]
     syn = final[final["dataset"] == "SyntheticLinear"]
     budget = syn["length"].mode().iloc[0]  # the study's common budget; longer runs show the plateau
     long = syn[(syn["length"] > budget) & (syn["algorithm"] == "SparseShared")]
@@ -263,7 +270,133 @@ def build_report(input_dir: Path, out: Path) -> str:
     p = plot_scatter(rew, out, "sharing_vs_dci.png")
     lines.append(f"![sharing vs DCI]({p.name})\n")
     lines.append(verdict(rew))
+    lines += overcomplete_section(overcomplete, df, out)
     return "\n".join(lines)
+
+
+def paired_difference(runs, base, col: str) -> str:
+    """Mean difference ``runs - base`` of ``col`` over the trial seeds both have (same data and init), with
+    its 95% t-interval."""
+    a = runs.set_index("trial_seed")[col]
+    b = base.set_index("trial_seed")[col]
+    common = a.index.intersection(b.index)
+    if col not in runs or not len(common):
+        return "–"
+    mean, half, _ = interval(list(a[common] - b[common]))
+    return "–" if math.isnan(mean) else (f"{mean:+.3f}" if math.isnan(half) else f"{mean:+.3f} ± {half:.3f}")
+
+
+def width_table(groups: list[tuple[str, object]], base) -> str:
+    """Markdown: per (label, runs) the mean ± 95% interval of each WIDE column, and D's and C's paired
+    difference to ``base`` (the same width at beta 0)."""
+    from tabulate import tabulate
+
+    rows = []
+    for label, g in groups:
+        cells = [fmt(*interval(g[c])[:2]) if c in g else "–" for c in WIDE]
+        diffs = [paired_difference(g, base, c) if base is not None and g is not base else "–"
+                 for c in ("dci_disentanglement", "dci_completeness")]
+        rows.append([label, len(g), *cells, *diffs])
+    return tabulate(rows, headers=["run", "n", *WIDE.values(), "D - D(beta 0)", "C - C(beta 0)"], tablefmt="github",
+                    disable_numparse=True)
+
+
+def overcomplete_section(runs, df, out: Path) -> list[str]:
+    """'Where the sharing term helps, if anywhere': the runs under ``OVERCOMPLETE/`` (sweeps/overcomplete*)."""
+    import json
+
+    if runs.empty:
+        return []
+    lines = ["## Where the sharing term helps, if anywhere\n",
+             "The paper's minimality argument is about representations with more features than factors, where a "
+             "factor can be spread over several features; DCI completeness (C) and `features/factor` (per factor, "
+             "the features whose |correlation| with it exceeds 0.5) measure that spread. SyntheticLinear, 10 "
+             "factors, `feature_dim` 10, 20 and 40, SparseShared with the default (reweighted) sharing term; "
+             f"{len(runs)} finished runs. Differences to beta 0 are paired by trial seed (same data and "
+             "initialisation), with 95% t-intervals.\n"]
+    mech = out / "overcomplete" / "mechanism.json"
+    if mech.exists():
+        lines += mechanism_lines(json.loads(mech.read_text()))
+    ss = runs[(runs["algorithm"] == "SparseShared") & (runs["factor_skew"] == 0)]
+    refs = runs[(runs["algorithm"] != "SparseShared") & (runs["factor_skew"] == 0)]
+    rew = ss[ss["sharing"] == "reweighted"]
+    for width in sorted(runs["feature_dim"].dropna().unique()):
+        w_rew, w_ent = rew[rew["feature_dim"] == width], ss[(ss["sharing"] == "entropy") & (ss["feature_dim"] == width)]
+        base = w_rew[w_rew["beta"] == 0]
+        groups = [(f"SparseShared beta {b:g}", g) for b, g in w_rew.groupby("beta")]
+        groups += [(f"entropy form, beta {b:g}", g) for b, g in w_ent.groupby("beta")]
+        groups += [(a, g) for a, g in refs[refs["feature_dim"] == width].groupby("algorithm")]
+        lines += [f"### feature_dim {int(width)}\n", width_table(groups, base if len(base) else None), ""]
+    reused = runs[runs["factor_skew"] > 0]
+    if len(reused):
+        skew = reused["factor_skew"].iloc[0]
+        r_ss = reused[reused["algorithm"] == "SparseShared"]
+        base = r_ss[r_ss["beta"] == 0]
+        groups = [(f"SparseShared beta {b:g}", g) for b, g in r_ss.groupby("beta")]
+        groups += [(a, g) for a, g in reused[reused["algorithm"] != "SparseShared"].groupby("algorithm")]
+        lines += [f"### Reused factors (tasks on 1-2 factors, factor_skew {skew:g}, feature_dim "
+                  f"{int(reused['feature_dim'].iloc[0])})\n", width_table(groups, base if len(base) else None), ""]
+    curves = df[df["run"].isin(rew["run"])].dropna(subset=["dci_disentanglement"])
+    if len(curves):
+        curves = curves.assign(label=[f"d={int(w)} beta {b:g}" for w, b in zip(curves["feature_dim"], curves["beta"])])
+        table = curves.pivot_table(index="step", columns="label", values="dci_disentanglement", aggfunc="mean")
+        lines += ["DCI disentanglement by step (mean over seeds): the plateau.\n", table.round(3).to_markdown(), ""]
+        p = plot_curves(curves, set(rew["run"]), out, "overcomplete_plateau.png", key="label")
+        lines.append(f"![plateau]({p.name})\n")
+    lines.append("Sharing statistics against D and C (SparseShared, reweighted term, independent tasks), pooled:\n")
+    lines += [correlations(rew, targets=("dci_disentanglement", "dci_completeness")), ""]
+    for width, g in rew.groupby("feature_dim"):
+        lines += [f"At feature_dim {int(width)}:\n", correlations(g, targets=("dci_disentanglement",
+                                                                              "dci_completeness")), ""]
+    lines += overcomplete_verdict(rew)
+    return lines
+
+
+def mechanism_lines(mech: dict) -> list[str]:
+    """The mechanism without training (benchmarks/sharing_mechanism.py's mechanism.json) as a table."""
+    from tabulate import tabulate
+
+    s = mech["settings"]
+    rows = []
+    for name, r in mech["results"].items():
+        cells = []
+        for k in ("agreement", "concentration", "copies_used"):
+            v = [x for x in r[k] if x == x]
+            mean, half, _ = interval(v)
+            cells.append(fmt(mean, half))
+        rows.append([name.replace("none 0", "sparsity alone"), *cells])
+    return ["### The mechanism, without training\n",
+            f"`python benchmarks/sharing_mechanism.py` (inner problem only): factor z0 in {s['copies']} feature "
+            f"columns (z0 plus noise {s['noise']}), {s['tasks']} binary tasks each on z0 and one other factor, "
+            f"alpha {s['alpha']}, {s['draws']} draws (95% intervals). `agreement`: tasks whose largest z0 weight "
+            "is on the batch's most used copy (1/3 by chance); `concentration`: a task's weight on its largest copy.\n",
+            tabulate(rows, headers=["setting", "agreement", "concentration", "copies used"], tablefmt="github",
+                     disable_numparse=True), "", "![mechanism](overcomplete/mechanism.png)\n"]
+
+
+def overcomplete_verdict(rew) -> list[str]:
+    """Per width, in words chosen by the numbers: does any beta raise D or C over beta 0 (paired interval)?"""
+    out = []
+    for width, g in rew.groupby("feature_dim"):
+        base = g[g["beta"] == 0]
+        if base.empty:
+            continue
+        parts = []
+        for b, gb in g[g["beta"] > 0].groupby("beta"):
+            for col, name in (("dci_disentanglement", "D"), ("dci_completeness", "C")):
+                a, c = gb.set_index("trial_seed")[col], base.set_index("trial_seed")[col]
+                common = a.index.intersection(c.index)
+                mean, half, n = interval(list(a[common] - c[common]))
+                if n < 2 or math.isnan(half):
+                    continue
+                word = "raises" if mean - half > 0 else "lowers" if mean + half < 0 else "does not detectably change"
+                parts.append(f"beta {b:g} {word} {name} ({mean:+.3f} ± {half:.3f})")
+        if parts:
+            out.append(f"- feature_dim {int(width)}: " + "; ".join(parts) + ".")
+    if not out:
+        return []
+    return ["**Verdict (paired by seed, 95% intervals).** The paper reports Pearson r = "
+            f"{PAPER_R} between sharing and DCI disentanglement; here:\n", *out, ""]
 
 
 def run_label(row) -> str:
