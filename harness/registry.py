@@ -68,7 +68,7 @@ class Registry:
         if self._builtin_modules is None:
             found: dict[str, str] = {}
             for module, origin in _module_files(self.package):
-                for reg_name in _decorated_names(Path(origin).read_text()):
+                for reg_name in _decorated_names(Path(origin).read_text(), self.kind.upper() + "S"):
                     found[reg_name] = module
             self._builtin_modules = found
         return self._builtin_modules
@@ -171,8 +171,10 @@ def _module_files_in(package: str, directory: Path) -> list[tuple[str, str]]:
     return out
 
 
-def _decorated_names(source: str) -> list[str]:
-    """Names in ``@register("X")`` / ``@SOMETHING.register("X")`` decorators of a module's source."""
+def _decorated_names(source: str, registry: str) -> list[str]:
+    """Names in the ``@<registry>.register("X")`` decorators of a module's source (``registry`` the variable
+    name, e.g. ``ALGORITHMS``: another registry's decorators in the same package, such as SparseShared's
+    ``@SHARINGS.register``, are not this one's entries)."""
     if "register" not in source:
         return []
     names = []
@@ -183,8 +185,8 @@ def _decorated_names(source: str) -> list[str]:
             if not isinstance(dec, ast.Call):
                 continue
             fn = dec.func
-            fn_name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", None)
-            if fn_name != "register":
+            if not (isinstance(fn, ast.Attribute) and fn.attr == "register"
+                    and isinstance(fn.value, ast.Name) and fn.value.id == registry):
                 continue
             if dec.args and isinstance(dec.args[0], ast.Constant) and isinstance(dec.args[0].value, str):
                 names.append(dec.args[0].value)

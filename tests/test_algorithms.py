@@ -1,4 +1,5 @@
-"""DomainBed's model test, on CPU: every registered algorithm trains, predicts/adapts and resumes exactly.
+"""DomainBed's model test, on CPU: every registered algorithm trains (its update moves the backbone),
+predicts/adapts and resumes exactly.
 
 Iterates ``ALGORITHMS.names()`` (built-ins, SparseShared and any plugin), so an algorithm that fails to
 import shows up here as a failing test rather than being skipped.
@@ -73,8 +74,11 @@ def test_train_predict_resume(name, input_kind):
     algorithm = build(name, input_kind, n_envs)
     shape = INPUTS[input_kind][0]
     cls = type(algorithm)
+    before = [p.detach().clone() for p in algorithm.featurizer.parameters()]
     for step in range(3):
         update(algorithm, make_batch(cls, shape, n_envs, seed=step), seed=100 + step)
+    moved = [not torch.equal(p0, p) for p0, p in zip(before, algorithm.featurizer.parameters())]
+    assert any(moved), f"{name}'s update left its backbone unchanged (no optimizer step?)"
 
     x = torch.randn(5, *shape)
     algorithm.eval()

@@ -32,3 +32,12 @@ def test_decorator_registers_and_get_returns_it():
 
     assert reg.get("Widget") is Widget
     assert "Widget" in reg.names()
+
+
+def test_other_registries_decorators_are_not_algorithms():
+    """penalties.py registers sparsity norms and sharing terms with ``@SPARSITIES.register`` and
+    ``@SHARINGS.register`` inside harness/algorithms/: the algorithm registry must not list them."""
+    from harness.algorithms.sparse_shared.penalties import SHARINGS, SPARSITIES
+
+    names = set(ALGORITHMS.names())
+    assert "SparseShared" in names and not names & (set(SHARINGS) | set(SPARSITIES))

@@ -23,7 +23,8 @@ randomness in ``update`` from torch's global RNG (the trainer seeds it every ste
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -60,10 +61,8 @@ class Algorithm(nn.Module):
     @torch.no_grad()
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, num_classes: int | None = None):
         """A linear probe on frozen features (L-BFGS on multinomial logistic loss + small L2)."""
-        was_training = self.training
-        self.eval()
-        z = self.features(support_x)
-        self.train(was_training)
+        with eval_mode(self):
+            z = self.features(support_x)
         head = fit_linear_probe(z, support_y, num_classes or int(support_y.max()) + 1)
         return lambda x: head(self.features(x))
 
@@ -82,6 +81,17 @@ class Algorithm(nn.Module):
     def set_extra_state(self, state: dict) -> None:
         for name, opt_state in state.items():
             getattr(self, name).load_state_dict(opt_state)
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode for the block (frozen normalisation statistics), its former mode restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def fit_linear_probe(z: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float = 1e-3,

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.algorithms.episodic import require_finite
-from harness.algorithms.protonet import EpisodicHeadAlgorithm, Head
+from harness.algorithms.episodic import EpisodicAlgorithm, Head, require_finite
 from harness.hparams import HP, log_uniform
 from harness.linalg import solve
 from harness.precision import full_precision
@@ -102,7 +101,7 @@ def svm_head_weights(zs: torch.Tensor, ys: torch.Tensor, n_classes: int, C: floa
 
 
 @ALGORITHMS.register("MetaOptNet")
-class MetaOptNet(EpisodicHeadAlgorithm):
+class MetaOptNet(EpisodicAlgorithm):
     """MetaOptNet-SVM (Lee et al. 2019, arXiv 1904.03758): a Crammer-Singer multiclass SVM head per task.
 
     The dual QP is solved by batched accelerated projected gradient (no external QP solver, runs on
@@ -120,14 +119,13 @@ class MetaOptNet(EpisodicHeadAlgorithm):
         self.make_optimizer()
         self._last_info: dict = {}
 
-    def fit_head(self, zs: torch.Tensor, ys: torch.Tensor, n_classes: int) -> Head:
+    def fit_head(self, zs: torch.Tensor, ys: torch.Tensor, n_classes: int, adapting: bool = False) -> Head:
         h = self.hparams
         W, self._last_info = svm_head_weights(zs, ys, n_classes, h["svm_C"], h["svm_dual_ridge"],
                                               h["svm_max_iter"], h["svm_tol"])
         scale = self.log_scale.exp()
         return lambda zq: scale * (zq @ W)
 
-    def update(self, tasks) -> dict[str, float]:
-        logs = super().update(tasks)
-        return {**logs, "svm_iters": float(self._last_info["iters"]),
+    def step_logs(self, logits, tasks) -> dict[str, float]:
+        return {**super().step_logs(logits, tasks), "svm_iters": float(self._last_info["iters"]),
                 "svm_residual": float(self._last_info["residual"]), "scale": self.log_scale.exp().item()}

@@ -8,14 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.algorithms.base import Algorithm
-from harness.algorithms.episodic import feature_norm, head_logits, task_features
+from harness.algorithms.episodic import EpisodicAlgorithm, Head, feature_norm, head_logits
 from harness.hparams import HP, log_uniform
 from harness.registry import ALGORITHMS
 
 
 @ALGORITHMS.register("MultiTask")
-class MultiTask(Algorithm):
+class MultiTask(EpisodicAlgorithm):
     """One linear head per task, trained jointly with the backbone by gradient descent.
 
     Same tasks, normalisation and logit scale as SparseShared, but no sparsity and no
@@ -25,8 +24,6 @@ class MultiTask(Algorithm):
 
     HPARAMS = {"feature_norm": HP("batchnorm"), "init_scale": HP(5.0), "head_steps": HP(10),
                "head_lr": HP(0.5, log_uniform(-1.5, 0.5)), "weight_decay": HP(0.0)}
-
-    EPISODIC = True
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
@@ -49,22 +46,14 @@ class MultiTask(Algorithm):
                 W, b = W - self.hparams["head_lr"] * gW, b - self.hparams["head_lr"] * gb
         return (W, b) if differentiable else (W.detach(), b.detach())
 
-    def update(self, tasks) -> dict[str, float]:
-        zs, zq = task_features(self.features, tasks)
-        W, b = self.fit_heads(zs, tasks.support_y, tasks.n_classes, self.hparams["head_steps"], True)
-        logits = self.log_scale.exp() * head_logits(zq, W, b)
-        loss = F.cross_entropy(logits.flatten(0, 1), tasks.query_y.flatten())
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": loss.item()}
+    def fit_head(self, zs: torch.Tensor, ys: torch.Tensor, n_classes: int, adapting: bool = False) -> Head:
+        """Training: ``head_steps`` differentiable steps, logits times the learned scale; a new task: 4x the
+        steps on frozen features."""
+        if adapting:
+            W, b = self.fit_heads(zs, ys, n_classes, 4 * self.hparams["head_steps"], False)
+            return lambda zq: head_logits(zq, W, b)
+        W, b = self.fit_heads(zs, ys, n_classes, self.hparams["head_steps"], True)
+        return lambda zq: self.log_scale.exp() * head_logits(zq, W, b)
 
-    def adapt(self, support_x, support_y, num_classes=None):
-        was_training = self.training
-        self.eval()
-        with torch.no_grad():
-            zs = self.features(support_x)[None]
-        W, b = self.fit_heads(zs, support_y[None], num_classes or int(support_y.max()) + 1,
-                              4 * self.hparams["head_steps"], False)
-        self.train(was_training)
-        return lambda x: head_logits(self.features(x), W[0], b[0])
+    def step_logs(self, logits, tasks) -> dict[str, float]:
+        return {}

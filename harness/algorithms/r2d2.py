@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.algorithms.protonet import EpisodicHeadAlgorithm, Head
+from harness.algorithms.episodic import EpisodicAlgorithm, Head
 from harness.hparams import HP, log_uniform
 from harness.linalg import solve
 from harness.precision import full_precision
@@ -35,7 +35,7 @@ def with_bias_column(z: torch.Tensor) -> torch.Tensor:
 
 
 @ALGORITHMS.register("R2D2")
-class R2D2(EpisodicHeadAlgorithm):
+class R2D2(EpisodicAlgorithm):
     """Ridge-regression differentiable discriminator (Bertinetto et al. 2019, arXiv 1805.08136).
 
     Per task: ridge regression from support features (with a constant column, for an intercept)
@@ -56,12 +56,12 @@ class R2D2(EpisodicHeadAlgorithm):
         self.bias = nn.Parameter(torch.tensor(0.0))
         self.make_optimizer()
 
-    def fit_head(self, zs: torch.Tensor, ys: torch.Tensor, n_classes: int) -> Head:
+    def fit_head(self, zs: torch.Tensor, ys: torch.Tensor, n_classes: int, adapting: bool = False) -> Head:
         targets = F.one_hot(ys, n_classes).to(zs.dtype)
         W = ridge_solution(with_bias_column(zs), targets, self.log_lambda.exp())
         scale, bias = self.log_scale.exp(), self.bias
         return lambda zq: scale * (with_bias_column(zq) @ W) + bias
 
-    def update(self, tasks) -> dict[str, float]:
-        logs = super().update(tasks)
-        return {**logs, "ridge_lambda": self.log_lambda.exp().item(), "scale": self.log_scale.exp().item()}
+    def step_logs(self, logits, tasks) -> dict[str, float]:
+        return {**super().step_logs(logits, tasks), "ridge_lambda": self.log_lambda.exp().item(),
+                "scale": self.log_scale.exp().item()}

@@ -6,11 +6,9 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from harness.algorithms.base import Algorithm
-from harness.algorithms.episodic import feature_norm, head_logits, task_features
+from harness.algorithms.episodic import EpisodicAlgorithm, Head, feature_norm, head_logits
 from harness.algorithms.sparse_shared.implicit import SHARING_GRAD, sparse_heads
 from harness.algorithms.sparse_shared.problem import DEFAULTS, SHARING, SPARSITY, row_importance
 from harness.hparams import HP, above, at_least, in_range, log_uniform, one_of, uniform
@@ -19,7 +17,7 @@ from harness.registry import ALGORITHMS
 
 
 @ALGORITHMS.register("SparseShared")
-class SparseShared(Algorithm):
+class SparseShared(EpisodicAlgorithm):
     """Backbone trained through per-task heads fitted with sparsity and sharing penalties.
 
     Each task's linear head solves ``CE(support) + alpha_t R(W_t) + beta lam_bar Phi(A(W)) + rho/2 ||W||^2``
@@ -28,7 +26,6 @@ class SparseShared(Algorithm):
     (``implicit.py``). See docs/design.md, "SparseShared as implemented".
     """
 
-    EPISODIC = True
     HPARAMS = {
         "alpha": HP(DEFAULTS["alpha"], uniform(0.05, 0.7), in_range(0, 1, note=" (relative to each task's lambda_max)")),
         # the sharing weight, relative to the batch's mean lambda_max (the default form); the study (docs/study)
@@ -72,32 +69,25 @@ class SparseShared(Algorithm):
                             mm_rounds=h["mm_rounds"], sharing_grad=h["sharing_grad"],
                             max_iter=max_iter or h["inner_max_iter"], tol=h["inner_tol"])
 
-    def update(self, tasks) -> dict[str, float]:
-        zs, zq = task_features(self.features, tasks)
-        W, b, info = self.solve(zs, tasks.support_y, tasks.n_classes)
-        logits = self.log_scale.exp() * head_logits(zq, W, b)
-        loss = F.cross_entropy(logits.flatten(0, 1), tasks.query_y.flatten())
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": loss.item(), **{f"inner_{k}": float(info[k]) for k in ("iters", "newton_steps", "mm_rounds")},
+    def fit_head(self, zs: torch.Tensor, ys: torch.Tensor, n_classes: int, adapting: bool = False) -> Head:
+        """Training: the batch's heads with both penalties, logits times the learned scale. A new task
+        (``adapt``): solved with the sparsity penalty alone (with one task the sharing term no longer
+        measures sharing) to the larger cap ``adapt_max_iter`` (a DG head of thousands of points, all
+        classes, needs far more iterations than an episode)."""
+        if adapting:
+            W, b, _ = self.solve(zs, ys, n_classes, max_iter=self.hparams["adapt_max_iter"], shared=False)
+            return lambda zq: head_logits(zq, W, b)
+        W, b, self._info = self.solve(zs, ys, n_classes)
+        self._info["W"] = W.detach()
+        return lambda zq: self.log_scale.exp() * head_logits(zq, W, b)
+
+    def step_logs(self, logits, tasks) -> dict[str, float]:
+        info = self._info
+        return {**{f"inner_{k}": float(info[k]) for k in ("iters", "newton_steps", "mm_rounds")},
                 "kkt": float(info["kkt"]), "frac_zero": float(info["frac_zero"]),
                 # H(p), p_j proportional to sum_t ||W_tj||_2 (report.py's "train sharing" is 1 - H / log d)
-                "entropy": entropy(row_importance(W.detach(), "group").sum(dim=0)),
+                "entropy": entropy(row_importance(info["W"], "group").sum(dim=0)),
                 "scale": self.log_scale.exp().item()}
-
-    @torch.no_grad()
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, num_classes: int | None = None):
-        """A new task solved by the sparse solver on frozen features with the sparsity penalty alone:
-        with one task the sharing term no longer measures sharing. The cap is ``adapt_max_iter``:
-        a DG head (thousands of points, all classes) needs far more iterations than an episode."""
-        was_training = self.training
-        self.eval()
-        n_classes = num_classes or int(support_y.max()) + 1
-        W, b, _ = self.solve(self.features(support_x)[None], support_y[None], n_classes,
-                             max_iter=self.hparams["adapt_max_iter"], shared=False)
-        self.train(was_training)
-        return lambda x: head_logits(self.features(x), W[0], b[0])
 
     @torch.no_grad()
     def checkpoint_logs(self, probe) -> dict[str, Any]:

@@ -243,9 +243,10 @@ class Entropy(SharingTerm):
 
     def hessian(self, A, delta):
         # f = Phi / St: Hess f = Hess Phi / St - c (w 1^T + 1 w^T) / St^2 + 2 c^2 Phi 11^T / St^3, c = 1 + delta
-        phi_hvp, (w, pt) = SHARINGS["reweighted"].hessian(A, delta), SHARINGS["reweighted"].weights(A, delta)
+        phi = SHARINGS["reweighted"]
+        phi_hvp, w = phi.hessian(A, delta), phi.weights(A, delta)[0]
         _, St = mixed_distribution(A, delta)
-        c, Phi = 1 + delta, SHARINGS["reweighted"].value(A, delta)
+        c, Phi = 1 + delta, phi.value(A, delta)
 
         def apply(x: torch.Tensor) -> torch.Tensor:
             return (phi_hvp(x) / St - c * (w * x.sum() + (w * x).sum()) / St ** 2
