@@ -222,5 +222,8 @@ def resolve(algorithm: str, dataset: str, hparams_seed: int = 0, overrides: str 
         if unknown:
             raise UserError(f"unknown hparam(s) {', '.join(unknown)} for {algorithm} on {dataset}. "
                             f"Valid: {', '.join(sorted(hparams))}")
+        declared = space(algorithm, dataset)
+        for name, value in overrides.items():
+            check(name, value, declared[name])
         hparams.update(overrides)
     return hparams

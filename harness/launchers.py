@@ -112,7 +112,7 @@ def slurm_launcher(jobs: Sequence[Any], options: dict) -> None:
 
         raise UserError("the slurm launcher needs submitit: pip install -e '.[slurm]'") from None
     folder = options.get("slurm_folder") or os.path.join(options["output_dir"], "_slurm", "%j")
-    executor = submitit.AutoExecutor(folder=folder, cluster=options.get("slurm_cluster"))
+    executor = submitit.AutoExecutor(folder=folder)
     params = {"timeout_min": int(options.get("slurm_time") or 24 * 60),
               "cpus_per_task": int(options.get("slurm_cpus") or 4),
               "mem_gb": float(options.get("slurm_mem_gb") or 16),

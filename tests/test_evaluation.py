@@ -32,9 +32,20 @@ def episodic(name: str = "ProtoNet", **overrides):
 
 
 def test_eval_hparams_are_episodic_with_defaults_that_change_nothing():
-    assert {"eval_head": "own", "eval_n_fit": 2000}.items() <= hp.default_hparams("ProtoNet", "SyntheticLinear").items()
+    """The defaults evaluate as the evaluation did before the hparams existed: the algorithm's own ``adapt``
+    on 2,000 training-domain points drawn by ``seed_hash(seed, "adapt")``, written out here by hand."""
+    from harness.datasets.tasks import ConcatEnv
+    from harness.utils import generator
+
     assert "eval_head" not in hp.default_hparams("ERM", "SyntheticLinear")
     assert all(hp.random_hparams("SparseShared", "Sprites", s)["eval_head"] == "own" for s in (1, 2, 3))
+    envs, test = [blobs(1500, 0), blobs(1500, 1)], blobs(200, 2)
+    algorithm = episodic("ProtoNet")
+    with torch.no_grad():
+        got = eval_predictor(algorithm, envs, ARGS)(test.x)
+        pool = ConcatEnv(envs)
+        x, y = pool.batch(torch.randperm(len(pool), generator=generator(ARGS.seed, "adapt"))[:2000])
+        assert torch.equal(got, algorithm.adapt(x, y)(test.x))
 
 
 @pytest.mark.parametrize("n_fit, expected", [(100, 100), (0, 480), (2000, 480)])

@@ -135,7 +135,7 @@ def test_procedural_dataset_contract(cls):
     d = cls(None, [0], HP)
     again = cls(None, [0], HP)
     other = cls(None, [0], {**HP, "data_seed": 1})
-    assert len(d) == 3 == len(cls.ENVIRONMENTS) and d.has_factors
+    assert len(d) == 3 == len(cls.ENVIRONMENTS) and all(env.factors is not None for env in d.datasets)
     band_sizes = d.sizes()[d.ENV_FACTOR]
     grid_vals = list(d.GRID.values())[d.ENV_FACTOR]
     for e, env in enumerate(d.datasets):

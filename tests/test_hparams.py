@@ -46,16 +46,30 @@ def test_every_algorithm_and_dataset_declares_its_hparams_on_its_class():
     tables = [k for k, v in vars(hp).items() if k.isupper() and isinstance(v, dict) and k not in ("COMMON", "EPISODIC")
               and all(isinstance(t, dict) for t in v.values()) and v]
     assert not tables, f"per-name hparam tables left in harness/hparams.py: {tables}"
-    for name in ALGORITHMS.names():
-        cls = ALGORITHMS.get(name)
-        assert hp.algorithm_space(name) == {**(hp.EPISODIC if cls.EPISODIC else {}), **cls.HPARAMS}, name
-        assert all(isinstance(v, hp.HP) for v in hp.algorithm_space(name).values()), name
+    for name in ALGORITHMS.names():  # what a run gets: each declared default (the algorithm's win over the dataset's)
+        cls, defaults = ALGORITHMS.get(name), hp.default_hparams(name, "SyntheticLinear")
+        assert all(defaults[k] == v.default for k, v in cls.HPARAMS.items()), name
+        assert ("tasks_per_batch" in defaults) == cls.EPISODIC, name
     for name in DATASETS.names():
-        cls = DATASETS.get(name)
-        assert hp.dataset_space(name) == cls.HPARAMS, name
-        assert all(isinstance(v, hp.HP) for v in hp.dataset_space(name).values()), name
-        merged = {**hp.COMMON, **cls.HPARAMS}
-        assert {k: v.default for k, v in hp.space("ERM", name).items()} == {k: v.default for k, v in merged.items()}
+        cls, defaults = DATASETS.get(name), hp.default_hparams("ERM", name)
+        assert all(defaults[k] == v.default for k, v in cls.HPARAMS.items()), name
+
+
+def test_a_new_class_declares_its_hparams_and_domains_in_one_place():
+    """A class registered with HPARAMS gets its defaults (overriding the common ones), the episodic ones only
+    when EPISODIC, and its domains checked; nothing else needs editing."""
+    from harness.algorithms.base import Algorithm
+    from harness.algorithms.episodic import EpisodicAlgorithm
+    from harness.registry import ALGORITHMS
+
+    knobs = {"lr": hp.HP(0.123), "my_knob": hp.HP(7, domain=hp.at_least(0))}
+    ALGORITHMS.register("_HparamProbe")(type("Probe", (Algorithm,), {"HPARAMS": knobs}))
+    ALGORITHMS.register("_EpisodicProbe")(type("EProbe", (EpisodicAlgorithm,), {"HPARAMS": knobs}))
+    plain, episodic = (hp.default_hparams(n, "SyntheticLinear") for n in ("_HparamProbe", "_EpisodicProbe"))
+    assert plain["lr"] == episodic["lr"] == 0.123 and plain["my_knob"] == 7
+    assert "tasks_per_batch" not in plain and episodic["tasks_per_batch"] == hp.EPISODIC["tasks_per_batch"].default
+    with pytest.raises(UserError, match="my_knob"):
+        hp.resolve("_HparamProbe", "SyntheticLinear", 0, {"my_knob": -1})
 
 
 def test_episodic_hparams_come_from_the_class_flag():

@@ -154,10 +154,6 @@ class MultiEnvDataset:
     def num_classes(self) -> int:
         return self.NUM_CLASSES
 
-    @property
-    def has_factors(self) -> bool:
-        return all(env.factors is not None for env in self.datasets)
-
     def __getitem__(self, i: int) -> EnvDataset:
         return self.datasets[i]
 

@@ -30,10 +30,6 @@ class TaskBatch:
         return TaskBatch(self.support_x.to(device), self.support_y.to(device), self.query_x.to(device),
                          self.query_y.to(device), self.n_classes)
 
-    @property
-    def num_tasks(self) -> int:
-        return self.support_x.shape[0]
-
 
 class ConcatEnv(EnvDataset):
     """Several environments seen as one (metadata concatenated); ``batch`` gathers per environment."""

@@ -41,6 +41,9 @@ class SparseShared(EpisodicAlgorithm):
         "mm_rounds": HP(DEFAULTS["mm_rounds"], domain=at_least(1)),
         # the sharing term's Hessian in the gradient (implicit.sparse_heads)
         "sharing_grad": HP(DEFAULTS["sharing_grad"], domain=one_of(*SHARING_GRAD)),
+        # the backward's linear solve: dense Cholesky or MINRES (auto: by the active set's size), MINRES's cap
+        "backward": HP("auto", domain=one_of("auto", "dense", "iterative")),
+        "backward_max_iter": HP(1000, domain=at_least(1)),
         "feature_norm": HP("batchnorm"),
         "init_scale": HP(5.0, domain=above(0)),
         "inner_max_iter": HP(DEFAULTS["max_iter"], domain=at_least(1)),
@@ -66,7 +69,8 @@ class SparseShared(EpisodicAlgorithm):
         h = self.hparams
         return sparse_heads(z_support, y_support, n_classes, alpha=h["alpha"], beta=h["beta"] if shared else 0.0,
                             rho=h["rho"], sparsity=h["sparsity"], sharing_eps=h["sharing_eps"], sharing=h["sharing"],
-                            mm_rounds=h["mm_rounds"], sharing_grad=h["sharing_grad"],
+                            mm_rounds=h["mm_rounds"], sharing_grad=h["sharing_grad"], backward=h["backward"],
+                            backward_max_iter=h["backward_max_iter"],
                             max_iter=max_iter or h["inner_max_iter"], tol=h["inner_tol"])
 
     def fit_head(self, zs: torch.Tensor, ys: torch.Tensor, n_classes: int, adapting: bool = False) -> Head:

@@ -28,7 +28,8 @@ SHARING_GRAD = ("last_solve", "full")
 # float32 l1: T=16 m=173 41 / 125, m=307 102 / 61; T=4 m=386 62 / 77, m=543 149 / 79)
 DENSE_M = 256
 DENSE_ELEMS = 2 ** 20
-CAP_HINT = "; the implicit gradient is approximate (backward='dense' or a larger backward_max_iter solves it)"
+CAP_HINT = ("; the implicit gradient is approximate (hparam backward \"dense\", or a larger backward_max_iter, "
+            "solves it)")
 
 
 @full_precision
