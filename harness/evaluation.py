@@ -62,14 +62,14 @@ def eval_predictor(algorithm, train_envs, args, n_fit: int | None = None, head: 
     import torch
 
     from harness.datasets.tasks import ConcatEnv
-    from harness.hparams import EPISODIC, check
+    from harness.hparams import EPISODIC, check, episodic
     from harness.utils import generator
 
     if not algorithm.EPISODIC:
         return algorithm.predict
     hparams = getattr(algorithm, "hparams", {})
-    n_fit = hparams.get("eval_n_fit", 2000) if n_fit is None else n_fit
-    head = hparams.get("eval_head", "own") if head is None else head
+    n_fit = episodic(hparams, "eval_n_fit") if n_fit is None else n_fit
+    head = episodic(hparams, "eval_head") if head is None else head
     for name, value in (("eval_head", head), ("eval_n_fit", n_fit)):
         check(name, value, EPISODIC[name])
     pool = ConcatEnv(train_envs)

@@ -126,6 +126,12 @@ EPISODIC: dict[str, HP] = {
 }
 
 
+def episodic(hparams: dict, name: str) -> Any:
+    """An episodic hparam of ``hparams``, else its declared default (``EPISODIC``): partial dicts (tests, tools)
+    read the same defaults as resolved runs."""
+    return hparams.get(name, EPISODIC[name].default)
+
+
 def space(algorithm: str, dataset: str) -> dict[str, HP]:
     """The full hparam space of (algorithm, dataset); a class that overrides an hparam without a domain
     keeps the domain of the one it overrides."""

@@ -143,7 +143,8 @@ class MultiEnvDataset:
     def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
         self.data_dir = data_dir
         self.test_envs = list(test_envs)
-        self.hparams = hparams
+        # the class's declared defaults under what was given: subclasses read self.hparams[name], declared once
+        self.hparams = {**{k: v.default for k, v in type(self).HPARAMS.items()}, **hparams}
         self.datasets: list[EnvDataset] = []
 
     @property

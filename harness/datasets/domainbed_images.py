@@ -172,7 +172,7 @@ class DomainBedImageFolder(MultiEnvDataset):
                 raise UserError(f"{name}: class folders of {d} differ from those of {domain_dirs[0]} "
                                 f"({_describe_diff(self.classes, list(found))})")
         self.NUM_CLASSES = len(self.classes)  # as DomainBed: the classes found (the class attribute: the published count)
-        augment = bool(hparams.get("data_augmentation", True))
+        augment = bool(self.hparams["data_augmentation"])
         eval_tf, train_tf = domainbed_transforms(False), domainbed_transforms(True)
         for i, found in enumerate(per_domain):
             paths, ys = [], []

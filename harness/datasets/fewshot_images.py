@@ -76,8 +76,8 @@ class FewShotImageDataset(MultiEnvDataset):
         if not set(self.TEST_ENV_SETS[0]) <= set(self.test_envs) or 0 in self.test_envs:
             raise UserError(f"{name} trains on its 'train' class split only: pass --test_envs 1 2 "
                             f"(val and test hold novel classes, evaluated by few-shot episodes); got {self.test_envs}")
-        self.FEWSHOT = {**type(self).FEWSHOT, "k_shot": int(hparams.get("k_shot", 5)),
-                        "n_episodes": int(hparams.get("n_episodes", 600))}
+        self.FEWSHOT = {**type(self).FEWSHOT, "k_shot": int(self.hparams["k_shot"]),
+                        "n_episodes": int(self.hparams["n_episodes"])}
 
     def fewshot_env(self) -> EnvDataset:
         return self.datasets[2]

@@ -60,7 +60,7 @@ class MPI3D(FileFactorDataset, MultiEnvDataset):
 
     def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
         super().__init__(data_dir, test_envs, hparams)
-        variant = hparams.get("mpi3d_variant", "toy")
+        variant = self.hparams["mpi3d_variant"]
         if variant not in MPI3D_FACTOR_SIZES:
             raise UserError(f"mpi3d_variant must be one of {', '.join(MPI3D_FACTOR_SIZES)}, got {variant!r}")
         self.variant = variant

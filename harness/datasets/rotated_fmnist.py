@@ -158,9 +158,9 @@ class RotatedFashionMNIST(MultiEnvDataset):
         from torchvision.transforms.functional import rotate
 
         x, y = load_fashion_mnist(data_dir)
-        perm = torch.randperm(len(x), generator=generator("RotatedFashionMNIST", hparams.get("data_seed", 0)))
+        perm = torch.randperm(len(x), generator=generator("RotatedFashionMNIST", self.hparams["data_seed"]))
         x, y = x[perm], y[perm]
-        n_per_env = hparams.get("n_per_env")
+        n_per_env = self.hparams["n_per_env"]
         n_envs = len(self.ENVIRONMENTS)
         for i, angle in enumerate(self.ANGLES):
             xi, yi = x[i::n_envs], y[i::n_envs]

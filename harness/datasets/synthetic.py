@@ -70,15 +70,15 @@ class SyntheticLinear(MultiEnvDataset):
 
     def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
         super().__init__(data_dir, test_envs, hparams)
-        k = hparams.get("n_factors", 10)
-        n = hparams.get("n_per_env", 4000)
+        hparams = self.hparams
+        k, n = hparams["n_factors"], hparams["n_per_env"]
         self.INPUT_SHAPE = (k,)
-        mix = invertible_mixing(k, seed=hparams.get("data_seed", 0))
-        rho = float(hparams.get("factor_correlation", 0.0))
+        mix = invertible_mixing(k, seed=hparams["data_seed"])
+        rho = float(hparams["factor_correlation"])
         if not -1.0 / (k - 1) < rho < 1.0:
             raise UserError(f"factor_correlation must be in (-1/{k - 1}, 1) for {k} factors, got {rho}")
         for e, shift in enumerate(self.SHIFTS):
-            g = generator("SyntheticLinear", k, n, e, hparams.get("data_seed", 0))
+            g = generator("SyntheticLinear", k, n, e, hparams["data_seed"])
             z = (correlated_uniform(n, k, rho, g) if rho else torch.rand(n, k, generator=g)) * 2 - 1 + shift
             y = (z[:, 0] + z[:, 1] > shift).long()
             self.datasets.append(TensorEnv(mix(z), y, factors=z, factor_names=[f"z{i}" for i in range(k)]))

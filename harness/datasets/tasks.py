@@ -15,6 +15,7 @@ import torch
 
 from harness.datasets.base import EnvDataset
 from harness.errors import UserError
+from harness.hparams import episodic
 from harness.utils import generator
 
 
@@ -104,7 +105,7 @@ class FactorTaskSampler:
         self.z = (f - f.mean(0)) / f.std(0).clamp_min(1e-8)  # standardised factors
         self.n_factors = self.z.shape[1]
         self.T, self.S, self.Q = hparams["tasks_per_batch"], hparams["support"], hparams["query"]
-        self.max_factors = min(hparams.get("max_factors", 3), self.n_factors)
+        self.max_factors = min(episodic(hparams, "max_factors"), self.n_factors)
         fraction = hparams.get("ood_task_fraction", 0.0)
         if not 0.0 <= fraction < 1.0:
             raise UserError(f"ood_task_fraction must be in [0, 1), got {fraction}")
@@ -161,7 +162,7 @@ class ClassTaskSampler:
             self.by_class.append({int(c): (labels == c).nonzero().flatten() for c in labels.unique()})
         self.T = hparams["tasks_per_batch"]
         n_classes = min(len(d) for d in self.by_class)
-        self.N = min(hparams.get("n_way", 5), n_classes)
+        self.N = min(episodic(hparams, "n_way"), n_classes)
         self.K = max(1, hparams["support"] // self.N)
         self.Qk = max(1, hparams["query"] // self.N)
         self.seed = seed

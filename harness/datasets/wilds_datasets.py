@@ -207,9 +207,9 @@ class Waterbirds(WildsDataset):
         root = self.root(data_dir)
         df = read_csv(root / "metadata.csv")
         require_columns(df, ["img_filename", "y", "split", "place"], root / "metadata.csv")
-        size = int(hparams.get("image_size", 224))
+        size = int(self.hparams["image_size"])
         self.INPUT_SHAPE = (3, size, size)
-        augment = bool(hparams.get("data_augmentation", False))
+        augment = bool(self.hparams["data_augmentation"])
         eval_tf, train_tf = image_transforms(False, size, True), image_transforms(True, size, True)
         y = _long(df["y"])
         groups = 2 * y + _long(df["place"])
@@ -252,9 +252,9 @@ class Camelyon17(WildsDataset):
         df = read_csv(root / "metadata.csv", index_col=0)
         cols = ["patient", "node", "x_coord", "y_coord", "tumor", "slide", "center", "split"]
         require_columns(df, cols, root / "metadata.csv")
-        size = int(hparams.get("image_size", 96))
+        size = int(self.hparams["image_size"])
         self.INPUT_SHAPE = (3, size, size)
-        augment = bool(hparams.get("data_augmentation", False))
+        augment = bool(self.hparams["data_augmentation"])
         eval_tf, train_tf = image_transforms(False, size, False), image_transforms(True, size, False)
         paths = [str(root / "patches" / f"patient_{p:03}_node_{n}" / f"patch_patient_{p:03}_node_{n}_x_{x}_y_{yy}.png")
                  for p, n, x, yy in zip(df["patient"].astype(int), df["node"].astype(int),
@@ -374,10 +374,10 @@ class CivilComments(WildsDataset):
 
         from harness.backbones.text import load_tokenizer
 
-        max_length = int(hparams.get("max_length", 300))
+        max_length = int(self.hparams["max_length"])
         self.INPUT_SHAPE = (2, max_length)
         # token ids and masks come from the tokenizer of the backbone the algorithm builds
-        tokenizer = load_tokenizer(hparams.get("backbone", "distilbert-base-uncased"), hparams)
+        tokenizer = load_tokenizer(self.hparams["backbone"], hparams)
         df = read_csv(root / self.CSV, index_col=0, usecols=None)
         require_columns(df, ["comment_text", "split", "toxicity", *IDENTITIES], root / self.CSV)
         y = torch.as_tensor((df["toxicity"].to_numpy(dtype=float) >= 0.5).astype(np.int64))

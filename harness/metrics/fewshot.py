@@ -45,8 +45,9 @@ def factor_task_accuracy(algorithm, dataset, envs: Sequence, hparams: dict, seed
                          n_episodes: int = FACTOR_TASK_EPISODES) -> dict[str, float]:
     """``task_acc``/``task_ci95`` (training factor combinations) and ``ood_task_acc``/``ood_task_ci95``
     (held-out combinations) of binary factor tasks drawn from ``envs`` (held-out images)."""
-    settings = {**hparams, "tasks_per_batch": 1, "support": hparams.get("support", 50),
-                "query": hparams.get("query", 50), "max_factors": hparams.get("max_factors", 3)}
+    from harness.hparams import episodic
+
+    settings = {**hparams, "tasks_per_batch": 1, **{k: episodic(hparams, k) for k in ("support", "query", "max_factors")}}
     out = {}
     for split, prefix in (("train", "task"), ("ood", "ood_task")):
         try:
