@@ -66,7 +66,7 @@ def top_eigenvalue_bound(G: torch.Tensor, squarings: int = 5) -> torch.Tensor:
     ``lambda_max <= (tr G^(2^k))^(1/2^k) <= rank^(1/2^k) lambda_max``, by ``k - 1`` normalised squarings
     and a Frobenius norm; needs ``tr G > 0``. With the default ``k = 5`` it is at most
     ``rank^(1/32)`` (1.13 at rank 50) above the top eigenvalue, and several times cheaper than the
-    batched symmetric eigensolver (docs/measurements.md).
+    batched symmetric eigensolver (docs/measurements_history.md, "Inner-solver pieces").
     """
     if squarings < 1:
         raise ValueError(f"squarings must be >= 1, got {squarings}")

@@ -52,7 +52,7 @@ class SyntheticLinear(MultiEnvDataset):
     """
 
     # lr 3e-3 and every factor combination kept for training tasks (ood_task_fraction 0): identifiability
-    # needs the task diversity (measurements: docs/measurements.md)
+    # needs the task diversity (docs/measurements_history.md, "Default hparams chosen from measurements")
     HPARAMS = {"backbone": HP("MLP"), "feature_dim": HP(10), "batch_size": HP(64, int_pow2(5, 7)),
                "lr": HP(3e-3, log_uniform(-3.5, -2)), "n_factors": HP(10, domain=at_least(1)),
                "n_per_env": HP(4000, domain=at_least(1)), "data_seed": HP(0),

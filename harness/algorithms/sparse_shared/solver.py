@@ -3,7 +3,7 @@
 One convex solve (:func:`minimize`): FISTA with per-task steps and gradient adaptive restart
 (O'Donoghue & Candes), finished by active-set Newton once the support has stopped changing: FISTA
 finds the support in tens of iterations but needs hundreds more to converge on it. Every solve starts
-cold, at W = 0 (warm starts saved nothing that mattered: docs/measurements.md).
+cold, at W = 0 (warm starts saved nothing that mattered: docs/measurements_history.md).
 
 The sharing term by majorise-minimise (:class:`Penalty`): the concave Phi, linearised at the iterate,
 leaves the convex problem with per-row penalties ``alpha_t + beta lam_bar w_j``. FISTA starts on
