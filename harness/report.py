@@ -270,7 +270,7 @@ def build_report(input_dir: Path, out: Path) -> str:
     p = plot_scatter(rew, out, "sharing_vs_dci.png")
     lines.append(f"![sharing vs DCI]({p.name})\n")
     lines.append(verdict(rew))
-    lines += overcomplete_section(overcomplete, df, out)
+    lines += overcomplete_section(overcomplete, df, out, input_dir)
     return "\n".join(lines)
 
 
@@ -294,14 +294,15 @@ def width_table(groups: list[tuple[str, object]], base) -> str:
     rows = []
     for label, g in groups:
         cells = [fmt(*interval(g[c])[:2]) if c in g else "–" for c in WIDE]
-        diffs = [paired_difference(g, base, c) if base is not None and g is not base else "–"
+        is_base = base is not None and set(g["run"]) == set(base["run"])
+        diffs = [paired_difference(g, base, c) if base is not None and not is_base else "–"
                  for c in ("dci_disentanglement", "dci_completeness")]
         rows.append([label, len(g), *cells, *diffs])
     return tabulate(rows, headers=["run", "n", *WIDE.values(), "D - D(beta 0)", "C - C(beta 0)"], tablefmt="github",
                     disable_numparse=True)
 
 
-def overcomplete_section(runs, df, out: Path) -> list[str]:
+def overcomplete_section(runs, df, out: Path, runs_dir: Path) -> list[str]:
     """'Where the sharing term helps, if anywhere': the runs under ``OVERCOMPLETE/`` (sweeps/overcomplete*)."""
     import json
 
@@ -314,6 +315,9 @@ def overcomplete_section(runs, df, out: Path) -> list[str]:
              "factors, `feature_dim` 10, 20 and 40, SparseShared with the default (reweighted) sharing term; "
              f"{len(runs)} finished runs. Differences to beta 0 are paired by trial seed (same data and "
              "initialisation), with 95% t-intervals.\n"]
+    wall = runs_dir / OVERCOMPLETE / "wall_time.txt"
+    if wall.exists():
+        lines.append(f"Wall time of these runs on 2 cores: {wall.read_text().strip()}\n")
     mech = out / "overcomplete" / "mechanism.json"
     if mech.exists():
         lines += mechanism_lines(json.loads(mech.read_text()))
@@ -343,11 +347,11 @@ def overcomplete_section(runs, df, out: Path) -> list[str]:
         lines += ["DCI disentanglement by step (mean over seeds): the plateau.\n", table.round(3).to_markdown(), ""]
         p = plot_curves(curves, set(rew["run"]), out, "overcomplete_plateau.png", key="label")
         lines.append(f"![plateau]({p.name})\n")
-    lines.append("Sharing statistics against D and C (SparseShared, reweighted term, independent tasks), pooled:\n")
-    lines += [correlations(rew, targets=("dci_disentanglement", "dci_completeness")), ""]
-    for width, g in rew.groupby("feature_dim"):
-        lines += [f"At feature_dim {int(width)}:\n", correlations(g, targets=("dci_disentanglement",
-                                                                              "dci_completeness")), ""]
+    for label, g in [("pooled over widths", rew)] + [(f"at feature_dim {int(w)}", g) for w, g in rew.groupby("feature_dim")]:
+        table = correlations(g, targets=("dci_disentanglement", "dci_completeness"))
+        rows = table.count("\n") - 1
+        lines += [f"Sharing statistics against D and C (SparseShared, reweighted term), {label}, {len(g)} runs:\n",
+                  table if rows > 0 else "(too few runs with varying values for a correlation)", ""]
     lines += overcomplete_verdict(rew)
     return lines
 

@@ -98,3 +98,33 @@ def test_report_image_datasets_and_transfer(tmp_path):
     assert "| Sprites | Shapes | SparseShared beta 0.1 | 1 | 0.810 | 0.620 ± 0.030 |" in text
     assert "| Shapes | Sprites | MultiTask | 2 | 0.770 ± 0.127 | 0.600 ± 0.635 |" in text  # two seeds: over runs
     assert (out / "sharing_sprites_curve.png").stat().st_size > 1000
+
+
+def test_overcomplete_section_pairs_seeds_and_words_the_verdict(tmp_path):
+    """Runs under overcomplete/ get the section 'Where the sharing term helps, if anywhere': per width, the
+    paired (by seed) difference of D to beta 0 with its t-interval, and a verdict worded by that interval."""
+    runs = tmp_path / "runs"
+    base_d = {0: 0.90, 1: 0.92, 2: 0.88}
+    for width in (10, 20):
+        for beta, shift in ((0.0, 0.0), (0.03, -0.10 if width == 10 else 0.02)):
+            for seed, d in base_d.items():
+                hp = {"alpha": 0.3, "beta": beta, "sharing": "reweighted", "feature_dim": width, "factor_skew": 0.0}
+                d1 = d + shift + 0.01 * seed * (beta > 0)
+                _write_run(runs / "overcomplete", f"w{width}b{beta}s{seed}", "SparseShared", hp, seed,
+                           {"dci_disentanglement": d1, "dci_completeness": d1, "mcc": 0.9, "redundancy": width / 10,
+                            "probe_sharing": 0.1, "entropy": 2.0}, steps=(1000, 2000))
+    _write_run(runs, "old", "SparseShared", {"alpha": 0.3, "beta": 0.0, "sharing": "reweighted", "feature_dim": 10}, 0,
+               {"dci_disentanglement": 0.9, "mcc": 0.9, "probe_sharing": 0.1, "entropy": 2.0})
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "harness.report", "--input_dir", str(runs), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    text = (out / "sharing.md").read_text()
+    section = " ".join(text[text.index("## Where the sharing term helps, if anywhere"):].split())
+    diffs = np.array([0.01 * s for s in range(3)])
+    for width, shift in ((10, -0.10), (20, 0.02)):
+        d = shift + diffs
+        half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+        assert f"| SparseShared beta 0.03 | 3 |" in section and f"{d.mean():+.3f} ± {half:.3f}" in section
+    assert "feature_dim 10: beta 0.03 lowers D" in section and "feature_dim 20: beta 0.03 raises D" in section
+    assert "old" not in section and (out / "overcomplete_plateau.png").stat().st_size > 1000
