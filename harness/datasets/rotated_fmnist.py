@@ -188,7 +188,14 @@ class RotatedFashionMNIST(MultiEnvDataset):
                "batch_size": HP(64, int_pow2(3, 9)), "weight_decay": HP(0.0),
                "n_per_env": HP(None, domain=at_least(1)), "data_seed": HP(0)}
 
+    KEY = "RotatedFashionMNIST"  # the seed key of the shuffle (subclasses on other files set their own)
+
     def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
         super().__init__(data_dir, test_envs, hparams)
-        x, y = load_fashion_mnist(data_dir)
-        self.datasets = rotated_environments(x, y, self.ANGLES, "RotatedFashionMNIST", hparams)
+        x, y = self.load(data_dir)
+        self.datasets = rotated_environments(x, y, self.ANGLES, self.KEY, hparams)
+
+    @staticmethod
+    def load(data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 70,000 images (uint8 N x 28 x 28) and class labels the environments are made of."""
+        return load_fashion_mnist(data_dir)
