@@ -46,8 +46,13 @@ from typing import Sequence
 import torch
 
 from harness.datasets.base import MultiEnvDataset, TensorEnv
-from harness.datasets.rotated_fmnist import (RotatedFashionMNIST, environment_slices, find_idx_dir, load_fashion_mnist,
-                                             load_idx_dir, rotated_environments)
+from harness.datasets.rotated_fmnist import (
+    RotatedFashionMNIST,
+    environment_slices,
+    find_idx_dir,
+    load_fashion_mnist,
+    load_idx_dir,
+)
 from harness.registry import DATASETS
 from harness.utils import generator
 
