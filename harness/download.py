@@ -21,6 +21,8 @@ instead and never touches the network. Either way it rearranges the result into:
                     with --archive. DomainBed's removal of its listed duplicate files is not done.)
     FashionMNIST    DIR/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]
                     (network: torchvision's FashionMNIST download; archive: any zip/tar holding the 4 files)
+    MNIST           DIR/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]  (RotatedMNIST, ColoredMNIST)
+                    (network: torchvision's MNIST download; archive: any zip/tar holding the 4 files)
     MiniImageNet    DIR/miniImageNet/ with images/ + {train,val,test}.csv, or mini-imagenet-cache-*.pkl
                     (--archive only: no stable public URL)
     CIFARFS         DIR/cifar100/ with data/<class>/*.png and splits/bertinetto/*.txt (--archive only)
@@ -75,8 +77,9 @@ ALIASES = {"Real World": ("Real_World", "Real")}
 TERRA_LOCATIONS = ["38", "46", "100", "43"]
 TERRA_CATEGORIES = ["bird", "bobcat", "cat", "coyote", "dog", "empty", "opossum", "rabbit", "raccoon", "squirrel"]
 FMNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-NAMES = [*DOMAINS, "FashionMNIST", "MiniImageNet", "CIFARFS"]
-NAME_ALIASES = {"RotatedFashionMNIST": "FashionMNIST", "CIFAR-FS": "CIFARFS", "miniImageNet": "MiniImageNet"}
+NAMES = [*DOMAINS, "FashionMNIST", "MNIST", "MiniImageNet", "CIFARFS"]
+NAME_ALIASES = {"RotatedFashionMNIST": "FashionMNIST", "ColoredFashionMNIST": "FashionMNIST",
+                "RotatedMNIST": "MNIST", "ColoredMNIST": "MNIST", "CIFAR-FS": "CIFARFS", "miniImageNet": "MiniImageNet"}
 
 
 # --- archives -----------------------------------------------------------------------------
@@ -258,12 +261,14 @@ def reorganise_terra(staging: Path, data_dir: Path) -> Path:
     return target
 
 
-def install_fmnist(staging: Path, data_dir: Path) -> Path:
+def install_fmnist(staging: Path, data_dir: Path, name: str = "FashionMNIST") -> Path:
+    """The four IDX files of Fashion-MNIST (or MNIST, same file names) into DIR/<name>/raw (torchvision's layout)."""
     def has_all(d: Path) -> bool:
         return all((d / f).is_file() or (d / f"{f}.gz").is_file() for f in FMNIST_FILES)
 
-    src = find_root(staging, has_all, "the four Fashion-MNIST IDX files (" + ", ".join(FMNIST_FILES) + ")")
-    target = data_dir / "FashionMNIST" / "raw"
+    what = {"FashionMNIST": "Fashion-MNIST", "MNIST": "MNIST"}[name]
+    src = find_root(staging, has_all, f"the four {what} IDX files (" + ", ".join(FMNIST_FILES) + ")")
+    target = data_dir / name / "raw"
     target.mkdir(parents=True, exist_ok=True)
     for f in FMNIST_FILES:
         for cand in (src / f, src / f"{f}.gz"):
@@ -317,7 +322,7 @@ def install_cifarfs(staging: Path, data_dir: Path) -> Path:
 def target_of(name: str, data_dir: Path) -> Path:
     if name in DOMAINS:
         return data_dir / DOMAINS[name][0]
-    return data_dir / {"FashionMNIST": "FashionMNIST/raw", "MiniImageNet": "miniImageNet", "CIFARFS": "cifar100"}[name]
+    return data_dir / {"FashionMNIST": "FashionMNIST/raw", "MNIST": "MNIST/raw", "MiniImageNet": "miniImageNet", "CIFARFS": "cifar100"}[name]
 
 
 def download(name: str, data_dir: str | Path, archives: list[str] | None = None) -> Path:
@@ -339,8 +344,8 @@ def download(name: str, data_dir: str | Path, archives: list[str] | None = None)
     staging.mkdir()
     try:
         if not archives:
-            if name == "FashionMNIST":
-                return _torchvision_fmnist(data_dir)
+            if name in ("FashionMNIST", "MNIST"):
+                return _torchvision_fmnist(data_dir, name)
             if name not in URLS:
                 raise UserError(f"{name} has no public download URL; get its files and pass them with --archive FILE")
             names = ARCHIVE_NAMES.get(name) or [u.rsplit("/", 1)[-1] for u in URLS[name]]
@@ -352,8 +357,8 @@ def download(name: str, data_dir: str | Path, archives: list[str] | None = None)
             out = reorganise_terra(staging, data_dir)
         elif name in DOMAINS:
             out = install_domain_folders(name, staging, data_dir)
-        elif name == "FashionMNIST":
-            out = install_fmnist(staging, data_dir)
+        elif name in ("FashionMNIST", "MNIST"):
+            out = install_fmnist(staging, data_dir, name)
         elif name == "MiniImageNet":
             out = install_miniimagenet(staging, data_dir)
         else:
@@ -368,16 +373,19 @@ def _has_location_layout(staging: Path) -> bool:
     return any(all((d / f"location_{loc}").is_dir() for loc in TERRA_LOCATIONS) for d in _dirs_below(staging, 5))
 
 
-def _torchvision_fmnist(data_dir: Path) -> Path:
+def _torchvision_fmnist(data_dir: Path, name: str = "FashionMNIST") -> Path:
+    """torchvision's download of FashionMNIST or MNIST into DIR/<name>/raw."""
     try:
-        from torchvision.datasets import FashionMNIST
+        import torchvision.datasets
 
-        FashionMNIST(str(data_dir), train=True, download=True)
-        FashionMNIST(str(data_dir), train=False, download=True)
+        cls = getattr(torchvision.datasets, name)
+        cls(str(data_dir), train=True, download=True)
+        cls(str(data_dir), train=False, download=True)
     except Exception as e:  # no network, mirror down
-        raise UserError(f"Fashion-MNIST download failed ({type(e).__name__}: {e}); install Debian's "
-                        f"dataset-fashion-mnist or pass the IDX files in an archive with --archive FILE") from None
-    return data_dir / "FashionMNIST" / "raw"
+        debian = "install Debian's dataset-fashion-mnist or " if name == "FashionMNIST" else ""
+        raise UserError(f"{name} download failed ({type(e).__name__}: {e}); {debian}pass the IDX files in an "
+                        f"archive with --archive FILE") from None
+    return data_dir / name / "raw"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,8 @@ PyTorch's default initialisation, as DomainBed (no re-initialisation). For C = 1
 1*64*9 + 64 + 64*128*9 + 128 + 2*(128*128*9 + 128) + 2*64 + 3*2*128 = 370,560 parameters.
 GroupNorm has no running statistics, so train and eval mode compute the same function.
 
-Registered as backbone ``"MNIST_CNN"``, the default of RotatedFashionMNIST (harness/hparams.py).
+Registered as backbone ``"MNIST_CNN"``, the default of RotatedFashionMNIST, RotatedMNIST, ColoredMNIST and
+ColoredFashionMNIST (their ``HPARAMS``; ColoredMNIST's images have 2 channels, C = 2).
 The hparam ``feature_dim`` is ignored when it is 128 (the network's own width); any other value
 appends a linear layer 128 -> feature_dim (not in DomainBed; for using the network elsewhere).
 """

@@ -105,13 +105,18 @@ def find_fmnist_dir(data_dir: str | None) -> Path:
     system_dirs = [d for d in system.split(os.pathsep) if d] if system is not None else list(SYSTEM_DIRS)
     candidates = ([Path(data_dir).expanduser() / "FashionMNIST" / "raw"] if data_dir else []) + \
                  [Path(d) for d in system_dirs]
+    return find_idx_dir(candidates, f"Fashion-MNIST not found: expected {candidates[0]}/train-images-idx3-ubyte[.gz] "
+                        f"(and the other 3 IDX files) or {SYSTEM_DIRS[0]}; get it with: apt-get install "
+                        f"dataset-fashion-mnist, or python -m harness.download FashionMNIST --data_dir {data_dir or 'DIR'}")
+
+
+def find_idx_dir(candidates: Sequence[Path], missing: str) -> Path:
+    """The first of ``candidates`` holding the four MNIST-format IDX files (``FMNIST_FILES``, plain or .gz);
+    none: a one-line UserError ``missing``. MNIST and Fashion-MNIST use the same four file names."""
     for d in candidates:
         if all(_idx_path(d, f) is not None for f in FMNIST_FILES.values()):
             return d
-    first = candidates[0]
-    raise UserError(f"Fashion-MNIST not found: expected {first}/train-images-idx3-ubyte[.gz] (and the other 3 IDX "
-                    f"files) or {SYSTEM_DIRS[0]}; get it with: apt-get install dataset-fashion-mnist, or "
-                    f"python -m harness.download FashionMNIST --data_dir {data_dir or 'DIR'}")
+    raise UserError(missing)
 
 
 def _idx_path(d: Path, name: str) -> Path | None:
@@ -121,17 +126,48 @@ def _idx_path(d: Path, name: str) -> Path | None:
     return None
 
 
-def load_fashion_mnist(data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """All 70,000 images (uint8 N x 28 x 28) and labels: the train file then the test file."""
-    d = find_fmnist_dir(data_dir)
+def load_idx_dir(d: Path, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images (uint8 N x 28 x 28) and labels of an MNIST-format folder ``d``: the train file then the
+    test file (70,000 for MNIST and Fashion-MNIST), as DomainBed's ``MultipleEnvironmentMNIST`` concatenates them."""
     arrays = {k: read_idx(_idx_path(d, f)) for k, f in FMNIST_FILES.items()}
     for split in ("train", "test"):
         x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if x.dim() != 3 or y.dim() != 1 or len(x) != len(y):
-            raise UserError(f"Fashion-MNIST files in {d} disagree: {split} images {tuple(x.shape)}, labels {tuple(y.shape)}")
+            raise UserError(f"{what} files in {d} disagree: {split} images {tuple(x.shape)}, labels {tuple(y.shape)}")
     x = torch.cat([arrays["train_images"], arrays["test_images"]])
     y = torch.cat([arrays["train_labels"], arrays["test_labels"]]).long()
     return x, y
+
+
+def load_fashion_mnist(data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """All 70,000 images (uint8 N x 28 x 28) and labels: the train file then the test file."""
+    return load_idx_dir(find_fmnist_dir(data_dir), "Fashion-MNIST")
+
+
+def environment_slices(x: torch.Tensor, y: torch.Tensor, n_envs: int, key: str,
+                       data_seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """DomainBed's ``MultipleEnvironmentMNIST`` split (arXiv 2007.01434): shuffle all images once with a fixed
+    seed (``generator(key, data_seed)``), then environment i takes every ``n_envs``-th image starting at i."""
+    perm = torch.randperm(len(x), generator=generator(key, data_seed))
+    x, y = x[perm], y[perm]
+    return [(x[i::n_envs], y[i::n_envs]) for i in range(n_envs)]
+
+
+def rotated_environments(x: torch.Tensor, y: torch.Tensor, angles: Sequence[float], key: str,
+                         hparams: dict) -> list[TensorEnv]:
+    """DomainBed's RotatedMNIST construction: one environment per angle (``environment_slices``), its first
+    ``n_per_env`` images (all when unset) rotated once (bilinear, zero fill), kept as uint8."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import rotate
+
+    n_per_env = hparams["n_per_env"]
+    envs = []
+    for angle, (xi, yi) in zip(angles, environment_slices(x, y, len(angles), key, hparams["data_seed"])):
+        if n_per_env:
+            xi, yi = xi[: int(n_per_env)], yi[: int(n_per_env)]
+        xi = rotate(xi.unsqueeze(1), float(angle), interpolation=InterpolationMode.BILINEAR, fill=[0.0])
+        envs.append(TensorEnv(xi.contiguous(), yi))
+    return envs
 
 
 @DATASETS.register("RotatedFashionMNIST")
@@ -152,19 +188,14 @@ class RotatedFashionMNIST(MultiEnvDataset):
                "batch_size": HP(64, int_pow2(3, 9)), "weight_decay": HP(0.0),
                "n_per_env": HP(None, domain=at_least(1)), "data_seed": HP(0)}
 
+    KEY = "RotatedFashionMNIST"  # the seed key of the shuffle (subclasses on other files set their own)
+
     def __init__(self, data_dir: str | None, test_envs: Sequence[int], hparams: dict):
         super().__init__(data_dir, test_envs, hparams)
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms.functional import rotate
+        x, y = self.load(data_dir)
+        self.datasets = rotated_environments(x, y, self.ANGLES, self.KEY, self.hparams)
 
-        x, y = load_fashion_mnist(data_dir)
-        perm = torch.randperm(len(x), generator=generator("RotatedFashionMNIST", self.hparams["data_seed"]))
-        x, y = x[perm], y[perm]
-        n_per_env = self.hparams["n_per_env"]
-        n_envs = len(self.ENVIRONMENTS)
-        for i, angle in enumerate(self.ANGLES):
-            xi, yi = x[i::n_envs], y[i::n_envs]
-            if n_per_env:
-                xi, yi = xi[: int(n_per_env)], yi[: int(n_per_env)]
-            xi = rotate(xi.unsqueeze(1), float(angle), interpolation=InterpolationMode.BILINEAR, fill=[0.0])
-            self.datasets.append(TensorEnv(xi.contiguous(), yi))
+    @staticmethod
+    def load(data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 70,000 images (uint8 N x 28 x 28) and class labels the environments are made of."""
+        return load_fashion_mnist(data_dir)
