@@ -326,7 +326,10 @@ def launch(jobs: list[Job], opts: dict[str, Any]) -> int:
         print("nothing launched")
         return 0
     Path(opts["output_dir"]).mkdir(parents=True, exist_ok=True)
-    launcher(todo, opts)
+    from harness.progress import monitor_for
+
+    with monitor_for(todo, opts):  # per-run step, steps/s, ETA (harness/progress.py)
+        launcher(todo, opts)
     if opts["launcher"] == "dummy" or opts.get("no_wait"):
         return 0
     after = {id(job): job.state for job in todo}
@@ -414,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--launcher", help="local | multi | slurm | dummy | a plugin (default: local)")
     p.add_argument("--workers", type=int, help="multi: parallel processes; slurm: array parallelism")
     p.add_argument("--skip_confirmation", action="store_true")
+    p.add_argument("--progress_every", type=float, metavar="SECONDS",
+                   help="without a terminal: report each running job's progress this often (default: 30)")
     slurm = p.add_argument_group("slurm launcher (submitit)")
     slurm.add_argument("--slurm_partition")
     slurm.add_argument("--slurm_time", type=int, help="minutes per job")
