@@ -322,6 +322,9 @@ def launch(jobs: list[Job], opts: dict[str, Any]) -> int:
         return 0
     if opts["launcher"] != "dummy":
         check_data(opts)
+    from harness.estimate import estimate_lines
+
+    print("\n".join(estimate_lines(todo, opts)))  # jobs per algorithm and dataset, estimated wall time
     if not confirm(f"Launch {len(todo)} jobs with the '{opts['launcher']}' launcher?", opts["skip_confirmation"]):
         print("nothing launched")
         return 0
