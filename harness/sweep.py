@@ -354,6 +354,12 @@ def status(jobs: list[Job], opts: dict[str, Any]) -> None:
     print(f"sweep in {opts['output_dir']}: {len(jobs)} jobs")
     for state, members in states.items():
         print(f"  {state:13s} {len(members)}")
+    if states["not launched"]:  # other arguments than the launch's? (harness/sweep_check.py)
+        from harness.sweep_check import other_arguments_note
+
+        note = other_arguments_note(jobs, Path(opts["output_dir"]))
+        if note:
+            print(note)
     failed = [j for j in states["incomplete"] if j.last_error()]
     if failed:
         print("failed jobs (last line of err.txt):")
