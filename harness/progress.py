@@ -144,6 +144,7 @@ class Monitor:
                 pass
 
     def live_lines(self) -> None:
+        """One line per running job, rewritten in place (tqdm bars used as status lines under the job bar)."""
         from tqdm import tqdm
 
         now, seen = time.time(), set()
@@ -151,18 +152,12 @@ class Monitor:
             seen.add(job.output_dir)
             bar = self._bars.get(job.output_dir)
             if bar is None:
-                used = {b.pos for b in self._bars.values()}
-                position = next(i for i in range(1, len(used) + 2) if i not in used and -i not in used)
-                bar = self._bars[job.output_dir] = tqdm(
-                    total=(record or {}).get("steps") or 0, desc=job.output_dir.name, unit="step", leave=False,
-                    position=position, file=sys.stderr, dynamic_ncols=True,
-                    bar_format="{desc}: {n_fmt}/{total_fmt} {postfix}")
-            if record is not None:
-                bar.total, bar.n = record.get("steps") or bar.total, record["step"]
-            rate = (record or {}).get("rate")
-            eta = f"{rate:.3g} steps/s, ETA {clock((bar.total - bar.n) / rate)}" if rate else "starting"
-            bar.set_postfix_str(f"{eta} | {job.output_dir / 'out.txt'}", refresh=False)
-            bar.refresh()
+                used = {abs(b.pos) for b in self._bars.values()}
+                position = next(i for i in range(1, len(used) + 2) if i not in used)
+                bar = self._bars[job.output_dir] = tqdm(total=0, position=position, leave=False, file=sys.stderr,
+                                                        dynamic_ncols=True, bar_format="{desc}")
+            bar.set_description_str(f"{job.output_dir.name}: {describe(record, now)} | {job.output_dir / 'out.txt'}",
+                                    refresh=True)
         for path in [p for p in self._bars if p not in seen]:  # finished or failed: its line goes away
             self._bars.pop(path).close()
 
