@@ -196,7 +196,10 @@ def run_or_leave_nothing(args: argparse.Namespace) -> Path:
     """:func:`run`; a run that fails before it starts training (missing data, a bad argument found while
     building it) in a folder this call created leaves no folder behind."""
     out = Path(args.output_dir)
-    created = [d for d in (out, *out.parents) if not d.exists()]  # what mkdir(parents=True) will create
+    try:
+        created = [d for d in (out, *out.parents) if not d.exists()]  # what mkdir(parents=True) will create
+    except OSError:  # e.g. a name too long: run() reports it in one line
+        created = []
     try:
         return run(args)
     except BaseException:
@@ -216,11 +219,23 @@ def remove_unstarted(out: Path) -> bool:
 
     started = any((out / name).exists() for name in (RESULTS, CHECKPOINT, DONE))
     log = out / "out.txt"
-    if started or not out.is_dir() or (log.exists() and log.stat().st_size > 0):
-        return False
-    from harness.sweep import delete_run
+    try:
+        if started or not out.is_dir() or (log.exists() and log.stat().st_size > 0):
+            return False
+        from harness.errors import UserError
+        from harness.lock import LOCK, RunLock
 
-    return delete_run(out)
+        with RunLock(out, wait_s=0.5):  # silent: the run's own error is the one line to show
+            entries = [e for e in out.iterdir() if e.name != LOCK]
+            if any(e.is_dir() and not e.is_symlink() for e in entries):
+                return False
+            for entry in entries:
+                entry.unlink()
+            (out / LOCK).unlink(missing_ok=True)
+            out.rmdir()
+        return True
+    except (OSError, UserError):
+        return False
 
 
 def os_error(e: OSError):
