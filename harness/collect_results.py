@@ -104,11 +104,71 @@ def trial_values(df, selections: list[str] | None = None):
                         group = runs_for(ddf, algorithm, trial, test_env)
                         choice = method.select(group, test_env)
                         for metric in metrics:
-                            value, reason = chosen_value(choice, metric, test_env)
+                            value, reason = chosen_value(costly_choice(method, group, test_env, metric, choice),
+                                                         metric, test_env)
                             rows.append(dict(dataset=dataset, selection=method.name, metric=metric,
                                              algorithm=algorithm, test_env=test_env, trial_seed=trial,
                                              value=value, reason=reason))
     return pd.DataFrame(rows)
+
+
+# Metrics computed every --dci_freq checkpoints (and at the last), not at every checkpoint.
+COSTLY = ("dci_disentanglement", "dci_completeness", "dci_informativeness", "mcc", "fewshot_acc", "fewshot_ci95",
+          "task_acc", "ood_task_acc")
+
+
+def costly_choice(method: type[sel.SelectionMethod], group, test_env: int | None, metric: str,
+                  choice: sel.Choice) -> sel.Choice:
+    """The checkpoint a metric is read from: for a costly metric, ``method``'s choice among the checkpoints
+    that recorded it (the same checkpoint whenever the unrestricted choice has it), else ``choice``."""
+    if metric not in COSTLY or metric not in group.columns:
+        return choice
+    if choice.record is not None and finite(choice.record.get(metric)) is not None:
+        return choice
+    return method.select(group[group[metric].notna()], test_env)
+
+
+def costly_footer(selection: str, metric: str) -> list[str]:
+    """The footer line of a costly metric's table under a method that picks among checkpoints."""
+    if metric not in COSTLY or selection in ("oracle", "last"):  # these read the last checkpoint, which has it
+        return []
+    return [f"{SHORT[metric]}: selected among the checkpoints that recorded it (every --dci_freq checkpoints "
+            "and the last)"]
+
+
+def prune_tables(tables: list[Table]) -> tuple[list[Table], str]:
+    """Tables worth printing and one line on the others: a table whose cells are all X is left out with its
+    reason, and a table identical to an earlier one of another selection method (without a held-out
+    environment training-domain validation and last checkpoint both read the final checkpoint) is merged
+    into it (``training-domain validation = last checkpoint``)."""
+    kept: list[Table] = []
+    empty: dict[str, list[str]] = {}
+    for t in tables:
+        if t.cells and all(c["mean"] is None for c in t.cells):
+            import re
+
+            notes = sorted({re.sub(r" \(trial_seed [^)]*\)", "", n).strip()
+                            for c in t.cells if c["note"] and c["note"] != "a test environment is X"
+                            for n in c["note"].split(";")})
+            key = f"{sel.METHODS[t.selection].title} on {t.dataset}" + (f" ({notes[0]}" + (", ..." if len(notes) > 1
+                                                                                           else "") + ")" if notes else "")
+            empty.setdefault(key, []).append(t.title)
+            continue
+        no_test_env = all(c["column"] == NO_TEST_ENV for c in t.cells)
+        twin = next((k for k in kept if no_test_env and k.dataset == t.dataset and k.selection != t.selection
+                     and k.header == t.header and k.rows == t.rows and k.footer == t.footer
+                     and k.title.replace(sel.METHODS[k.selection].title, "") ==
+                     t.title.replace(sel.METHODS[t.selection].title, "")), None)
+        if twin is not None:
+            twin.title = twin.title.replace(sel.METHODS[twin.selection].title,
+                                            f"{sel.METHODS[twin.selection].title} = {sel.METHODS[t.selection].title}", 1)
+            continue
+        kept.append(t)
+    if not empty:
+        return kept, ""
+    parts = [f"{len(titles)} x {key}" for key, titles in empty.items()]
+    return kept, (f"left out {plural(sum(map(len, empty.values())), 'table')} whose cells are all X: "
+                  + "; ".join(parts))
 
 
 def runs_for(ddf, algorithm: str, trial: int, test_env: int | None):
@@ -254,6 +314,7 @@ def env_table(dataset, selection, title, mdf, names, n_trials, pm) -> Table:
         cells = [make_cell(adf[adf["test_env"] == t], n_trials) for t in envs]
         cells.append(average_cell(adf, cells))
         table.add_row(algorithm, cells, columns, [metric] * len(columns), pm)
+    table.footer += costly_footer(selection, metric)
     return table
 
 
@@ -378,7 +439,12 @@ def collect(args: argparse.Namespace) -> str:
     records, stats = load_records(Path(args.input_dir))
     print(stats.summary(), file=sys.stderr)
     df = records_frame(records)
-    text = RENDERERS[args.format](build_tables(df, args.selection))
+    tables, left_out = prune_tables(build_tables(df, args.selection))
+    text = RENDERERS[args.format](tables)
+    if left_out and args.format in ("text", "markdown"):
+        text += f"\n{left_out}\n"
+    elif left_out:
+        print(left_out, file=sys.stderr)
     if not args.no_plots:
         from harness.plots import write_plots
 

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from harness.checkpoints import CHECKPOINT, RESULTS, append_record, checkpoint_bytes
 from harness.evaluation import evaluate, to_device
+from harness.progress import ProgressFile
 
 PROGRESS_LINES = 10  # without a terminal: a progress line every tenth of the run
 
@@ -59,6 +60,7 @@ def train_loop(ctx: RunContext, start: int = 0, record_steps: list[int] | None =
     progress = Progress(start, steps, enabled=not sys.stdout.isatty())
     protocol = protocol_fields(ctx)
     best = BestCheckpoint(out, protocol.get("select_on"), start)
+    progress_file = ProgressFile(out, start, steps)  # what `sweep launch` reports (harness/progress.py)
     for step in range(start, steps):
         torch.manual_seed(seed_hash(args.seed, "step", step))
         batch = to_device(ctx.next_batch(step), ctx.device)
@@ -74,6 +76,7 @@ def train_loop(ctx: RunContext, start: int = 0, record_steps: list[int] | None =
             stats.setdefault(k, []).append(v)
         bar.update(1)
         progress.update(step + 1)
+        progress_file.update(step + 1)
         if (step + 1) % freq == 0 or step + 1 == steps:
             n_checkpoints += 1
             with_dci = n_checkpoints % args.dci_freq == 0 or step + 1 == steps

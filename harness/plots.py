@@ -8,7 +8,10 @@
   checkpoint.
 
 An algorithm declares what is worth plotting among its logged values with a class attribute
-``PLOT_LOGS = {"record_key": "curve" | "heatmap"}``; the engine names no algorithm's logs.
+``PLOT_LOGS = {"record_key": "curve" | "heatmap"}``, and what a heatmap's rows and columns are with
+``PLOT_AXES = {"record_key": ("rows", "columns")}`` (e.g. ``("task", "feature")``); the engine names no
+algorithm's logs. A curve panel with fewer than two points (e.g. DCI computed at the last checkpoint only)
+is left out: one point on a step axis shows nothing; titles are wrapped to stay inside the figure.
 """
 
 from __future__ import annotations
@@ -46,6 +49,18 @@ def plot_logs(algorithm: str) -> dict[str, str]:
     return {k: v for k, v in declared.items() if v in PLOT_KINDS}
 
 
+@functools.lru_cache(maxsize=None)
+def plot_axes(algorithm: str) -> dict[str, tuple[str, str]]:
+    """The algorithm class's ``PLOT_AXES``: what a declared heatmap's rows and columns are ({} if none)."""
+    from harness.registry import ALGORITHMS
+
+    try:
+        axes = getattr(ALGORITHMS.get(algorithm), "PLOT_AXES", None) or {}
+    except Exception:  # plot_logs has warned already
+        return {}
+    return {k: (str(v[0]), str(v[1])) for k, v in axes.items() if isinstance(v, (tuple, list)) and len(v) == 2}
+
+
 def declared(df, kind: str) -> list[str]:
     """Record keys that the algorithms of ``df`` declare as ``kind`` and that ``df`` holds."""
     keys: list[str] = []
@@ -81,29 +96,64 @@ def curve_metrics(ddf) -> dict[str, Any]:
 
 
 def plot_curves(plt, dataset: str, ddf, out_dir: Path) -> list[Path]:
-    metrics = curve_metrics(ddf)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2), squeeze=False)
-    for ax, (name, values) in zip(axes[0], metrics.items()):
-        per_step = ddf.assign(value=values).groupby(["algorithm", "step"])["value"].mean()
+    fig = curves_figure(plt, dataset, ddf)
+    return [] if fig is None else [save(fig, plt, out_dir / f"curves_{slug(dataset)}.png")]
+
+
+def curve_panels(ddf) -> dict[str, Any]:
+    """metric -> mean per (algorithm, step), for the metrics with at least two points to draw."""
+    panels = {}
+    for name, values in curve_metrics(ddf).items():
+        per_step = ddf.assign(value=values).groupby(["algorithm", "step"])["value"].mean().dropna()
+        if per_step.index.get_level_values("step").nunique() >= 2:
+            panels[name] = per_step
+    return panels
+
+
+def curves_figure(plt, dataset: str, ddf):
+    """One panel per metric with two or more checkpoints (None when no metric has two)."""
+    panels = curve_panels(ddf)
+    if not panels:
+        return None
+    colors = {a: f"C{i}" for i, a in enumerate(sorted(ddf["algorithm"].unique()))}  # one colour per algorithm
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False, layout="constrained")
+    for ax, (name, per_step) in zip(axes[0], panels.items()):
         for algorithm, curve in per_step.groupby(level="algorithm"):
-            ax.plot(curve.index.get_level_values("step"), curve.values, marker=".", label=algorithm)
-        ax.set(xlabel="step", title=name)
+            ax.plot(curve.index.get_level_values("step"), curve.values, marker=".", label=algorithm,
+                    color=colors[algorithm])
+        ax.set(xlabel="step", ylabel=name, title=name)
     axes[0][0].legend()
-    fig.suptitle(f"{dataset}: mean over runs")
-    return [save(fig, plt, out_dir / f"curves_{slug(dataset)}.png")]
+    fig.suptitle(f"{dataset}: mean over runs at each checkpoint")
+    return fig
 
 
 def plot_heatmaps(plt, df, key: str, out_dir: Path) -> list[Path]:
     """One heatmap per run of the matrix logged as ``key``, at the run's last checkpoint that has it."""
     written = []
     for run, rdf in df[df[key].map(lambda u: isinstance(u, list) and len(u) > 0)].groupby("run"):
-        last = rdf.sort_values("step").iloc[-1]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        im = ax.imshow(last[key], aspect="auto", cmap="viridis", interpolation="nearest")
-        fig.colorbar(im, ax=ax, label=key)
-        ax.set(xlabel="column", ylabel="row", title=f"{run} (step {last['step']})")
+        fig = heatmap_figure(plt, rdf, key, run)
         written.append(save(fig, plt, out_dir / f"{slug(key)}_{slug(run)}.png"))
     return written
+
+
+def heatmap_figure(plt, rdf, key: str, run: str):
+    """The matrix ``key`` of one run's last checkpoint that has it; axes named by the algorithm's ``PLOT_AXES``."""
+    import textwrap
+
+    last = rdf.sort_values("step").iloc[-1]
+    matrix = last[key]
+    rows, columns = plot_axes(str(last["algorithm"])).get(key, ("row", "column"))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+    im = ax.imshow(matrix, aspect="auto", cmap="viridis", interpolation="nearest")
+    fig.colorbar(im, ax=ax, label=key)
+    ax.set(xlabel=f"{columns} ({len(matrix[0])})", ylabel=f"{rows} ({len(matrix)})")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    title = f"{key}: {last['algorithm']} on {last['dataset']}, step {last['step']} ({run})"
+    ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=10)
+    return fig
 
 
 def plot_hparam_scatter(plt, dataset: str, ddf, out_dir: Path) -> list[Path]:
@@ -118,8 +168,9 @@ def plot_hparam_scatter(plt, dataset: str, ddf, out_dir: Path) -> list[Path]:
             continue
         fig, ax = plt.subplots(figsize=(4.5, 3.5))
         for algorithm, idx in final.groupby("algorithm").groups.items():
-            ax.scatter(x[idx], y[idx], label=algorithm)
-        ax.set(xlabel=col.removeprefix("hparams."), ylabel=name, title=dataset)
+            if (x[idx].notna() & y[idx].notna()).any():  # an algorithm without this hparam: not in the legend
+                ax.scatter(x[idx], y[idx], label=algorithm)
+        ax.set(xlabel=col.removeprefix("hparams."), ylabel=name, title=f"{dataset}: final checkpoint of each run")
         if x.min() > 0 and x.max() / x.min() > 20:
             ax.set_xscale("log")
         ax.legend()
@@ -128,7 +179,8 @@ def plot_hparam_scatter(plt, dataset: str, ddf, out_dir: Path) -> list[Path]:
 
 
 def save(fig, plt, path: Path) -> Path:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

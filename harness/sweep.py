@@ -324,11 +324,17 @@ def launch(jobs: list[Job], opts: dict[str, Any]) -> int:
         return 0
     if opts["launcher"] != "dummy":
         check_data(opts)
+    from harness.estimate import estimate_lines
+
+    print("\n".join(estimate_lines(todo, opts)))  # jobs per algorithm and dataset, estimated wall time
     if not confirm(f"Launch {len(todo)} jobs with the '{opts['launcher']}' launcher?", opts["skip_confirmation"]):
         print("nothing launched")
         return 0
     Path(opts["output_dir"]).mkdir(parents=True, exist_ok=True)
-    launcher(todo, opts)
+    from harness.progress import monitor_for
+
+    with monitor_for(todo, opts):  # per-run step, steps/s, ETA (harness/progress.py)
+        launcher(todo, opts)
     if opts["launcher"] == "dummy" or opts.get("no_wait"):
         return 0
     after = {id(job): job.state for job in todo}
@@ -350,6 +356,12 @@ def status(jobs: list[Job], opts: dict[str, Any]) -> None:
     print(f"sweep in {opts['output_dir']}: {len(jobs)} jobs")
     for state, members in states.items():
         print(f"  {state:13s} {len(members)}")
+    if states["not launched"]:  # other arguments than the launch's? (harness/sweep_check.py)
+        from harness.sweep_check import other_arguments_note
+
+        note = other_arguments_note(jobs, Path(opts["output_dir"]))
+        if note:
+            print(note)
     failed = [j for j in states["incomplete"] if j.last_error()]
     if failed:
         print("failed jobs (last line of err.txt):")
@@ -416,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--launcher", help="local | multi | slurm | dummy | a plugin (default: local)")
     p.add_argument("--workers", type=int, help="multi: parallel processes; slurm: array parallelism")
     p.add_argument("--skip_confirmation", action="store_true")
+    p.add_argument("--progress_every", type=float, metavar="SECONDS",
+                   help="without a terminal: report each running job's progress this often (default: 30)")
     slurm = p.add_argument_group("slurm launcher (submitit)")
     slurm.add_argument("--slurm_partition")
     slurm.add_argument("--slurm_time", type=int, help="minutes per job")

@@ -190,7 +190,53 @@ def parse_hparams(text: str | None, algorithm: str, dataset: str) -> dict | None
 def main(argv: list[str] | None = None) -> None:
     from harness.errors import cli
 
-    cli(lambda: run(build_parser().parse_args(argv)))()
+    cli(lambda: run_or_leave_nothing(build_parser().parse_args(argv)))()
+
+
+def run_or_leave_nothing(args: argparse.Namespace) -> Path:
+    """:func:`run`; a run that fails before it starts training (missing data, a bad argument found while
+    building it) in a folder this call created leaves no folder behind."""
+    out = Path(args.output_dir)
+    try:
+        created = [d for d in (out, *out.parents) if not d.exists()]  # what mkdir(parents=True) will create
+    except OSError:  # e.g. a name too long: run() reports it in one line
+        created = []
+    try:
+        return run(args)
+    except BaseException:
+        if created and remove_unstarted(out):
+            for parent in created[1:]:  # empty parents this call created, innermost first
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+        raise
+
+
+def remove_unstarted(out: Path) -> bool:
+    """Delete ``out`` if the run never started: nothing printed to out.txt (its first line is printed just
+    before the first step), no records, no checkpoint."""
+    from harness.checkpoints import CHECKPOINT, RESULTS
+
+    started = any((out / name).exists() for name in (RESULTS, CHECKPOINT, DONE))
+    log = out / "out.txt"
+    try:
+        if started or not out.is_dir() or (log.exists() and log.stat().st_size > 0):
+            return False
+        from harness.errors import UserError
+        from harness.lock import LOCK, RunLock
+
+        with RunLock(out, wait_s=0.5):  # silent: the run's own error is the one line to show
+            entries = [e for e in out.iterdir() if e.name != LOCK]
+            if any(e.is_dir() and not e.is_symlink() for e in entries):
+                return False
+            for entry in entries:
+                entry.unlink()
+            (out / LOCK).unlink(missing_ok=True)
+            out.rmdir()
+        return True
+    except (OSError, UserError):
+        return False
 
 
 def os_error(e: OSError):

@@ -152,7 +152,7 @@ def test_cli_data_errors_are_one_line_exit_2(cli, tmp_path, dataset, prepare, ex
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     for piece in expected:
         assert piece in lines[0], lines[0]
-    assert not (out / "done").exists()
+    assert not out.exists()  # a run that cannot start leaves no folder behind (issue 33)
 
 
 # --- Fashion-MNIST IDX files -> RotatedFashionMNIST ------------------------------------------

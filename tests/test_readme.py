@@ -84,3 +84,13 @@ def test_readme_quick_start_runs_as_written(tmp_path):
     assert "finished: 2/2 done" in proc.stdout
     assert "SparseShared" in proc.stdout and "DCI D" in proc.stdout
     assert (tmp_path / "results" / "plots").is_dir()  # collect_results reads results/ by default: INPUT_DIR/plots
+
+
+def test_cpu_torch_command_comes_before_the_quick_start():
+    """Issue 33: a CPU-only machine gets the command for PyTorch's CPU wheels before the quick start,
+    as an option: the first two bash blocks stay the quick start and the test command."""
+    cpu = "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu"
+    first = code_blocks("bash")[0].strip()
+    assert cpu in README and README.index(cpu) < README.index(first)
+    assert first.startswith("pip install -e . && python -m harness.sweep launch")
+    assert code_blocks("bash")[1].strip() == 'pip install -e ".[test]" && pytest'

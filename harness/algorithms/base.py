@@ -12,7 +12,8 @@ in R^d, and ``adapt(support_x, support_y)`` fits a head for a new task on frozen
 and returns a predictor ``x -> logits`` (default: a multinomial logistic-regression probe).
 ``checkpoint_logs(probe)`` adds values to each checkpoint record; a class attribute
 ``PLOT_LOGS = {"key": "curve" | "heatmap"}`` names the logged values ``harness.plots`` should draw
-(a scalar per checkpoint as a training curve, a matrix as a heatmap of each run's last checkpoint).
+(a scalar per checkpoint as a training curve, a matrix as a heatmap of each run's last checkpoint);
+``PLOT_AXES = {"key": ("rows", "columns")}`` names a heatmap's axes (e.g. ``("task", "feature")``).
 Hparams: ``HPARAMS = {"name": HP(default, sampler, domain)}`` on the class.
 Episodic algorithms are evaluated on the dataset's label through ``adapt`` on the training
 split. Optimizers stored as attributes are saved in ``state_dict()`` (via

@@ -52,6 +52,7 @@ class SparseShared(EpisodicAlgorithm):
         "weight_decay": HP(0.0),
     }
     PLOT_LOGS = {"usage": "heatmap", "probe_sharing": "curve", "probe_features_used": "curve"}
+    PLOT_AXES = {"usage": ("task", "feature")}  # usage is T tasks x d features
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
