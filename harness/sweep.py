@@ -79,16 +79,35 @@ class Job:
     def state(self) -> str:
         from harness.lock import is_held
 
-        if (self.output_dir / "done").exists():
+        if self.output_dir.is_symlink():
+            raise UserError(f"sweep job directory {self.output_dir} is a symbolic link (to "
+                            f"{os.readlink(self.output_dir)}); a sweep never writes or deletes through links: "
+                            "remove the link")
+        if (self.output_dir / "done").exists() and has_records(self.output_dir):
             return "done"
         if not self.output_dir.exists():
             return "not launched"
         return "running" if is_held(self.output_dir) else "incomplete"
 
     def last_error(self) -> str:
+        if (self.output_dir / "done").exists():  # incomplete with done: its records are missing
+            return "has 'done' but no records (launch runs it again)"
         err = self.output_dir / "err.txt"
         lines = [l for l in err.read_text(errors="replace").splitlines() if l.strip()] if err.exists() else []
         return lines[-1].strip() if lines else ""
+
+
+def has_records(run_dir: Path) -> bool:
+    """Whether ``run_dir/results.jsonl`` is a file that starts with a checkpoint record."""
+    path = run_dir / "results.jsonl"
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            first = json.loads(f.readline(1 << 24).decode())
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and _is_int(first.get("step"))
 
 
 # --- building the job list ----------------------------------------------------------------
@@ -367,14 +386,18 @@ def delete_run(run_dir: Path) -> bool:
     """Delete an incomplete run holding its lock, so a run that started since it was listed is kept."""
     from harness.lock import LOCK, RunLock
 
-    if not run_dir.exists() or (run_dir / "done").exists():
+    if run_dir.is_symlink():  # its target is not the sweep's to delete
+        print(f"  kept {run_dir}: a symbolic link (to {os.readlink(run_dir)}); remove the link yourself",
+              file=sys.stderr)
+        return False
+    if not run_dir.exists() or ((run_dir / "done").exists() and has_records(run_dir)):
         return False
     try:
         with RunLock(run_dir, wait_s=0.5):
-            if (run_dir / "done").exists():
+            if (run_dir / "done").exists() and has_records(run_dir):
                 return False
             for entry in run_dir.iterdir():
-                if entry.name != LOCK:
+                if entry.name != LOCK:  # a link is unlinked, never followed
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
             (run_dir / LOCK).unlink(missing_ok=True)  # under the flock: a racing run sees a new file
             run_dir.rmdir()
