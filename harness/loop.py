@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from harness.checkpoints import CHECKPOINT, RESULTS, append_record, checkpoint_bytes
 from harness.evaluation import evaluate, to_device
+from harness.provenance import provenance
 
 PROGRESS_LINES = 10  # without a terminal: a progress line every tenth of the run
 
@@ -76,7 +77,8 @@ def train_loop(ctx: RunContext, start: int = 0, record_steps: list[int] | None =
             with_dci = n_checkpoints % args.dci_freq == 0 or step + 1 == steps
             record = {"step": step + 1, "epoch": (step + 1) * hparams.get("batch_size", 1) / min_env,
                       "args": ctx.identity, "hparams": hparams, "threads": ctx.threads,
-                      **{k: sum(v) / len(v) for k, v in stats.items()}, "mem_gb": peak_memory_gb(ctx.device)}
+                      **{k: sum(v) / len(v) for k, v in stats.items()}, "mem_gb": peak_memory_gb(ctx.device),
+                      **provenance(ctx.device)}
             try:
                 record.update(evaluate(algorithm, ctx.dataset, ctx.splits, ctx.train_envs, args, with_dci,
                                        ctx.next_batch(0)))
