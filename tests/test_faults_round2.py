@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_faults import ENV, ROOT, RUN, finished, one_line, records, run_train  # noqa: F401 (fixture)
+from test_faults import ENV, ROOT, RUN, finished, one_line, records, resumable, run_train  # noqa: F401 (fixtures)
 
 from harness import checkpoints
 from harness.utils import RUN_FILES
@@ -109,3 +110,178 @@ def test_delete_incomplete_unlinks_links_inside_a_job_never_follows_them(tmp_pat
     (run / "plots").symlink_to(target, target_is_directory=True)
     assert delete_run(run) and not run.exists()
     assert (target / "data.txt").read_text() == "keep"
+
+
+# --- provenance ----------------------------------------------------------------------------
+def test_every_record_says_which_code_made_it(finished):
+    import torch
+
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    expected = head.stdout.strip() if head.returncode == 0 else "unknown"
+    for r in records(finished):
+        assert (r["version"], r["commit"], r["torch"], r["device"]) == ("0.1.0", expected, torch.__version__, "cpu")
+
+
+def test_commit_is_unknown_outside_a_checkout_or_without_git(tmp_path):
+    shutil.copytree(ROOT / "harness", tmp_path / "harness", ignore=shutil.ignore_patterns("__pycache__"))
+    code = "from harness.provenance import provenance; print(provenance('cpu')['commit'])"
+    for path, env in ((tmp_path, {}), (ROOT, {"PATH": str(tmp_path / "nowhere")})):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              env={**ENV, "PYTHONPATH": str(path), **env}, cwd=path)
+        assert proc.returncode == 0 and proc.stdout.strip() == "unknown", proc.stderr
+
+
+def _copy_run(src: Path, dst: Path, commit: str | None = None, acc: float | None = None, **args) -> Path:
+    """A copy of a finished run whose records say another commit / accuracy / args."""
+    shutil.copytree(src, dst)
+    lines = []
+    for r in (json.loads(l) for l in (dst / "results.jsonl").read_text().splitlines()):
+        if commit is not None:
+            r["commit"] = commit
+        if acc is not None:
+            r.update({k: acc for k in r if k.endswith("_out_acc")})
+        r["args"].update(args)
+        lines.append(json.dumps(r) + "\n")
+    (dst / "results.jsonl").write_text("".join(lines))
+    return dst
+
+
+def collect(capsys, *argv: str) -> tuple[int, str, str]:
+    from harness import collect_results
+
+    capsys.readouterr()
+    try:
+        collect_results.main(["--no_plots", *argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_two_copies_of_a_job_from_two_commits_are_named_not_averaged(capsys, tmp_path, finished):
+    root = tmp_path / "in"
+    _copy_run(finished, root / "old", commit="a" * 40, acc=0.5)
+    new = _copy_run(finished, root / "new", commit="b" * 40, acc=0.25)
+    os.utime(new / "done", (time.time() + 60, time.time() + 60))
+    code, out, err = collect(capsys, "--input_dir", str(root))
+    assert code == 0, err
+    line = next(l for l in err.splitlines() if "copies of one job" in l)
+    assert "old (commit " + "a" * 40 in line and "new (commit " + "b" * 40 in line and "kept new" in line
+    assert "25.0" in out and "37.5" not in out and "50.0" not in out  # the newer copy, not the mean
+    assert "1 duplicate copy of a job" in err
+
+
+def test_a_cell_mixing_commits_is_a_warning_naming_both(capsys, tmp_path, finished):
+    root = tmp_path / "in"
+    _copy_run(finished, root / "one", commit="a" * 40)
+    _copy_run(finished, root / "two", commit="b" * 40, trial_seed=1, seed=1)
+    code, out, err = collect(capsys, "--input_dir", str(root))
+    assert code == 0, err
+    line = next(l for l in err.splitlines() if "mixes" in l)
+    assert "SyntheticLinear / ERM" in line and "a" * 40 in line and "b" * 40 in line
+
+
+# --- nothing dropped in silence ---------------------------------------------------------------
+def test_finished_runs_that_cannot_be_read_are_listed(capsys, tmp_path, finished):
+    root = tmp_path / "in"
+    _copy_run(finished, root / "good")
+    (_copy_run(finished, root / "empty", seed=5) / "results.jsonl").write_text("")
+    (_copy_run(finished, root / "missing", seed=6) / "results.jsonl").unlink()
+    isdir = _copy_run(finished, root / "isdir", seed=7)
+    (isdir / "results.jsonl").unlink()
+    (isdir / "results.jsonl").mkdir()
+    code, out, err = collect(capsys, "--input_dir", str(root))
+    assert code == 0 and "Traceback" not in err, err
+    assert "3 finished runs without readable records (empty, isdir, missing)" in err
+    assert "read 2 records from 1 run" in err
+
+
+def test_a_truncated_last_record_of_a_finished_run_is_named(capsys, tmp_path, finished):
+    run = _copy_run(finished, tmp_path / "in" / "cut")
+    text = (run / "results.jsonl").read_text()
+    (run / "results.jsonl").write_text(text[: len(text) - 40])
+    code, out, err = collect(capsys, "--input_dir", str(tmp_path / "in"))
+    assert code == 0, err
+    assert any("cut: 1 line of results.jsonl unreadable" in l and "step 10" in l for l in err.splitlines()), err
+
+
+@pytest.mark.parametrize("field, value", [("step", "20"), ("step", 20.5), ("test_envs", "0"), ("test_envs", [0.5])])
+def test_wrongly_typed_records_are_skipped_and_counted(capsys, tmp_path, finished, field, value):
+    run = _copy_run(finished, tmp_path / "in" / "r")
+    rs = [json.loads(l) for l in (run / "results.jsonl").read_text().splitlines()]
+    (rs[-1] if field == "step" else rs[-1]["args"])[field] = value
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
+    code, out, err = collect(capsys, "--input_dir", str(tmp_path / "in"))
+    assert code == 0 and "Traceback" not in err and "skipped 1 corrupt line" in err, err
+
+
+def test_collect_output_in_a_missing_folder_is_one_line_before_any_work(capsys, tmp_path, finished):
+    _copy_run(finished, tmp_path / "in" / "r")
+    for output in (tmp_path / "nope" / "t.txt", tmp_path):
+        code, out, err = collect(capsys, "--input_dir", str(tmp_path / "in"), "--output", str(output))
+        one_line(code, err, "--output")
+
+
+def test_finished_run_with_other_arguments_is_an_error_not_done(capsys, tmp_path, finished):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    line = one_line(*run_train(capsys, run, "--algorithm", "IRM"), "other arguments")
+    assert "algorithm" in line and "IRM" in line
+    assert run_train(capsys, run)[0] == 0  # its own arguments: already done
+
+
+def test_resume_refuses_records_of_another_run(capsys, resumable):
+    rs = (resumable / "results.jsonl").read_text().splitlines()
+    first = json.loads(rs[0])
+    first["args"]["algorithm"] = "IRM"
+    (resumable / "results.jsonl").write_text("\n".join([json.dumps(first), *rs[1:]]) + "\n")
+    before = (resumable / "results.jsonl").read_bytes()
+    one_line(*run_train(capsys, resumable), "belongs to another run", "algorithm")
+    assert (resumable / "results.jsonl").read_bytes() == before and not (resumable / "done").exists()
+
+
+def test_empty_output_dir_is_an_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_train(capsys, Path("x"), "--output_dir", "")
+    one_line(code, err, "--output_dir is empty")
+    assert not list(tmp_path.iterdir())
+
+
+def test_done_without_records_is_incomplete_and_launch_runs_it(tmp_path):
+    out = tmp_path / "sw"
+    args = [*SWEEP, "--output_dir", str(out)]
+    (job,) = sweep_jobs(*args)
+    job.output_dir.mkdir(parents=True)
+    (job.output_dir / "done").write_text("")
+    proc = sweep_cli("status", *args)
+    assert proc.returncode == 0 and re.search(r"incomplete +1", proc.stdout) and re.search(r"done +0", proc.stdout)
+    assert "has 'done' but no records" in proc.stdout
+    proc = sweep_cli("launch", *args, "--skip_confirmation")
+    assert proc.returncode == 0, proc.stderr
+    assert job.state == "done" and [r["step"] for r in records(job.output_dir)] == [10, 20]
+
+
+def test_ctrl_c_stops_the_multi_launcher_and_all_its_jobs(tmp_path):
+    from harness.lock import is_held
+
+    out = tmp_path / "sw"
+    args = [*SWEEP, "--steps", "400", "--n_hparams", "3", "--output_dir", str(out), "--launcher", "multi",
+            "--workers", "1", "--skip_confirmation"]
+    jobs = sweep_jobs(*args)
+    proc = subprocess.Popen([sys.executable, "-m", "harness.sweep", "launch", *args], env=ENV, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not any((j.output_dir / "results.jsonl").exists() for j in jobs):  # a job is past its first checkpoint
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)  # the launcher only: it must stop its jobs itself
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    time.sleep(1.0)  # a queued job would have started by now
+    started = [j for j in jobs if j.output_dir.exists()]
+    assert len(started) == 1 and not is_held(started[0].output_dir) and started[0].state == "incomplete"
+    proc = sweep_cli("launch", *args[:-5], "--skip_confirmation", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert all(j.state == "done" for j in jobs)
+    assert "resuming from step" in (started[0].output_dir / "out.txt").read_text()
