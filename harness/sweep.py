@@ -257,18 +257,55 @@ def grid_points(grid: dict[str, list] | None) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
+MAX_JOBS = 100_000  # a sweep larger than this is a typo (every command enumerates every job)
+
+
+def count_jobs(opts: dict[str, Any]) -> int:
+    """How many jobs ``opts`` describe, computed without enumerating them."""
+    import math
+
+    grid = math.prod(len(v) for v in (opts["grid"] or {}).values())
+    per_dataset = sum(len(test_env_sets(d, opts["test_envs"])) for d in opts["datasets"])
+    return (opts["n_trials"] * len(opts["algorithms"]) * per_dataset * grid
+            * (opts["n_hparams"] - opts["n_hparams_from"]))
+
+
+def checked_draw(algorithm: str, dataset: str, hseed: int, overrides: dict | None, cache: dict) -> None:
+    """A job's hparams (search draw, fixed hparams, grid point) as harness.train will check them: a bad
+    draw is found before the first job starts, not when every job has failed."""
+    from harness.train import parse_hparams
+
+    key = (algorithm, dataset, json.dumps(overrides, sort_keys=True, default=str))
+    if key in cache:
+        return
+    try:
+        parse_hparams(json.dumps(overrides), algorithm, dataset)
+    except (UserError, ValueError) as e:  # ValueError: json.dumps of an overflowing draw
+        raise UserError(f"hparams draw {hseed} of {algorithm} on {dataset} ({key[2][:120]}): {e}") from None
+    cache[key] = True
+
+
 def make_jobs(opts: dict[str, Any]) -> list[Job]:
     from harness.hparams import searched_hparams
     from harness.utils import seed_hash
 
-    jobs = []
+    n = count_jobs(opts)
+    if n > MAX_JOBS:
+        raise UserError(f"this sweep has {n:,} jobs (n_trials x algorithms x datasets x test-env sets x hparam "
+                        f"draws x grid points); at most {MAX_JOBS:,}: lower n_trials or n_hparams")
+    jobs, cache = [], {}
     root = Path(opts["output_dir"])
     for trial, dataset, algorithm in itertools.product(range(opts["n_trials"]), opts["datasets"], opts["algorithms"]):
         for test_envs, hseed, point in itertools.product(
                 test_env_sets(dataset, opts["test_envs"]), range(opts["n_hparams_from"], opts["n_hparams"]),
                 grid_points(opts["grid"])):
-            searched = searched_hparams(algorithm, dataset, hseed, opts["search"]) if opts["search"] else {}
+            try:
+                searched = searched_hparams(algorithm, dataset, hseed, opts["search"]) if opts["search"] else {}
+            except (OverflowError, ValueError, TypeError) as e:
+                raise UserError(f"search: draw {hseed} of {algorithm} on {dataset} failed ({e})") from None
             overrides = {**searched, **(opts["hparams"] or {}), **point} or None
+            if overrides:
+                checked_draw(algorithm, dataset, hseed, overrides, cache)
             train_args = {"dataset": dataset, "algorithm": algorithm, "test_envs": list(test_envs),
                           "hparams_seed": hseed, "trial_seed": trial,
                           "seed": seed_hash(trial, dataset, algorithm, test_envs, hseed, point),

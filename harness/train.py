@@ -286,6 +286,11 @@ def train_run(args: argparse.Namespace, hparams: dict, dataset_cls, algorithm_cl
     if empty:
         raise UserError(f"--holdout_fraction {args.holdout_fraction} leaves no training examples in "
                         f"environment(s) {empty}; use a smaller fraction")
+    no_out = [i for i in range(len(dataset)) if len(splits[i][1]) == 0]
+    if no_out:
+        raise UserError(f"--holdout_fraction {args.holdout_fraction} leaves no held-out ('out') examples in "
+                        f"environment(s) {no_out} of {args.dataset}; use more examples or a larger fraction")
+    check_sizes(hparams, dataset.input_shape, len(train_envs), getattr(algorithm_cls, "EPISODIC", False), device)
     algorithm = algorithm_cls(dataset.input_shape, dataset.num_classes, len(train_envs), hparams).to(device)
 
     start, record_steps = resume(out, state, algorithm)
@@ -296,6 +301,42 @@ def train_run(args: argparse.Namespace, hparams: dict, dataset_cls, algorithm_cl
     train_loop(RunContext(args, identity, hparams, algorithm, dataset, splits, train_envs, next_batch,
                           steps, freq, device, out, threads), start, record_steps)
     write_done(out)
+
+
+def check_sizes(hparams: dict, input_shape, n_envs: int, episodic: bool, device) -> None:
+    """A UserError when a step's batch and an MLP backbone (weights, gradients, Adam's moments and
+    activations, float32) would not fit in the device's memory: fail before allocating, not after."""
+    import math
+
+    from harness.errors import UserError
+
+    n_in = math.prod(input_shape)
+    if episodic:
+        per_step = hparams.get("tasks_per_batch", 1) * (hparams.get("support", 1) + hparams.get("query", 1))
+    else:
+        per_step = hparams.get("batch_size", 1) * n_envs
+    need, what = per_step * n_in * 4, f"{per_step} examples per step"
+    if hparams.get("backbone") == "MLP":
+        w, depth, d = hparams.get("mlp_width", 256), hparams.get("mlp_depth", 3), hparams.get("feature_dim", 64)
+        params = (n_in * w + (depth - 1) * w * w + w * d) if depth else n_in * d
+        need += 16 * params + per_step * 4 * (w * depth + d)
+        what += f", an MLP of {params:,} weights"
+    total = device_memory(device)
+    if total and need > total:
+        raise UserError(f"these hparams need about {need / 2**30:.3g} GiB ({what}) but {device} has "
+                        f"{total / 2**30:.3g} GiB; use a smaller batch_size, mlp_width, mlp_depth or feature_dim")
+
+
+def device_memory(device) -> int | None:
+    """Bytes of memory of ``device`` (a CUDA device's, else the machine's RAM); None when unknown."""
+    try:
+        if getattr(device, "type", "cpu") == "cuda":
+            import torch
+
+            return torch.cuda.get_device_properties(device).total_memory
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, RuntimeError, AttributeError):
+        return None
 
 
 def run_identity(args: argparse.Namespace) -> dict:

@@ -96,3 +96,15 @@ def relative_inside(base: str | os.PathLike, name: object) -> Path | None:
     if norm == ".." or norm.startswith(".." + os.sep) or os.path.isabs(norm):
         return None
     return Path(base) / name
+
+
+def dataset_path(base: str | os.PathLike, name: object, listed_in: str | os.PathLike) -> Path:
+    """``base / name`` for a file named by an annotation file (``listed_in``); a one-line UserError when the
+    name leaves the dataset's folder (``..``, an absolute path), as the archive unpacker refuses such members."""
+    path = relative_inside(base, name)
+    if path is None:
+        from harness.errors import UserError
+
+        raise UserError(f"{listed_in} names {str(name)[:120]!r}, a path outside the dataset folder {base}; "
+                        "refusing to read it (the file is corrupt or crafted)")
+    return path

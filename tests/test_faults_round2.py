@@ -285,3 +285,134 @@ def test_ctrl_c_stops_the_multi_launcher_and_all_its_jobs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert all(j.state == "done" for j in jobs)
     assert "resuming from step" in (started[0].output_dir / "out.txt").read_text()
+
+
+# --- bad input -------------------------------------------------------------------------------
+BAD_HPARAMS = [
+    ('{"mlp_width": 0}', "hparam mlp_width must be in [1, "), ('{"mlp_depth": -1}', "hparam mlp_depth"),
+    ('{"n_per_env": 1}', "no held-out"), ('{"feature_dim": 1000000000}', "hparam feature_dim"),
+    ('{"batch_size": 1000000000000}', "hparam batch_size"), ('{"lr": 1e309}', "hparam lr must be a finite"),
+    ('{"weight_decay": 1e309}', "hparam weight_decay must be a finite"),
+    ('{"mlp_width": 65536, "mlp_depth": 64}', "GiB"), ('{"precision": "fp8"}', "hparam precision"),
+    ('{"ood_task_fraction": 1.5}', "hparam ood_task_fraction"), ('{"backbone": ""}', "hparam backbone"),
+]
+
+
+@pytest.mark.parametrize("hparams, expected", BAD_HPARAMS)
+def test_hparams_outside_their_domain_stop_before_the_run(capsys, tmp_path, hparams, expected):
+    out = tmp_path / "run"
+    t0 = time.time()
+    base = [a for a in RUN if a not in ("--hparams", '{"n_per_env": 300}')]
+    one_line(*run_train(capsys, out, "--hparams", hparams, base=base), expected)
+    assert time.time() - t0 < 30 and not (out / "results.jsonl").exists() and not (out / "done").exists()
+
+
+def test_every_builtin_hparam_has_a_domain_its_draws_satisfy():
+    from harness import hparams as hp
+    from harness.registry import ALGORITHMS, DATASETS
+
+    lead_owned = {"image_size", "pooling", "max_length"}  # the WILDS loaders' own (harness/datasets/wilds_datasets.py)
+    for algorithm in ALGORITHMS.names():
+        for dataset in DATASETS.names():
+            space = hp.space(algorithm, dataset)
+            missing = [k for k, h in space.items()
+                       if h.domain is None and not isinstance(h.default, bool) and k not in lead_owned]
+            assert not missing, (algorithm, dataset, missing)
+            for seed in range(4):
+                for k, v in hp.random_hparams(algorithm, dataset, seed).items():
+                    hp.check(k, v, space[k])
+
+
+@pytest.mark.parametrize("search, expected", [
+    ({"lr": {"log_uniform": ["a", 1]}}, "two finite numbers"), ({"lr": {"log_uniform": [-5, 400]}}, "overflows"),
+    ({"lr": {"uniform": [-1.7e308, 1.7e308]}}, "Range exceeds"), ({"lr": {"choice": []}}, "at least one option"),
+    ({"lr": {"uniform": [0, 0]}}, "hparam lr must be > 0"), ({"batch_size": {"uniform": [8, 64]}}, "batch_size"),
+    ({"lr": {"uniform": [-3, -2]}}, "hparam lr"),
+])
+def test_every_draw_of_a_sweep_spec_is_checked_before_any_job(tmp_path, search, expected):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"datasets": ["SyntheticLinear"], "n_hparams": 4, "steps": 5, "search": search}))
+    proc = sweep_cli("launch", "--sweep", str(spec), "--output_dir", str(tmp_path / "sw"), "--skip_confirmation")
+    one_line(proc.returncode, proc.stderr, expected)
+    assert not (tmp_path / "sw").exists()
+
+
+def test_an_enormous_sweep_is_refused_at_once(tmp_path):
+    t0 = time.time()
+    proc = sweep_cli("status", *SWEEP, "--n_trials", "10000000", "--output_dir", str(tmp_path / "sw"))
+    one_line(proc.returncode, proc.stderr, "10,000,000 jobs", "at most")
+    assert time.time() - t0 < 60
+
+
+def test_a_wrongly_cased_name_suggests_the_right_one():
+    from harness.errors import UserError
+    from harness.registry import ALGORITHMS, DATASETS
+
+    with pytest.raises(UserError, match="did you mean 'ERM'"):
+        ALGORITHMS.get("erm")
+    with pytest.raises(UserError, match="did you mean 'SyntheticLinear'"):
+        DATASETS.get("syntheticlinear")
+
+
+def test_report_without_sparse_shared_runs_is_one_line(capsys, tmp_path, finished):
+    from harness import report
+
+    shutil.copytree(finished, tmp_path / "in" / "r")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        report.main(["--input_dir", str(tmp_path / "in"), "--out", str(tmp_path / "rep")])
+    one_line(e.value.code, capsys.readouterr().err, "no finished SparseShared runs")
+
+
+def test_correlate_plot_under_a_file_is_one_line(capsys, tmp_path, finished):
+    from harness import correlate
+
+    shutil.copytree(finished, tmp_path / "in" / "r")
+    (tmp_path / "file").write_text("x")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        correlate.main(["--input_dir", str(tmp_path / "in"), "--x", "hparams.lr", "--y", "mcc",
+                        "--plot", str(tmp_path / "file" / "p.png")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        "error: cannot write --plot"), err
+
+
+@pytest.mark.parametrize("bad", ["../../secret.jpg", "ABSOLUTE", "001.a/../../../secret.jpg"])
+def test_waterbirds_metadata_naming_files_outside_the_dataset_is_refused(tmp_path, bad):
+    import csv
+
+    from test_wilds_and_backbones import make_waterbirds
+
+    from harness.errors import UserError
+    from harness.registry import DATASETS
+
+    secret = tmp_path / "secret.jpg"
+    shutil.copy(next((make_waterbirds(tmp_path / "data")).rglob("*.jpg")), secret)
+    meta = tmp_path / "data" / "waterbirds_v1.0" / "metadata.csv"
+    rows = list(csv.reader(meta.open()))
+    rows[1][1] = str(secret) if bad == "ABSOLUTE" else bad
+    with meta.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    with pytest.raises(UserError, match="outside the dataset folder") as e:
+        DATASETS.get("Waterbirds")(str(tmp_path / "data"), [1, 2], {"image_size": 16})
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("bad", ["../../secret.jpg", "ABSOLUTE"])
+def test_mini_imagenet_csv_naming_files_outside_the_dataset_is_refused(tmp_path, bad):
+    from test_image_datasets import make_mini_csv
+
+    from harness.errors import UserError
+    from harness.registry import DATASETS
+
+    make_mini_csv(tmp_path / "data")
+    secret = tmp_path / "secret.jpg"
+    train = tmp_path / "data" / "miniImageNet" / "train.csv"
+    lines = train.read_text().splitlines()
+    first = next((tmp_path / "data" / "miniImageNet" / "images").iterdir())
+    shutil.copy(first, secret)
+    lines[1] = f"{secret if bad == 'ABSOLUTE' else bad},{lines[1].split(',')[1]}"
+    train.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match="outside the dataset folder"):
+        DATASETS.get("MiniImageNet")(str(tmp_path / "data"), [1, 2], {})

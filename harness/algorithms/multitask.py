@@ -10,7 +10,7 @@ from torch import nn
 
 from harness.algorithms.base import Algorithm
 from harness.algorithms.episodic import feature_norm, head_logits, task_features
-from harness.hparams import HP, log_uniform
+from harness.hparams import HP, above, at_least, log_uniform, one_of
 from harness.registry import ALGORITHMS
 
 
@@ -23,8 +23,9 @@ class MultiTask(Algorithm):
     loss (differentiably), and the backbone is trained on the query loss through them.
     """
 
-    HPARAMS = {"feature_norm": HP("batchnorm"), "init_scale": HP(5.0), "head_steps": HP(10),
-               "head_lr": HP(0.5, log_uniform(-1.5, 0.5)), "weight_decay": HP(0.0)}
+    HPARAMS = {"feature_norm": HP("batchnorm", domain=one_of("batchnorm", "layernorm", "none")),
+               "init_scale": HP(5.0, domain=above(0)), "head_steps": HP(10, domain=at_least(1)),
+               "head_lr": HP(0.5, log_uniform(-1.5, 0.5), above(0)), "weight_decay": HP(0.0)}
 
     EPISODIC = True
 

@@ -44,6 +44,7 @@ from harness.datasets.domainbed_images import IMAGENET_MEAN, IMAGENET_STD, Image
 from harness.errors import UserError
 from harness.hparams import HP, int_pow2, log_uniform
 from harness.registry import DATASETS
+from harness.utils import dataset_path
 
 VERSION = "1.0"
 
@@ -179,7 +180,7 @@ class Waterbirds(WildsDataset):
         y = _long(df["y"])
         groups = 2 * y + _long(df["place"])
         split = _long(df["split"])
-        paths = [str(root / f) for f in df["img_filename"].astype(str)]
+        paths = [str(dataset_path(root, f, root / "metadata.csv")) for f in df["img_filename"].astype(str)]
         for e in range(len(self.ENVIRONMENTS)):
             idx = (split == e).nonzero().flatten()
             if len(idx) == 0:

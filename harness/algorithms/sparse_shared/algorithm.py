@@ -42,7 +42,7 @@ class SparseShared(Algorithm):
         "mm_rounds": HP(50, domain=at_least(1)),
         # the sharing term's Hessian in the gradient (implicit.sparse_heads)
         "sharing_grad": HP("last_solve", domain=one_of(*SHARING_GRAD)),
-        "feature_norm": HP("batchnorm"),
+        "feature_norm": HP("batchnorm", domain=one_of("batchnorm", "layernorm", "none")),
         "init_scale": HP(5.0, domain=above(0)),
         "inner_max_iter": HP(200, domain=at_least(1)),
         "inner_tol": HP(1e-4, domain=above(0)),
