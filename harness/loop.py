@@ -182,5 +182,6 @@ def peak_memory_gb(device) -> float:
 
 
 def summary_line(record: dict) -> str:
-    keys = [k for k in record if k not in ("args", "hparams") and not isinstance(record[k], (list, dict))]
+    keys = [k for k in record if k not in ("args", "hparams", "version", "commit", "torch", "device")
+            and not isinstance(record[k], (list, dict))]
     return " | ".join(f"{k} {record[k]:.4g}" if isinstance(record[k], float) else f"{k} {record[k]}" for k in keys)

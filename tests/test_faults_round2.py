@@ -18,7 +18,8 @@ import pytest
 from test_faults import ENV, ROOT, RUN, finished, one_line, records, resumable, run_train  # noqa: F401 (fixtures)
 
 from harness import checkpoints
-from harness.utils import RUN_FILES
+
+RUN_FILES = ("lock", "out.txt", "err.txt", "results.jsonl", "checkpoint.pt", "done")  # what a run writes
 
 SWEEP = ["--datasets", "SyntheticLinear", "--algorithms", "ERM", "--steps", "20", "--checkpoint_freq", "10",
          "--dci_freq", "1000", "--hparams", '{"n_per_env": 300}']
