@@ -125,11 +125,12 @@ def commit_of(records: list[dict]) -> str:
 
 def drop_duplicate_jobs(runs: dict[str, list[dict]], input_dir: Path, stats: LoadStats,
                         warnings: list[str]) -> dict[str, list[dict]]:
-    """One copy per job (runs with the same ``args``): the one whose ``done`` is newest; the others are
+    """One copy per job (runs with the same ``args`` and ``hparams``): the one whose ``done`` is newest; the others are
     named in a warning and left out, so no cell counts a job twice."""
     by_job: dict[str, list[str]] = {}
     for run, found in runs.items():
-        by_job.setdefault(json.dumps(found[-1]["args"], sort_keys=True), []).append(run)
+        job = [found[-1]["args"], found[-1].get("hparams")]
+        by_job.setdefault(json.dumps(job, sort_keys=True, default=str), []).append(run)
     keep = dict(runs)
     for copies in by_job.values():
         if len(copies) < 2:

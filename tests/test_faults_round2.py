@@ -267,7 +267,7 @@ def test_ctrl_c_stops_the_multi_launcher_and_all_its_jobs(tmp_path):
     from harness.lock import is_held
 
     out = tmp_path / "sw"
-    args = [*SWEEP, "--steps", "400", "--n_hparams", "3", "--output_dir", str(out), "--launcher", "multi",
+    args = [*SWEEP, "--steps", "2000", "--checkpoint_freq", "500", "--n_hparams", "3", "--output_dir", str(out), "--launcher", "multi",
             "--workers", "1", "--skip_confirmation"]
     jobs = sweep_jobs(*args)
     proc = subprocess.Popen([sys.executable, "-m", "harness.sweep", "launch", *args], env=ENV, cwd=ROOT,
