@@ -267,13 +267,13 @@ def test_ctrl_c_stops_the_multi_launcher_and_all_its_jobs(tmp_path):
     from harness.lock import is_held
 
     out = tmp_path / "sw"
-    args = [*SWEEP, "--steps", "2000", "--checkpoint_freq", "500", "--n_hparams", "3", "--output_dir", str(out), "--launcher", "multi",
+    args = [*SWEEP, "--steps", "200", "--checkpoint_freq", "100", "--n_hparams", "3", "--output_dir", str(out), "--launcher", "multi",
             "--workers", "1", "--skip_confirmation"]
     jobs = sweep_jobs(*args)
     proc = subprocess.Popen([sys.executable, "-m", "harness.sweep", "launch", *args], env=ENV, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not any((j.output_dir / "results.jsonl").exists() for j in jobs):  # a job is past its first checkpoint
+    while not any((j.output_dir / "checkpoint.pt").exists() for j in jobs):  # a job is past its first checkpoint
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGINT)  # the launcher only: it must stop its jobs itself
