@@ -98,7 +98,9 @@ def resume(out: Path, state: dict | None, algorithm) -> tuple[int, list[int]]:
     if not results.exists():
         raise UserError(f"{results} is missing but {out / CHECKPOINT} is at step {step}; restore it, or delete "
                         f"{out / CHECKPOINT} to restart the run from scratch")
-    keep = [r for r in read_records(results) if r["step"] <= step]
+    found = read_records(results)
+    check_record_args(results, found, json.loads(state["args"]))
+    keep = [r for r in found if r["step"] <= step]
     expected = state.get("record_steps")
     got = [r["step"] for r in keep]
     if (expected is not None and got != list(expected)) or (expected is None and step not in got):
@@ -108,6 +110,20 @@ def resume(out: Path, state: dict | None, algorithm) -> tuple[int, list[int]]:
     atomic_write_text(results, "".join(json.dumps(r) + "\n" for r in keep))
     print(f"resuming from step {step} ({len(keep)} records kept)")
     return step, got
+
+
+def check_record_args(path: Path, records: list[dict], identity: dict) -> None:
+    """A UserError naming the first record of ``path`` whose ``args`` are not this run's: resuming would
+    leave a results.jsonl that mixes runs."""
+    from harness.errors import UserError
+
+    for i, r in enumerate(records, 1):
+        if r.get("args") != identity:
+            theirs = r.get("args") if isinstance(r.get("args"), dict) else {}
+            diff = sorted(k for k in set(theirs) | set(identity) if theirs.get(k) != identity.get(k))
+            raise UserError(f"{path} record {i} (step {r['step']}) belongs to another run (args differ in "
+                            f"{', '.join(diff[:4]) or 'args'}); restore the run's own records, or delete it and "
+                            f"{path.parent / CHECKPOINT} to restart the run from scratch")
 
 
 def read_records(path: Path) -> list[dict]:
@@ -141,7 +157,9 @@ def read_records(path: Path) -> list[dict]:
 
 
 def append_record(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
+    from harness.utils import open_nofollow
+
+    with os.fdopen(open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())

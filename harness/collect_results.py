@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import selection as sel
-from harness.errors import cli
+from harness.errors import UserError, cli
 from harness.records import LoadStats, load_records, plural, read_jsonl, records_frame  # noqa: F401 (API)
 
 # metric -> title; all are fractions in [0, 1] and are shown x100 with one decimal
@@ -459,12 +459,24 @@ def collect(args: argparse.Namespace) -> str:
     return text
 
 
+def check_output(output: str | None) -> None:
+    """--output's folder must exist before the tables are computed (they would be lost)."""
+    if output is not None and not Path(output).resolve().parent.is_dir():
+        raise UserError(f"--output {output}: folder {Path(output).parent} does not exist; create it first")
+    if output is not None and Path(output).is_dir():
+        raise UserError(f"--output {output} is a directory; give a file name")
+
+
 def main(argv: list[str] | None = None) -> None:
     def run() -> None:
         args = build_parser().parse_args(argv)
+        check_output(args.output)
         text = collect(args)
         if args.output:
-            Path(args.output).write_text(text)
+            try:
+                Path(args.output).write_text(text)
+            except OSError as e:
+                raise UserError(f"cannot write --output {args.output}: {e.strerror or e}") from None
         else:
             sys.stdout.write(text)
 

@@ -105,7 +105,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.x} vs {args.y}, final checkpoint of each run:")
         print(tabulate(table.values.tolist(), headers=list(table.columns), floatfmt=".3f"))
         plot = Path(args.plot) if args.plot else default_plot(Path(args.input_dir), args.x, args.y)
-        scatter(final, args.x, args.y, plot)
+        try:
+            scatter(final, args.x, args.y, plot)
+        except OSError as e:  # a folder that cannot be made (a file in the way, read-only, ...)
+            raise UserError(f"cannot write --plot {plot}: {e.strerror or e} ({e.filename or plot})") from None
         print(f"wrote {plot}", file=sys.stderr)
 
     cli(run)()

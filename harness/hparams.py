@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -64,7 +65,9 @@ class HP:
 
 
 def check(name: str, value: Any, hp: HP) -> None:
-    """A one-line UserError unless ``value`` is in ``hp``'s domain (None passes where it is the default)."""
+    """A one-line UserError unless ``value`` is finite and in ``hp``'s domain (None passes where it is the default)."""
+    if isinstance(value, float) and not math.isfinite(value):  # JSON's 1e309 parses to inf
+        raise UserError(f"hparam {name} must be a finite number, got {value} (out of a float's range?)")
     if hp.domain is None or (value is None and hp.default is None):
         return
     try:
@@ -99,25 +102,40 @@ def int_pow2(lo: int, hi: int) -> Sampler:
     return lambda r: int(2 ** r.randint(lo, hi + 1))
 
 
+MAX_SIZE = 2**16  # the largest batch size or layer width an hparam may ask for
+NAME = Domain(lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty name")
+
+
+def positive(note: str = "") -> Domain:
+    """> 0."""
+    return Domain(lambda v: v > 0, f"> 0{note}")
+
+
+def fraction(open_hi: bool = False) -> Domain:
+    """[0, 1], or [0, 1) with ``open_hi``."""
+    return Domain(lambda v: 0 <= v < 1 if open_hi else 0 <= v <= 1, f"in [0, 1{')' if open_hi else ']'}")
+
+
 COMMON: dict[str, HP] = {
     "lr": HP(1e-3, log_uniform(-4.5, -2.5), above(0)),
     "weight_decay": HP(0.0, log_uniform(-6, -2), at_least(0)),
-    "batch_size": HP(32, int_pow2(3, 6), at_least(1)),  # per training environment
-    "backbone": HP("MLP"),
-    "feature_dim": HP(64, domain=at_least(1)),  # d, the width of the representation
-    "mlp_width": HP(256),  # backbone MLP
-    "mlp_depth": HP(3),
-    "cnn_width": HP(32),  # backbone SmallCNN
-    "precision": HP("fp32"),  # fp32 | bf16: the backbone under bfloat16 autocast (harness/precision.py)
+    # sizes are bounded: a run checks what it will allocate before it starts (harness/train.py check_sizes)
+    "batch_size": HP(32, int_pow2(3, 6), in_range(1, MAX_SIZE)),  # per training environment
+    "backbone": HP("MLP", domain=NAME),
+    "feature_dim": HP(64, domain=in_range(1, MAX_SIZE)),  # d, the width of the representation
+    "mlp_width": HP(256, domain=in_range(1, MAX_SIZE)),  # backbone MLP
+    "mlp_depth": HP(3, domain=in_range(0, 64)),
+    "cnn_width": HP(32, domain=in_range(1, 4096)),  # backbone SmallCNN
+    "precision": HP("fp32", domain=one_of("fp32", "bf16")),  # the backbone under bfloat16 autocast (harness/precision.py)
 }
 
 # Episodic algorithms draw tasks from the dataset's task sampler.
 EPISODIC: dict[str, HP] = {
-    "tasks_per_batch": HP(16, choice(8, 16, 32), at_least(1)),
-    "support": HP(50, choice(20, 50, 100), at_least(1)),
-    "query": HP(50, domain=at_least(1)),
-    "n_way": HP(5, domain=at_least(2)),  # class tasks (ignored by binary factor tasks)
-    "max_factors": HP(3),  # factor tasks depend on a random subset of 1..max_factors factors
+    "tasks_per_batch": HP(16, choice(8, 16, 32), in_range(1, 4096)),
+    "support": HP(50, choice(20, 50, 100), in_range(1, MAX_SIZE)),
+    "query": HP(50, domain=in_range(1, MAX_SIZE)),
+    "n_way": HP(5, domain=in_range(2, 4096)),  # class tasks (ignored by binary factor tasks)
+    "max_factors": HP(3, domain=in_range(1, 64)),  # factor tasks depend on a random subset of 1..max_factors factors
     # the head that reads the dataset's label at evaluation (harness/evaluation.py eval_predictor): "own" = the
     # algorithm's adapt, "probe" = a logistic-regression probe on its frozen features; fitted on eval_n_fit
     # training-domain 'in' points (0: all of them). docs/rotated_fmnist.md measures both.
@@ -173,6 +191,17 @@ def parse_search(search: dict[str, Any]) -> dict[str, Sampler]:
         kind, values = next(iter(spec.items()))
         if kind != "choice" and len(values) != 2:
             raise UserError(f"search range of {name!r}: {kind} takes [lo, hi], got {values}")
+        if kind == "choice" and not values:
+            raise UserError(f"search range of {name!r}: choice needs at least one option, got []")
+        if kind != "choice":
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+                raise UserError(f"search range of {name!r}: {kind} takes two finite numbers [lo, hi], "
+                                f"got {json.dumps(values)}")
+            if values[0] > values[1]:
+                raise UserError(f"search range of {name!r}: lo {values[0]} is above hi {values[1]}")
+            if kind == "log_uniform" and max(values) > 300:
+                raise UserError(f"search range of {name!r}: log_uniform draws 10 ** [lo, hi]; 10 ** {max(values)} "
+                                "overflows a float (keep hi <= 300)")
         samplers[name] = SAMPLERS[kind](*values)
     return samplers
 

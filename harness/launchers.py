@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 import queue
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from harness.registry import LAUNCHERS
 
@@ -32,12 +34,21 @@ def thread_env(threads: int | str) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
-def run_job(command: Sequence[str], env: dict[str, str] | None = None) -> int:
-    """Run one job as a subprocess; its own out.txt/err.txt keep the output. Returns the exit status."""
-    proc = subprocess.run(list(command), env={**os.environ, **(env or {})},
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def run_job(command: Sequence[str], env: dict[str, str] | None = None,
+            started: Callable[[subprocess.Popen], None] | None = None) -> int:
+    """Run one job as a subprocess; its own out.txt/err.txt keep the output. Returns the exit status.
+    ``started`` receives the process (the multi launcher interrupts its running jobs through it)."""
+    with subprocess.Popen(list(command), env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        if started is not None:
+            started(proc)
+        try:
+            _, stderr = proc.communicate()
+        except BaseException:  # an interrupt of the launcher: the job must not outlive it
+            proc.kill()
+            raise
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        last = (stderr.strip().splitlines() or ["(no output)"])[-1]
         if "is being run by" in last:  # another launcher's process holds its lock: not a failure
             print(f"job running elsewhere: {last.removeprefix('error: ')}", file=sys.stderr)
         else:
@@ -86,20 +97,44 @@ def multi_launcher(jobs: Sequence[Any], options: dict) -> None:
     slots: queue.Queue[int] = queue.Queue()
     for i in range(workers):
         slots.put(i)
+    stop = threading.Event()  # set by an interrupt: no queued job starts after it
+    running: set[subprocess.Popen] = set()
+    guard = threading.Lock()
 
-    def work(job) -> int:
+    def started(proc: subprocess.Popen) -> None:
+        with guard:
+            running.add(proc)
+            if stop.is_set():  # started while the interrupt was being handled
+                proc.send_signal(signal.SIGINT)
+
+    def work(job) -> int | None:
         slot = slots.get()  # a worker slot pins its GPU
         try:
+            if stop.is_set():
+                return None
             env = thread_env(threads)
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
-            return run_job(job.command, env)
+            return run_job(job.command, env, started)
         finally:
             slots.put(slot)
 
-    with ThreadPoolExecutor(workers) as pool, _progress(len(jobs), f"jobs ({workers} workers)") as bar:
-        for _ in as_completed([pool.submit(work, job) for job in jobs]):
-            bar.update(1)
+    pool = ThreadPoolExecutor(workers)
+    try:
+        with _progress(len(jobs), f"jobs ({workers} workers)") as bar:
+            for _ in as_completed([pool.submit(work, job) for job in jobs]):
+                bar.update(1)
+    except KeyboardInterrupt:
+        # Ctrl-C: stop the queue, then every running job (each saves nothing more and exits; a relaunch
+        # resumes it from its checkpoint), and wait for them before the launcher itself exits.
+        with guard:
+            stop.set()
+            for proc in running:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 @LAUNCHERS.register("slurm")

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from harness.checkpoints import CHECKPOINT, RESULTS, append_record, checkpoint_bytes
 from harness.evaluation import evaluate, to_device
 from harness.progress import ProgressFile
+from harness.provenance import provenance
 
 PROGRESS_LINES = 10  # without a terminal: a progress line every tenth of the run
 
@@ -82,7 +83,8 @@ def train_loop(ctx: RunContext, start: int = 0, record_steps: list[int] | None =
             with_dci = n_checkpoints % args.dci_freq == 0 or step + 1 == steps
             record = {"step": step + 1, "epoch": (step + 1) * hparams.get("batch_size", 1) / min_env,
                       "args": ctx.identity, "hparams": hparams, "threads": ctx.threads, **protocol,
-                      **{k: sum(v) / len(v) for k, v in stats.items()}, "mem_gb": peak_memory_gb(ctx.device)}
+                      **{k: sum(v) / len(v) for k, v in stats.items()}, "mem_gb": peak_memory_gb(ctx.device),
+                      **provenance(ctx.device)}
             try:
                 record.update(evaluate(algorithm, ctx.dataset, ctx.splits, ctx.train_envs, args, with_dci,
                                        ctx.next_batch(0), ctx.eval_splits))
@@ -172,6 +174,10 @@ def run_splits(dataset, args) -> tuple[list[tuple[Any, Any]], list[Any], dict[st
     if empty:
         raise UserError(f"--holdout_fraction {args.holdout_fraction} leaves no training examples in "
                         f"environment(s) {empty}; use a smaller fraction")
+    no_out = [i for i in range(len(dataset)) if len(splits[i][1]) == 0]
+    if no_out:
+        raise UserError(f"--holdout_fraction {args.holdout_fraction} leaves no held-out ('out') examples in "
+                        f"environment(s) {no_out} of {args.dataset}; use more examples or a larger fraction")
     return splits, [splits[i][0] for i in range(len(dataset)) if i not in args.test_envs], None
 
 
@@ -239,5 +245,6 @@ def peak_memory_gb(device) -> float:
 
 
 def summary_line(record: dict) -> str:
-    keys = [k for k in record if k not in ("args", "hparams") and not isinstance(record[k], (list, dict))]
+    keys = [k for k in record if k not in ("args", "hparams", "version", "commit", "torch", "device")
+            and not isinstance(record[k], (list, dict))]
     return " | ".join(f"{k} {record[k]:.4g}" if isinstance(record[k], float) else f"{k} {record[k]}" for k in keys)

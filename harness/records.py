@@ -8,6 +8,7 @@ counted. Imports no torch.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,11 +26,19 @@ class LoadStats:
     corrupt_lines: int = 0
     corrupt_files: int = 0
     unfinished: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # finished runs without a record to read
+    duplicates: int = 0  # copies of a job (same args) left out
 
     def summary(self) -> str:
+        extra = ""
+        if self.unreadable:
+            shown = ", ".join(self.unreadable[:5]) + (", ..." if len(self.unreadable) > 5 else "")
+            extra += f", {plural(len(self.unreadable), 'finished run')} without readable records ({shown})"
+        if self.duplicates:
+            extra += f", {self.duplicates} duplicate cop{'y' if self.duplicates == 1 else 'ies'} of a job"
         return (f"read {plural(self.records, 'record')} from {plural(self.runs, 'run')}; skipped "
                 f"{plural(self.corrupt_lines, 'corrupt line')} in {plural(self.corrupt_files, 'file')}, "
-                f"{plural(len(self.unfinished), 'unfinished run')}")
+                f"{plural(len(self.unfinished), 'unfinished run')}{extra}")
 
 
 def plural(n: int, word: str) -> str:
@@ -47,38 +56,111 @@ def read_jsonl(path: Path) -> tuple[list[dict], int]:
         except json.JSONDecodeError:
             bad += 1
             continue
-        if isinstance(record, dict) and "step" in record and isinstance(record.get("args"), dict):
+        if is_record(record):
             records.append(record)
         else:
             bad += 1
     return records, bad
 
 
+def is_record(record: object) -> bool:
+    """A checkpoint record: a JSON object with an integer ``step``, an ``args`` object and, where it has
+    them, ``test_envs`` as a list of integers."""
+    if not isinstance(record, dict) or type(record.get("step")) is not int or not isinstance(record.get("args"), dict):
+        return False
+    envs = record["args"].get("test_envs", [])
+    return isinstance(envs, list) and all(type(i) is int for i in envs)
+
+
 def load_records(input_dir: Path) -> tuple[list[dict], LoadStats]:
-    """Records of every finished run below ``input_dir``; each gets ``run`` (its directory)."""
+    """Records of every finished run below ``input_dir``; each gets ``run`` (its directory). What cannot be
+    read is counted in the stats and named on stderr: finished runs without records, truncated files,
+    copies of one job (only the copy finished last is kept) and a dataset/algorithm mixing commits."""
     if input_dir.is_file():
         raise UserError(f"--input_dir {input_dir} is a file; give the directory that holds the runs "
                         f"(searched recursively for */{RESULTS}), e.g. {input_dir.parent.parent}")
     if not input_dir.is_dir():
         raise UserError(f"input directory {input_dir} does not exist")
     files = sorted(input_dir.rglob(RESULTS))
-    if not files:
+    no_results = sorted(p.parent for p in input_dir.rglob(DONE) if not (p.parent / RESULTS).exists())
+    if not files and not no_results:
         raise UserError(f"no {RESULTS} below {input_dir}")
-    stats, records = LoadStats(), []
+    stats, runs, warnings = LoadStats(), {}, []
+    stats.unreadable += [d.relative_to(input_dir).as_posix() for d in no_results]
     for path in files:
         run = path.parent.relative_to(input_dir).as_posix()
         if not (path.parent / DONE).exists():
             stats.unfinished.append(run)
             continue
-        found, bad = read_jsonl(path)
+        try:
+            found, bad = read_jsonl(path)
+        except OSError as e:  # a directory, unreadable: a finished run we cannot table
+            found, bad = [], 0
+            warnings.append(f"{run}: cannot read {RESULTS} ({e.strerror or e})")
         stats.corrupt_lines += bad
         stats.corrupt_files += bad > 0
-        stats.runs += bool(found)
-        stats.records += len(found)
-        records += [{**r, "run": run} for r in found]
+        if not found:
+            stats.unreadable.append(run)
+            continue
+        if bad:
+            warnings.append(f"{run}: {plural(bad, 'line')} of {RESULTS} unreadable (truncated?); tabled from "
+                            f"its readable records, the last at step {max(r['step'] for r in found)}")
+        runs[run] = found
+    stats.unreadable.sort()
+    runs = drop_duplicate_jobs(runs, input_dir, stats, warnings)
+    warnings += mixed_commits(runs)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    records = [{**r, "run": run} for run, found in runs.items() for r in found]
+    stats.runs, stats.records = len(runs), len(records)
     if not records:
         raise UserError(f"no finished runs with records below {input_dir} ({stats.summary()})")
     return records, stats
+
+
+def commit_of(records: list[dict]) -> str:
+    """The code version a run's records name (``"unrecorded"`` before records carried one)."""
+    return str(records[-1].get("commit", "unrecorded"))
+
+
+def drop_duplicate_jobs(runs: dict[str, list[dict]], input_dir: Path, stats: LoadStats,
+                        warnings: list[str]) -> dict[str, list[dict]]:
+    """One copy per job (runs with the same ``args`` and ``hparams``): the one whose ``done`` is newest; the others are
+    named in a warning and left out, so no cell counts a job twice."""
+    by_job: dict[str, list[str]] = {}
+    for run, found in runs.items():
+        job = [found[-1]["args"], found[-1].get("hparams")]
+        by_job.setdefault(json.dumps(job, sort_keys=True, default=str), []).append(run)
+    keep = dict(runs)
+    for copies in by_job.values():
+        if len(copies) < 2:
+            continue
+        kept = max(copies, key=lambda r: ((input_dir / r / DONE).stat().st_mtime, r))
+        named = ", ".join(f"{r} (commit {commit_of(runs[r])})" for r in copies)
+        warnings.append(f"{len(copies)} copies of one job (same arguments): {named}; kept {kept} (finished "
+                        "last), left out the others")
+        for r in copies:
+            if r != kept:
+                del keep[r]
+                stats.duplicates += 1
+    return keep
+
+
+def mixed_commits(runs: dict[str, list[dict]]) -> list[str]:
+    """A warning per (dataset, algorithm) whose runs were made by different commits, naming them."""
+    groups: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for run, found in runs.items():
+        args = found[-1]["args"]
+        key = (str(args.get("dataset")), str(args.get("algorithm")))
+        groups.setdefault(key, {}).setdefault(commit_of(found), []).append(run)
+    out = []
+    for (dataset, algorithm), commits in sorted(groups.items()):
+        if len(commits) > 1:
+            named = "; ".join(f"commit {c}: {', '.join(r[:3])}{', ...' if len(r) > 3 else ''}"
+                              for c, r in sorted(commits.items()))
+            out.append(f"{dataset} / {algorithm} mixes runs of different code versions ({named}); its cells "
+                       "average over both")
+    return out
 
 
 def records_frame(records: list[dict]):

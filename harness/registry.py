@@ -135,7 +135,8 @@ class Registry:
 
     def unknown_message(self, name: str) -> str:
         known = self.names()
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.0)
+        same = [k for k in known if k.lower() == name.lower()]  # 'erm' means ERM before anything merely close
+        close = same or difflib.get_close_matches(name, known, n=1, cutoff=0.0)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         extra = ""
         if name in self.plugin_errors:

@@ -189,6 +189,10 @@ def build_report(input_dir: Path, out: Path) -> str:
 
     matplotlib.use("Agg")
     final, df = final_runs(input_dir)
+    if not (final["algorithm"] == "SparseShared").any():
+        raise UserError(f"no finished SparseShared runs below {input_dir} (found "
+                        f"{', '.join(sorted(final['algorithm'].unique()))}); the report studies SparseShared's "
+                        "sharing statistics")
     df = df.merge(final[["run", *HP]].rename(columns={h: f"_{h}" for h in HP}), on="run")
     for h in HP:
         df[h] = df[f"_{h}"]

@@ -79,16 +79,35 @@ class Job:
     def state(self) -> str:
         from harness.lock import is_held
 
-        if (self.output_dir / "done").exists():
+        if self.output_dir.is_symlink():
+            raise UserError(f"sweep job directory {self.output_dir} is a symbolic link (to "
+                            f"{os.readlink(self.output_dir)}); a sweep never writes or deletes through links: "
+                            "remove the link")
+        if (self.output_dir / "done").exists() and has_records(self.output_dir):
             return "done"
         if not self.output_dir.exists():
             return "not launched"
         return "running" if is_held(self.output_dir) else "incomplete"
 
     def last_error(self) -> str:
+        if (self.output_dir / "done").exists():  # incomplete with done: its records are missing
+            return "has 'done' but no records (launch runs it again)"
         err = self.output_dir / "err.txt"
         lines = [l for l in err.read_text(errors="replace").splitlines() if l.strip()] if err.exists() else []
         return lines[-1].strip() if lines else ""
+
+
+def has_records(run_dir: Path) -> bool:
+    """Whether ``run_dir/results.jsonl`` is a file that starts with a checkpoint record."""
+    path = run_dir / "results.jsonl"
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            first = json.loads(f.readline(1 << 24).decode())
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and _is_int(first.get("step"))
 
 
 # --- building the job list ----------------------------------------------------------------
@@ -238,18 +257,55 @@ def grid_points(grid: dict[str, list] | None) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
+MAX_JOBS = 100_000  # a sweep larger than this is a typo (every command enumerates every job)
+
+
+def count_jobs(opts: dict[str, Any]) -> int:
+    """How many jobs ``opts`` describe, computed without enumerating them."""
+    import math
+
+    grid = math.prod(len(v) for v in (opts["grid"] or {}).values())
+    per_dataset = sum(len(test_env_sets(d, opts["test_envs"])) for d in opts["datasets"])
+    return (opts["n_trials"] * len(opts["algorithms"]) * per_dataset * grid
+            * (opts["n_hparams"] - opts["n_hparams_from"]))
+
+
+def checked_draw(algorithm: str, dataset: str, hseed: int, overrides: dict | None, cache: dict) -> None:
+    """A job's hparams (search draw, fixed hparams, grid point) as harness.train will check them: a bad
+    draw is found before the first job starts, not when every job has failed."""
+    from harness.train import parse_hparams
+
+    key = (algorithm, dataset, json.dumps(overrides, sort_keys=True, default=str))
+    if key in cache:
+        return
+    try:
+        parse_hparams(json.dumps(overrides), algorithm, dataset)
+    except (UserError, ValueError) as e:  # ValueError: json.dumps of an overflowing draw
+        raise UserError(f"hparams draw {hseed} of {algorithm} on {dataset} ({key[2][:120]}): {e}") from None
+    cache[key] = True
+
+
 def make_jobs(opts: dict[str, Any]) -> list[Job]:
     from harness.hparams import searched_hparams
     from harness.utils import seed_hash
 
-    jobs = []
+    n = count_jobs(opts)
+    if n > MAX_JOBS:
+        raise UserError(f"this sweep has {n:,} jobs (n_trials x algorithms x datasets x test-env sets x hparam "
+                        f"draws x grid points); at most {MAX_JOBS:,}: lower n_trials or n_hparams")
+    jobs, cache = [], {}
     root = Path(opts["output_dir"])
     for trial, dataset, algorithm in itertools.product(range(opts["n_trials"]), opts["datasets"], opts["algorithms"]):
         for test_envs, hseed, point in itertools.product(
                 test_env_sets(dataset, opts["test_envs"]), range(opts["n_hparams_from"], opts["n_hparams"]),
                 grid_points(opts["grid"])):
-            searched = searched_hparams(algorithm, dataset, hseed, opts["search"]) if opts["search"] else {}
+            try:
+                searched = searched_hparams(algorithm, dataset, hseed, opts["search"]) if opts["search"] else {}
+            except (OverflowError, ValueError, TypeError) as e:
+                raise UserError(f"search: draw {hseed} of {algorithm} on {dataset} failed ({e})") from None
             overrides = {**searched, **(opts["hparams"] or {}), **point} or None
+            if overrides:
+                checked_draw(algorithm, dataset, hseed, overrides, cache)
             train_args = {"dataset": dataset, "algorithm": algorithm, "test_envs": list(test_envs),
                           "hparams_seed": hseed, "trial_seed": trial,
                           "seed": seed_hash(trial, dataset, algorithm, test_envs, hseed, point),
@@ -381,14 +437,18 @@ def delete_run(run_dir: Path) -> bool:
     """Delete an incomplete run holding its lock, so a run that started since it was listed is kept."""
     from harness.lock import LOCK, RunLock
 
-    if not run_dir.exists() or (run_dir / "done").exists():
+    if run_dir.is_symlink():  # its target is not the sweep's to delete
+        print(f"  kept {run_dir}: a symbolic link (to {os.readlink(run_dir)}); remove the link yourself",
+              file=sys.stderr)
+        return False
+    if not run_dir.exists() or ((run_dir / "done").exists() and has_records(run_dir)):
         return False
     try:
         with RunLock(run_dir, wait_s=0.5):
-            if (run_dir / "done").exists():
+            if (run_dir / "done").exists() and has_records(run_dir):
                 return False
             for entry in run_dir.iterdir():
-                if entry.name != LOCK:
+                if entry.name != LOCK:  # a link is unlinked, never followed
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
             (run_dir / LOCK).unlink(missing_ok=True)  # under the flock: a racing run sees a new file
             run_dir.rmdir()

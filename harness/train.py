@@ -269,8 +269,13 @@ def _run(args: argparse.Namespace) -> Path:
     from harness.lock import RunLock
     from harness.registry import ALGORITHMS, DATASETS
 
+    from harness.utils import refuse_links
+
+    if not args.output_dir.strip():
+        raise UserError("--output_dir is empty; name the run's directory")
     out = Path(args.output_dir)
-    if (out / DONE).exists():
+    refuse_links(out)
+    if finished(out, args):
         print(f"{out} is already done (remove {out / DONE} to run again)")
         return out
     check_args(args)
@@ -285,7 +290,8 @@ def _run(args: argparse.Namespace) -> Path:
                          parse_hparams(args.hparams, args.algorithm, args.dataset))
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
-        if (out / DONE).exists():  # another process finished it while we waited for the lock
+        refuse_links(out)
+        if finished(out, args, under_lock=True):  # another process finished it while we waited for the lock
             print(f"{out} is already done (remove {out / DONE} to run again)")
             return out
         with Tee(out / "out.txt", "stdout"), Tee(out / "err.txt", "stderr", fresh=True):
@@ -306,7 +312,7 @@ def train_run(args: argparse.Namespace, hparams: dict, dataset_cls, algorithm_cl
     from harness.utils import resolve_device, seed_hash
 
     remove_stale_temporaries(out)
-    identity = {k: v for k, v in vars(args).items() if k not in NON_IDENTITY_ARGS}
+    identity = run_identity(args)
     state = load_checkpoint(out, identity)
     threads = pinned_threads(args, state)
     torch.set_num_threads(threads)
@@ -324,6 +330,7 @@ def train_run(args: argparse.Namespace, hparams: dict, dataset_cls, algorithm_cl
     steps = args.steps if args.steps is not None else dataset.N_STEPS
     freq = args.checkpoint_freq if args.checkpoint_freq is not None else dataset.CHECKPOINT_FREQ
     splits, train_envs, eval_splits = run_splits(dataset, args)
+    check_sizes(hparams, dataset.input_shape, len(train_envs), getattr(algorithm_cls, "EPISODIC", False), device)
     algorithm = algorithm_cls(dataset.input_shape, dataset.num_classes, len(train_envs), hparams).to(device)
 
     start, record_steps = resume(out, state, algorithm)
@@ -333,7 +340,84 @@ def train_run(args: argparse.Namespace, hparams: dict, dataset_cls, algorithm_cl
           f"threads {threads} | steps {start}->{steps} | hparams {json.dumps(hparams)}")
     train_loop(RunContext(args, identity, hparams, algorithm, dataset, splits, train_envs, next_batch,
                           steps, freq, device, out, threads, eval_splits), start, record_steps)
-    (out / DONE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+    write_done(out)
+
+
+def check_sizes(hparams: dict, input_shape, n_envs: int, episodic: bool, device) -> None:
+    """A UserError when a step's batch and an MLP backbone (weights, gradients, Adam's moments and
+    activations, float32) would not fit in the device's memory: fail before allocating, not after."""
+    import math
+
+    from harness.errors import UserError
+
+    n_in = math.prod(input_shape)
+    if episodic:
+        per_step = hparams.get("tasks_per_batch", 1) * (hparams.get("support", 1) + hparams.get("query", 1))
+    else:
+        per_step = hparams.get("batch_size", 1) * n_envs
+    need, what = per_step * n_in * 4, f"{per_step} examples per step"
+    if hparams.get("backbone") == "MLP":
+        w, depth, d = hparams.get("mlp_width", 256), hparams.get("mlp_depth", 3), hparams.get("feature_dim", 64)
+        params = (n_in * w + (depth - 1) * w * w + w * d) if depth else n_in * d
+        need += 16 * params + per_step * 4 * (w * depth + d)
+        what += f", an MLP of {params:,} weights"
+    total = device_memory(device)
+    if total and need > total:
+        raise UserError(f"these hparams need about {need / 2**30:.3g} GiB ({what}) but {device} has "
+                        f"{total / 2**30:.3g} GiB; use a smaller batch_size, mlp_width, mlp_depth or feature_dim")
+
+
+def device_memory(device) -> int | None:
+    """Bytes of memory of ``device`` (a CUDA device's, else the machine's RAM); None when unknown."""
+    try:
+        if getattr(device, "type", "cpu") == "cuda":
+            import torch
+
+            return torch.cuda.get_device_properties(device).total_memory
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, RuntimeError, AttributeError):
+        return None
+
+
+def run_identity(args: argparse.Namespace) -> dict:
+    """The arguments that define what a run computes (``args`` of its records and checkpoint)."""
+    return {k: v for k, v in vars(args).items() if k not in NON_IDENTITY_ARGS}
+
+
+def finished(out: Path, args: argparse.Namespace, under_lock: bool = False) -> bool:
+    """Whether ``out`` holds this run, finished: ``done`` and records. A ``done`` beside records of other
+    arguments is a UserError (checked before anything else); a ``done`` without records is not finished
+    (``under_lock``: it is removed so that the run is made again)."""
+    from harness.checkpoints import RESULTS, read_records
+    from harness.errors import UserError
+
+    if not (out / DONE).exists():
+        return False
+    records = read_records(out / RESULTS) if (out / RESULTS).is_file() else []
+    identity = json.loads(json.dumps(run_identity(args)))
+    for r in records:
+        theirs = r.get("args") if isinstance(r.get("args"), dict) else {}
+        if theirs != identity:
+            diff = sorted(k for k in set(theirs) | set(identity) if theirs.get(k) != identity.get(k))
+            shown = ", ".join(f"{k}={json.dumps(theirs.get(k))} there, {json.dumps(identity.get(k))} here"
+                              for k in diff[:3])
+            raise UserError(f"{out} holds a finished run with other arguments ({shown}); use another "
+                            "--output_dir or delete that one")
+    if not records:
+        if under_lock:
+            print(f"note: {out} has '{DONE}' but no records: it is not finished, running it again",
+                  file=sys.stderr)
+            (out / DONE).unlink()
+        return False
+    return True
+
+
+def write_done(out: Path) -> None:
+    """``done``, written last, never through a link."""
+    from harness.utils import open_nofollow
+
+    with os.fdopen(open_nofollow(out / DONE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as f:
+        f.write(time.strftime("%Y-%m-%d %H:%M:%S\n"))
 
 
 def pinned_threads(args: argparse.Namespace, state: dict | None) -> int:
@@ -363,7 +447,9 @@ class Tee:
     def __enter__(self):
         if self.fresh and self.path.exists() and self.path.stat().st_size > 0:
             os.replace(self.path, self.path.with_name(self.path.name + ".prev"))
-        self.file = open(self.path, "a")
+        from harness.utils import open_nofollow
+
+        self.file = os.fdopen(open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a")
         self.orig = getattr(sys, self.stream)
         setattr(sys, self.stream, self)
         return self

@@ -9,7 +9,7 @@ import pytest
     (["--hparams", '{"lrr": 1}'], ["unknown hparam(s) lrr", "Valid:", "lr"]),
     (["--hparams", "{lr: 1}"], ["not valid JSON"]),
     (["--test_envs", "7"], ["--test_envs [7] out of range", "0=shift0"]),
-    (["--hparams", '{"precision": "fp16"}'], ["unknown precision 'fp16'", "fp32 | bf16"]),
+    (["--hparams", '{"precision": "fp16"}'], ["hparam precision must be one of fp32 | bf16", "fp16"]),
 ])
 def test_user_errors_are_one_line_exit_2(cli, tmp_path, args, expected):
     out = tmp_path / "run"

@@ -1,6 +1,22 @@
-"""Fault injection (issue 21): every bad input and every fault ends in one line with a non-zero exit or is
-handled; none gives a traceback, a silently wrong result, a duplicated or deleted live run, or runs code
+"""Fault injection (issues 21 and 29): every bad input and every fault ends in one line with a non-zero exit or
+is handled; none gives a traceback, a silently wrong result, a duplicated or deleted live run, or runs code
 from a data file.
+
+Classes of failure covered, here and in tests/test_faults_round2.py (issue 29):
+
+- bad arguments and hparams: out of range, wrong type, non-finite (also 1e309), outside an hparam's
+  domain, sizes that would not fit in memory, a run left without held-out examples, an empty --output_dir;
+- corrupt files: checkpoint, results.jsonl, lock, pickles, annotation files naming paths outside the
+  dataset or the archive;
+- kills, signals and stops at any moment (resume is identical), Ctrl-C on the multi launcher (no queued
+  job starts, the running ones stop, a relaunch resumes), racing lock takeovers, full and read-only disks;
+- links: a link where a run file or a sweep job directory should be is an error, never written,
+  locked or deleted through;
+- results mixed or dropped in silence: a done run of other arguments, records of another run on resume,
+  done without records, finished runs collect_results cannot read, truncated or wrongly typed records,
+  two copies of a job and runs of different commits in one table (provenance fields on every record);
+- sweeps: bad search ranges and draws found before the first job, an enormous sweep refused at once;
+- tools: collect_results, report and correlate errors are one line.
 
 Runs are small (SyntheticLinear, ERM, 20-30 steps, 300 examples per environment). Most go through
 ``harness.train.main`` in this process (the same code the CLI runs, without paying a torch import per

@@ -86,7 +86,7 @@ def test_domains_reject_out_of_range_values_and_survive_overrides():
     that declares its own (SparseShared's alpha) gets it checked; a None default accepts None."""
     space = hp.space("SparseShared", "SyntheticLinear")
     assert space["batch_size"].default == 64 and space["batch_size"].domain is hp.COMMON["batch_size"].domain
-    for name, bad, message in [("batch_size", 0, "hparam batch_size must be >= 1, got 0"),
+    for name, bad, message in [("batch_size", 0, "hparam batch_size must be in [1, 65536], got 0"),
                                ("lr", 0.0, "hparam lr must be > 0, got 0.0"),
                                ("alpha", 1.5, "hparam alpha must be in [0, 1]"),
                                ("sharing_eps", 0.0, "hparam sharing_eps must be in (0, 1], got 0.0"),

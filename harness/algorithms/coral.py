@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.algorithms.base import Algorithm
-from harness.hparams import HP, log_uniform
+from harness.hparams import HP, at_least, log_uniform
 from harness.registry import ALGORITHMS
 
 
@@ -22,7 +22,7 @@ def coral_penalty(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 class FeatureMatching(Algorithm):
     """ERM + ``mmd_gamma`` * mean over pairs of training environments of ``penalty(f_i, f_j)``."""
 
-    HPARAMS = {"mmd_gamma": HP(1.0, log_uniform(-1, 1))}  # DomainBed's default and range (CORAL and MMD)
+    HPARAMS = {"mmd_gamma": HP(1.0, log_uniform(-1, 1), at_least(0))}  # DomainBed's default and range (CORAL and MMD)
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.algorithms.base import Algorithm
-from harness.hparams import HP, choice
+from harness.hparams import HP, choice, in_range
 from harness.registry import ALGORITHMS
 
 
@@ -24,7 +24,7 @@ class Fish(Algorithm):
     it. ``inner`` is a submodule and is saved too, consistently, though each update overwrites it.
     """
 
-    HPARAMS = {"meta_lr": HP(0.5, choice(0.05, 0.1, 0.5))}  # DomainBed's default and range
+    HPARAMS = {"meta_lr": HP(0.5, choice(0.05, 0.1, 0.5), in_range(0, 1, open_lo=True))}  # DomainBed's default and range
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.algorithms.base import Algorithm
-from harness.hparams import HP, log_uniform
+from harness.hparams import HP, at_least, log_uniform
 from harness.registry import ALGORITHMS
 
 
@@ -19,7 +19,7 @@ class GroupDRO(Algorithm):
     model minimises the q-weighted loss.
     """
 
-    HPARAMS = {"groupdro_eta": HP(1e-2, log_uniform(-3, -1))}  # DomainBed's default and range
+    HPARAMS = {"groupdro_eta": HP(1e-2, log_uniform(-3, -1), at_least(0))}  # DomainBed's default and range
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import autograd
 
 from harness.algorithms.annealed import AnnealedPenaltyAlgorithm
-from harness.hparams import HP, log_uniform
+from harness.hparams import HP, at_least, log_uniform
 from harness.registry import ALGORITHMS
 
 
@@ -36,8 +36,8 @@ class IRM(AnnealedPenaltyAlgorithm):
     Adam is reset when it switches on (the jump in gradient scale upsets its moments).
     """
 
-    HPARAMS = {"irm_lambda": HP(1e2, log_uniform(-1, 5)),  # DomainBed's defaults and ranges
-               "irm_penalty_anneal_iters": HP(500, lambda r: int(10 ** r.uniform(0, 4)))}
+    HPARAMS = {"irm_lambda": HP(1e2, log_uniform(-1, 5), at_least(0)),  # DomainBed's defaults and ranges
+               "irm_penalty_anneal_iters": HP(500, lambda r: int(10 ** r.uniform(0, 4)), at_least(0))}
 
     LAMBDA, ANNEAL = "irm_lambda", "irm_penalty_anneal_iters"
 

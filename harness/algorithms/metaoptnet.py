@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.algorithms.episodic import EpisodicAlgorithm, Head, require_finite
-from harness.hparams import HP, log_uniform
+from harness.hparams import HP, above, at_least, log_uniform
 from harness.linalg import solve
 from harness.precision import full_precision
 from harness.registry import ALGORITHMS
@@ -110,8 +110,9 @@ class MetaOptNet(EpisodicAlgorithm):
     """
 
     # C = 0.1 and the dual ridge 1.0 are the values of Lee et al.'s code
-    HPARAMS = {"svm_C": HP(0.1, log_uniform(-2, 0)), "svm_dual_ridge": HP(1.0), "svm_max_iter": HP(200),
-               "svm_tol": HP(1e-4), "init_scale": HP(1.0, log_uniform(-1, 1))}
+    HPARAMS = {"svm_C": HP(0.1, log_uniform(-2, 0), above(0)), "svm_dual_ridge": HP(1.0, domain=at_least(0)),
+               "svm_max_iter": HP(200, domain=at_least(1)),
+               "svm_tol": HP(1e-4, domain=above(0)), "init_scale": HP(1.0, log_uniform(-1, 1), above(0))}
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.algorithms.base import Algorithm
-from harness.hparams import HP, log_uniform
+from harness.hparams import HP, above, log_uniform
 from harness.registry import ALGORITHMS
 
 
@@ -40,7 +40,7 @@ class Mixup(Algorithm):
     soft target. lam is drawn from torch's generator, so the trainer's per-step seed makes resume exact.
     """
 
-    HPARAMS = {"mixup_alpha": HP(0.2, log_uniform(-1, 1))}  # DomainBed's default and range
+    HPARAMS = {"mixup_alpha": HP(0.2, log_uniform(-1, 1), above(0))}  # DomainBed's default and range
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.algorithms.episodic import EpisodicAlgorithm, Head, feature_norm, head_logits
-from harness.hparams import HP, log_uniform
+from harness.hparams import HP, above, at_least, log_uniform, one_of
 from harness.registry import ALGORITHMS
 
 
@@ -22,8 +22,9 @@ class MultiTask(EpisodicAlgorithm):
     loss (differentiably), and the backbone is trained on the query loss through them.
     """
 
-    HPARAMS = {"feature_norm": HP("batchnorm"), "init_scale": HP(5.0), "head_steps": HP(10),
-               "head_lr": HP(0.5, log_uniform(-1.5, 0.5)), "weight_decay": HP(0.0)}
+    HPARAMS = {"feature_norm": HP("batchnorm", domain=one_of("batchnorm", "layernorm", "none")),
+               "init_scale": HP(5.0, domain=above(0)), "head_steps": HP(10, domain=at_least(1)),
+               "head_lr": HP(0.5, log_uniform(-1.5, 0.5), above(0)), "weight_decay": HP(0.0)}
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)

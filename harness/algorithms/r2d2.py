@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.algorithms.episodic import EpisodicAlgorithm, Head
-from harness.hparams import HP, log_uniform
+from harness.hparams import HP, above, log_uniform
 from harness.linalg import solve
 from harness.precision import full_precision
 from harness.registry import ALGORITHMS
@@ -45,8 +45,8 @@ class R2D2(EpisodicAlgorithm):
     """
 
     # Bertinetto et al., arXiv 1805.08136; lambda, scale and bias are meta-learned from these inits
-    HPARAMS = {"ridge_lambda": HP(1.0, log_uniform(-2, 2)), "learn_lambda": HP(True),
-               "init_scale": HP(10.0, log_uniform(0, 2))}
+    HPARAMS = {"ridge_lambda": HP(1.0, log_uniform(-2, 2), above(0)), "learn_lambda": HP(True),
+               "init_scale": HP(10.0, log_uniform(0, 2), above(0))}
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.algorithms.annealed import AnnealedPenaltyAlgorithm
-from harness.hparams import HP, log_uniform
+from harness.hparams import HP, at_least, log_uniform
 from harness.registry import ALGORITHMS
 
 
@@ -23,8 +23,8 @@ class VREx(AnnealedPenaltyAlgorithm):
     with Adam reset when the full penalty switches on.
     """
 
-    HPARAMS = {"vrex_lambda": HP(1e1, log_uniform(-1, 5)),  # DomainBed's defaults and ranges
-               "vrex_penalty_anneal_iters": HP(500, lambda r: int(10 ** r.uniform(0, 4)))}
+    HPARAMS = {"vrex_lambda": HP(1e1, log_uniform(-1, 5), at_least(0)),  # DomainBed's defaults and ranges
+               "vrex_penalty_anneal_iters": HP(500, lambda r: int(10 ** r.uniform(0, 4)), at_least(0))}
 
     LAMBDA, ANNEAL = "vrex_lambda", "vrex_penalty_anneal_iters"
 

@@ -43,6 +43,7 @@ from harness.datasets.domainbed_images import IMAGENET_MEAN, IMAGENET_STD, Image
 from harness.errors import UserError
 from harness.hparams import HP, at_least, int_pow2
 from harness.registry import DATASETS
+from harness.utils import dataset_path
 
 SPLITS = ("train", "val", "test")
 
@@ -130,7 +131,7 @@ class MiniImageNet(FewShotImageDataset):
             raise UserError(f"MiniImageNet: {path} lists no images")
         classes = sorted({r[1] for r in rows})
         index = {c: i for i, c in enumerate(classes)}
-        paths = [str(root / "images" / r[0]) for r in rows]
+        paths = [str(dataset_path(root / "images", r[0], path)) for r in rows]
         missing = [p for p in paths[:1] + paths[-1:] if not Path(p).is_file()]  # cheap spot check
         if missing:
             raise UserError(f"MiniImageNet: {path} lists {missing[0]}, which does not exist")

@@ -14,7 +14,7 @@ import numpy as np
 from harness.datasets.base import MultiEnvDataset
 from harness.datasets.factors import FileFactorDataset, NpzMember, file_fingerprint, find_file
 from harness.errors import UserError
-from harness.hparams import HP
+from harness.hparams import HP, one_of
 from harness.registry import DATASETS
 
 MPI3D_FACTORS = ("object_color", "object_shape", "object_size", "camera_height", "background_color",
@@ -46,7 +46,7 @@ class MPI3D(FileFactorDataset, MultiEnvDataset):
     over the seven factors, camera_height fixed per environment), ``data_cache`` (True).
     """
 
-    HPARAMS = {**FileFactorDataset.HPARAMS, "mpi3d_variant": HP("toy")}
+    HPARAMS = {**FileFactorDataset.HPARAMS, "mpi3d_variant": HP("toy", domain=one_of("toy", "realistic", "real", "complex"))}
 
     FAMILY = "mpi3d"
     LABEL_FACTOR = 1  # object_shape

@@ -186,7 +186,7 @@ class RotatedFashionMNIST(MultiEnvDataset):
     # network MNIST_CNN (harness/backbones/domainbed_mnist.py; 128 features). docs/rotated_fmnist.md
     HPARAMS = {"backbone": HP("MNIST_CNN"), "feature_dim": HP(128), "lr": HP(1e-3, log_uniform(-4.5, -3.5)),
                "batch_size": HP(64, int_pow2(3, 9)), "weight_decay": HP(0.0),
-               "n_per_env": HP(None, domain=at_least(1)), "data_seed": HP(0)}
+               "n_per_env": HP(None, domain=at_least(1)), "data_seed": HP(0, domain=at_least(0))}
 
     KEY = "RotatedFashionMNIST"  # the seed key of the shuffle (subclasses on other files set their own)
 

@@ -8,7 +8,7 @@ import torch
 
 from harness.datasets.base import MultiEnvDataset, TensorEnv
 from harness.errors import UserError
-from harness.hparams import HP, at_least, int_pow2, log_uniform
+from harness.hparams import HP, at_least, fraction, in_range, int_pow2, log_uniform
 from harness.registry import DATASETS
 from harness.utils import generator
 
@@ -54,9 +54,10 @@ class SyntheticLinear(MultiEnvDataset):
     # lr 3e-3 and every factor combination kept for training tasks (ood_task_fraction 0): identifiability
     # needs the task diversity (docs/measurements_history.md, "Default hparams chosen from measurements")
     HPARAMS = {"backbone": HP("MLP"), "feature_dim": HP(10), "batch_size": HP(64, int_pow2(5, 7)),
-               "lr": HP(3e-3, log_uniform(-3.5, -2)), "n_factors": HP(10, domain=at_least(1)),
-               "n_per_env": HP(4000, domain=at_least(1)), "data_seed": HP(0),
-               "ood_task_fraction": HP(0.0), "factor_correlation": HP(0.0),
+               "lr": HP(3e-3, log_uniform(-3.5, -2)), "n_factors": HP(10, domain=in_range(1, 1024)),
+               "n_per_env": HP(4000, domain=in_range(1, 10**7)), "data_seed": HP(0, domain=at_least(0)),
+               "ood_task_fraction": HP(0.0, domain=fraction(open_hi=True)),
+               "factor_correlation": HP(0.0, domain=in_range(-1, 1, open_lo=True)),
                # tasks' factors drawn Zipf-skewed (harness.datasets.tasks.FactorTaskSampler); 0: uniform
                "factor_skew": HP(0.0, domain=at_least(0))}
 

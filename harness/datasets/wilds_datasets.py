@@ -45,8 +45,9 @@ import torch
 from harness.datasets.base import EnvDataset, MultiEnvDataset, OfficialSplits
 from harness.datasets.domainbed_images import IMAGENET_MEAN, IMAGENET_STD, ImageListEnv
 from harness.errors import UserError
-from harness.hparams import HP, int_pow2, log_uniform
+from harness.hparams import HP, in_range, int_pow2, log_uniform, one_of
 from harness.registry import DATASETS
+from harness.utils import dataset_path
 
 VERSION = "1.0"
 
@@ -189,7 +190,7 @@ class Waterbirds(WildsDataset):
     """
 
     HPARAMS = {**RESNET50_HPARAMS, "weight_decay": HP(1e-4, log_uniform(-6, -2)), "batch_size": HP(32, int_pow2(3, 6)),
-               "image_size": HP(224)}
+               "image_size": HP(224, domain=in_range(8, 4096))}
 
     ENVIRONMENTS = ["train", "val", "test"]
     WILDS_NAME = "waterbirds"
@@ -214,7 +215,7 @@ class Waterbirds(WildsDataset):
         y = _long(df["y"])
         groups = 2 * y + _long(df["place"])
         split = _long(df["split"])
-        paths = [str(root / f) for f in df["img_filename"].astype(str)]
+        paths = [str(dataset_path(root, f, root / "metadata.csv")) for f in df["img_filename"].astype(str)]
         for e in range(len(self.ENVIRONMENTS)):
             idx = (split == e).nonzero().flatten()
             if len(idx) == 0:
@@ -236,7 +237,7 @@ class Camelyon17(WildsDataset):
     """
 
     HPARAMS = {**RESNET50_HPARAMS, "weight_decay": HP(0.0, log_uniform(-6, -2)), "batch_size": HP(32, int_pow2(3, 5)),
-               "image_size": HP(96)}
+               "image_size": HP(96, domain=in_range(8, 4096))}
 
     ENVIRONMENTS = ["hospital0", "hospital1", "hospital2", "hospital3", "hospital4"]
     WILDS_NAME = "camelyon17"
@@ -355,7 +356,7 @@ class CivilComments(WildsDataset):
 
     # WILDS' settings: DistilBERT, lr 1e-5, weight decay 0.01, batch 16, 300 tokens
     HPARAMS = {"backbone": HP("distilbert-base-uncased"), "pretrained": HP(True), "project": HP(False),
-               "pooling": HP("cls"), "max_length": HP(300), "lr": HP(1e-5, log_uniform(-5.5, -4.5)),
+               "pooling": HP("cls", domain=one_of("cls", "mean")), "max_length": HP(300, domain=in_range(8, 4096)), "lr": HP(1e-5, log_uniform(-5.5, -4.5)),
                "weight_decay": HP(0.01, log_uniform(-4, -1)), "batch_size": HP(16, int_pow2(3, 5))}
 
     ENVIRONMENTS = ["train", "val", "test"]

@@ -44,7 +44,7 @@ class SparseShared(EpisodicAlgorithm):
         # the backward's linear solve: dense Cholesky or MINRES (auto: by the active set's size), MINRES's cap
         "backward": HP("auto", domain=one_of("auto", "dense", "iterative")),
         "backward_max_iter": HP(1000, domain=at_least(1)),
-        "feature_norm": HP("batchnorm"),
+        "feature_norm": HP("batchnorm", domain=one_of("batchnorm", "layernorm", "none")),
         "init_scale": HP(5.0, domain=above(0)),
         "inner_max_iter": HP(DEFAULTS["max_iter"], domain=at_least(1)),
         "inner_tol": HP(DEFAULTS["tol"], domain=above(0)),

@@ -8,7 +8,7 @@ import numpy as np
 from harness.datasets.factors.cache import cached_arrays, digest
 from harness.datasets.factors.sampling import band_range, check_rho, choose_rows, env_rng, sample_factor_classes
 from harness.errors import UserError
-from harness.hparams import HP, at_least, int_pow2
+from harness.hparams import HP, at_least, fraction, in_range, int_pow2
 
 
 def _hp_rho(hparams: dict) -> float:
@@ -38,8 +38,9 @@ class FactorDatasetMixin:
     # ood_task_fraction: the share of multi-factor combinations kept out of the training tasks, for
     # out-of-distribution tasks at evaluation (harness/datasets/tasks.py)
     HPARAMS = {"backbone": HP("SmallCNN"), "feature_dim": HP(32), "batch_size": HP(32, int_pow2(3, 6)),
-               "n_per_env": HP(4000, domain=at_least(1)), "data_seed": HP(0), "factor_correlation": HP(0.0), "data_cache": HP(True),
-               "ood_task_fraction": HP(0.2)}
+               "n_per_env": HP(4000, domain=in_range(1, 10**7)), "data_seed": HP(0, domain=at_least(0)),
+               "factor_correlation": HP(0.0, domain=in_range(-1, 1, open_lo=True)), "data_cache": HP(True),
+               "ood_task_fraction": HP(0.2, domain=fraction(open_hi=True))}
     FAMILY: str = ""
     GRID: dict[str, np.ndarray] = {}
     LABEL_FACTOR: int = 0
