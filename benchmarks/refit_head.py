@@ -26,22 +26,18 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from harness.registry import ALGORITHMS, DATASETS  # noqa: E402
-from harness.checkpoints import CHECKPOINT, RESULTS, read_records  # noqa: E402
+from harness.checkpoints import finished_run, rebuild  # noqa: E402
 from harness.evaluation import eval_predictor, split_metrics  # noqa: E402
-from harness.loop import holdout_splits  # noqa: E402
+from harness.loop import run_splits  # noqa: E402
 
 
 def refit(run: Path, n_fits: list[str], device: str, head: str = "own") -> list[dict]:
-    rec = read_records(run / RESULTS)[-1]
-    args, hparams = argparse.Namespace(**rec["args"]), rec["hparams"]
-    dataset = DATASETS.get(args.dataset)(os.environ.get("HARNESS_DATA", "data"), args.test_envs, hparams)
-    splits = holdout_splits(dataset, args.holdout_fraction, args.trial_seed)
-    train_envs = [splits[i][0] for i in range(len(dataset)) if i not in args.test_envs]
-    algorithm = ALGORITHMS.get(args.algorithm)(dataset.input_shape, dataset.num_classes, len(train_envs), hparams)
-    state = torch.load(run / CHECKPOINT, map_location=device, weights_only=True)
-    algorithm.load_state_dict(state["model"])
-    algorithm.to(device).eval()
+    finished = finished_run(run)  # the verified checkpoint of a finished run, rebuilt as training built it
+    rec = finished.last
+    args = argparse.Namespace(**rec["args"])
+    algorithm, dataset = rebuild(finished, os.environ.get("HARNESS_DATA", "data"), device)
+    splits, train_envs, _ = run_splits(dataset, args)
+    state = {"step": rec["step"]}
     rows = []
     n_in = sum(len(e) for e in train_envs)
     for n_fit in n_fits:

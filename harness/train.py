@@ -31,7 +31,9 @@ from typing import Callable
 
 from harness.checkpoints import DONE
 
-# Arguments that do not change what a run computes (paths, device): excluded from its identity.
+# Arguments excluded from a run's identity (its job id and the args its checkpoint is checked against): paths,
+# device and batch size of evaluation, which change no number, and threads, which does (float reductions round
+# differently) but is pinned per run instead: recorded in every record and the checkpoint, reused on resume.
 NON_IDENTITY_ARGS = ("output_dir", "data_dir", "device", "eval_batch_size", "threads")
 SEED_MAX = 2**31 - 1  # seeds reach numpy and scikit-learn, which take at most 32 bits
 

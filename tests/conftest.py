@@ -43,6 +43,20 @@ def require(reason: str | None, env: str) -> None:
     pytest.skip(reason)
 
 
+def require_real_fashion_mnist() -> None:
+    """Skip (or, with HARNESS_REQUIRE_FMNIST=1, fail) unless the real Fashion-MNIST files are installed: the
+    system copy (Debian's dataset-fashion-mnist) or HARNESS_FMNIST_DIRS."""
+    from harness.datasets import rotated_fmnist
+    from harness.errors import UserError
+
+    try:
+        rotated_fmnist.find_fmnist_dir(None)
+        missing = None
+    except UserError:
+        missing = f"real Fashion-MNIST not installed in {rotated_fmnist.SYSTEM_DIRS[0]} (apt-get install dataset-fashion-mnist)"
+    require(missing, "HARNESS_REQUIRE_FMNIST")
+
+
 SLURM_PARTITION = "debug"
 
 

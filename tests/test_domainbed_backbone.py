@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import require
+from conftest import require_real_fashion_mnist
 from torch import nn
 
 from harness.backbones import build_backbone
@@ -93,14 +93,7 @@ def test_default_backbone_of_rotated_fashion_mnist_trains():
 def test_default_backbone_end_to_end_on_real_fashion_mnist(cli, tmp_path):
     """harness.train with RotatedFashionMNIST's defaults (MNIST_CNN) runs on the real files (a smoke run:
     20 steps of 8 images per domain, 300 images per domain; accuracy is measured in docs/rotated_fmnist.md)."""
-    from harness.datasets import rotated_fmnist
-
-    try:
-        rotated_fmnist.find_fmnist_dir(None)
-        missing = None
-    except UserError:
-        missing = f"real Fashion-MNIST not installed in {rotated_fmnist.SYSTEM_DIRS[0]} (apt-get install dataset-fashion-mnist)"
-    require(missing, "HARNESS_REQUIRE_FMNIST")
+    require_real_fashion_mnist()
     out = tmp_path / "run"
     cli("harness.train", "--dataset", "RotatedFashionMNIST", "--algorithm", "ERM", "--test_envs", "5",
         "--steps", "20", "--checkpoint_freq", "20", "--hparams", '{"n_per_env": 300, "batch_size": 8}',

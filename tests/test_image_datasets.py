@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require
+from conftest import require_real_fashion_mnist
 import torch
 from PIL import Image
 
@@ -459,14 +459,7 @@ FMNIST_STEPS = {"ERM": 300, "SparseShared": 150}
 @pytest.mark.parametrize("algorithm", sorted(FMNIST_RUNS))
 def test_rotated_fashion_mnist_end_to_end_real_files(cli, tmp_path, algorithm):
     """Trained on 5 rotated domains, the unrotated one (held out) is classified well above chance (0.1)."""
-    from harness.datasets import rotated_fmnist
-
-    try:  # the system copy (Debian's dataset-fashion-mnist), or HARNESS_FMNIST_DIRS
-        rotated_fmnist.find_fmnist_dir(None)
-        missing = None
-    except UserError:
-        missing = f"real Fashion-MNIST not installed in {rotated_fmnist.SYSTEM_DIRS[0]} (apt-get install dataset-fashion-mnist)"
-    require(missing, "HARNESS_REQUIRE_FMNIST")
+    require_real_fashion_mnist()
     hparams, min_heldout, min_train_domain = FMNIST_RUNS[algorithm]
     out = tmp_path / "run"
     cli("harness.train", "--dataset", "RotatedFashionMNIST", "--algorithm", algorithm, "--test_envs", "0",

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import require
+from conftest import require_real_fashion_mnist
 from test_image_datasets import _tar_dir, make_fmnist
 
 from harness.errors import UserError
@@ -235,14 +235,7 @@ def test_colored_fashion_mnist_trains_on_real_files(cli, tmp_path):
     """``python -m harness.train --dataset ColoredFashionMNIST --algorithm ERM --test_envs 2`` with default hparams
     (MNIST_CNN, batch 64) on the real files, 3 steps; ``n_per_env`` 500 only to keep the final evaluation
     short (MNIST_CNN scores 70,000 images in ~7 core-minutes here)."""
-    from harness.datasets import rotated_fmnist
-
-    try:
-        rotated_fmnist.find_fmnist_dir(None)
-        missing = None
-    except UserError:
-        missing = f"real Fashion-MNIST not installed in {rotated_fmnist.SYSTEM_DIRS[0]} (apt-get install dataset-fashion-mnist)"
-    require(missing, "HARNESS_REQUIRE_FMNIST")
+    require_real_fashion_mnist()
     out = tmp_path / "run"
     cli("harness.train", "--dataset", "ColoredFashionMNIST", "--algorithm", "ERM", "--test_envs", "2", "--steps", "3",
         "--hparams", '{"n_per_env": 500}', "--data_dir", str(tmp_path / "empty"), "--output_dir", str(out), timeout=300)

@@ -125,11 +125,16 @@ def make_civilcomments(root: Path, n_per_split: int = 24) -> Path:
                         identity_annotator_count=4, toxicity_annotator_count=10)
             rows.append([idx] + [vals[c] for c in CIVIL_COLUMNS])
             idx += 1
+    write_civilcomments_csv(d, rows)
+    return d
+
+
+def write_civilcomments_csv(d: Path, rows: list[list]) -> None:
+    """all_data_with_identities.csv as WILDS ships it: an unnamed index column, then CIVIL_COLUMNS."""
     with open(d / "all_data_with_identities.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow([""] + CIVIL_COLUMNS)
         w.writerows(rows)
-    return d
 
 
 # --- datasets --------------------------------------------------------------------------------

@@ -27,7 +27,13 @@ import pytest
 import torch
 
 from harness.registry import DATASETS
-from test_wilds_and_backbones import CIVIL_COLUMNS, IDENTITIES, _png, bert_dir  # noqa: F401 (bert_dir: fixture)
+from test_wilds_and_backbones import (  # noqa: F401 (bert_dir: a fixture)
+    CIVIL_COLUMNS,
+    IDENTITIES,
+    _png,
+    bert_dir,
+    write_civilcomments_csv,
+)
 
 IMAGE_HP = {"backbone": "SmallCNN", "pretrained": False, "image_size": 16, "batch_size": 8}
 SPECS = {"Waterbirds": "paper_waterbirds", "Camelyon17": "paper_camelyon17", "CivilComments": "paper_civilcomments"}
@@ -96,10 +102,7 @@ def make_civilcomments(root: Path, n_per_split: int = 96) -> None:
                         toxicity_annotator_count=10)
             rows.append([idx] + [vals[c] for c in CIVIL_COLUMNS])
             idx += 1
-    with open(d / "all_data_with_identities.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([""] + CIVIL_COLUMNS)
-        w.writerows(rows)
+    write_civilcomments_csv(d, rows)
 
 
 MAKERS = {"Waterbirds": make_waterbirds, "Camelyon17": make_camelyon, "CivilComments": make_civilcomments}
@@ -251,3 +254,22 @@ def test_spec_runs_predict_and_table_agree_with_wilds(name, data, wilds, bert_di
         assert cell["mean"] == pytest.approx(100 * selected[cell["metric"]], abs=1e-3)
     text = cli("harness.collect_results", "--input_dir", str(out), "--no_plots").stdout
     assert "official metrics" in text and all(m in text for m in selected["official_metrics"])
+
+
+def test_predict_on_a_domainbed_dataset_writes_a_whole_environment(cli, tmp_path):
+    """Elsewhere --split names an environment (by name or index): every example of it, in its order, from the
+    last checkpoint; the accuracy those predictions give equals nothing recorded (DomainBed records 80/20
+    splits), so the check is the row count, the labels' range and the refusal of unknown names."""
+    run = tmp_path / "run"
+    cli("harness.train", "--dataset", "SyntheticLinear", "--algorithm", "ERM", "--steps", "2", "--checkpoint_freq", "2",
+        "--hparams", json.dumps({"n_per_env": 50}), "--output_dir", str(run))
+    by_name, by_index = tmp_path / "a.csv", tmp_path / "b.csv"
+    cli("harness.predict", "--run", str(run), "--split", "shift25", "--out", str(by_name))
+    cli("harness.predict", "--run", str(run), "--split", "1", "--out", str(by_index))
+    lines = by_name.read_text().splitlines()
+    assert len(lines) == 50 and set(lines) <= {"0", "1"} and by_index.read_text() == by_name.read_text()
+    proc = cli("harness.predict", "--run", str(run), "--split", "shift99", "--out", str(by_name), check=False)
+    assert proc.returncode == 2 and "0=shift0" in proc.stderr and proc.stderr.count("\n") == 1
+    proc = cli("harness.predict", "--run", str(run), "--split", "1", "--checkpoint", "best", "--out", str(by_name),
+               check=False)
+    assert proc.returncode == 2 and "no best.pt" in proc.stderr
