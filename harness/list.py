@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 
 from harness.registry import REGISTRIES
 
@@ -11,6 +12,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m harness.list", description=__doc__)
     parser.add_argument("kinds", nargs="*", choices=[[], *REGISTRIES], help="only these kinds (default: all)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends the listing quietly, not with a traceback
     for kind in args.kinds or REGISTRIES:
         registry = REGISTRIES[kind]
         registry.load_plugins()
