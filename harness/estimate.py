@@ -14,10 +14,11 @@ job time over the parallel slots: an estimate, and the output says so.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
+
+from harness.sweep_check import run_args
 
 # Wall seconds per step (checkpoint evaluations included) on a CPU, measured on a shared 2-core machine
 # (load average about 5) with 2 threads per job, 2026-12-06: the speed a run's out.txt reports at 90% of
@@ -49,13 +50,9 @@ def measured_costs(root: Path) -> dict[tuple[str, str], float]:
 
 
 def first_args(run_dir: Path) -> dict[str, Any] | None:
-    """The ``args`` of a run's first record (None if it has none)."""
-    try:
-        with open(run_dir / "results.jsonl") as f:
-            args = json.loads(f.readline()).get("args")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return args if isinstance(args, dict) and "dataset" in args and "algorithm" in args else None
+    """The ``args`` of a run's first record, if they name its dataset and algorithm (else None)."""
+    args = run_args(run_dir)
+    return args if args and "dataset" in args and "algorithm" in args else None
 
 
 def job_steps(train_args: dict[str, Any]) -> int:

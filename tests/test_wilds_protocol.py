@@ -169,7 +169,7 @@ def test_official_metrics_equal_wilds_eval_on_the_same_predictions(name, data, w
     reference = wilds_dataset(wilds, name, data)
     official = ds.official_splits()
     train = reference.get_subset("train")
-    assert [len(e) for e in official.train_envs] and sum(len(e) for e in official.train_envs) == len(train)
+    assert all(len(e) for e in official.train_envs) and sum(len(e) for e in official.train_envs) == len(train)
     assert torch.equal(torch.cat([e.y for e in official.train_envs]).sort().values, train.y_array.sort().values)
     checked = 0
     for split, env in official.eval_splits.items():
