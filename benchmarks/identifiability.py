@@ -11,22 +11,23 @@ SparseShared's margin over MultiTask at the same seed and thread count.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from harness.checkpoints import DONE, RESULTS, read_records
 
 ALGORITHMS = ("SparseShared", "MultiTask")
 
 
 def run(algorithm: str, seed: int, threads: int, out: Path) -> dict:
     run_dir = out / f"{algorithm}-seed{seed}-threads{threads}"
-    if not (run_dir / "done").exists():
+    if not (run_dir / DONE).exists():
         cmd = [sys.executable, "-m", "harness.train", "--dataset", "SyntheticLinear", "--algorithm", algorithm,
                "--seed", str(seed), "--threads", str(threads), "--output_dir", str(run_dir)]
         subprocess.run(cmd, check=True, capture_output=True)
-    return json.loads((run_dir / "results.jsonl").read_text().splitlines()[-1])
+    return read_records(run_dir / RESULTS)[-1]
 
 
 def main() -> None:

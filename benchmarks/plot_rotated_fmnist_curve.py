@@ -10,19 +10,16 @@ prints the curve as a table (the numbers behind the PNG).
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
+
+from harness.checkpoints import RESULTS, scan_records
 
 
 def curves(input_dir: Path) -> dict[tuple[str, int], dict[int, list[tuple[float, float]]]]:
     out: dict[tuple[str, int], dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
-    for path in sorted(input_dir.rglob("results.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+    for path in sorted(input_dir.rglob(RESULTS)):
+        for r in scan_records(path).records:
             if r["args"]["hparams_seed"] != 0:
                 continue
             test = r["args"]["test_envs"]

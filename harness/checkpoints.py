@@ -126,34 +126,57 @@ def check_record_args(path: Path, records: list[dict], identity: dict) -> None:
                             f"{path.parent / CHECKPOINT} to restart the run from scratch")
 
 
+def is_record(record: object) -> bool:
+    """A checkpoint record: a JSON object with an integer ``step``, an ``args`` object and, where it has
+    them, ``test_envs`` as a list of integers."""
+    if not isinstance(record, dict) or type(record.get("step")) is not int or not isinstance(record.get("args"), dict):
+        return False
+    envs = record["args"].get("test_envs", [])
+    return isinstance(envs, list) and all(type(i) is int for i in envs)
+
+
+@dataclass
+class RecordFile:
+    """What :func:`scan_records` read: the records, and the lines (1-based) that are not one."""
+
+    records: list[dict]
+    bad_lines: list[int]
+    torn: bool  # the last line is not a record and has no newline: the write a kill interrupted
+
+
+def scan_records(path: Path) -> RecordFile:
+    """The one reader of a results.jsonl (runs resuming, tables, plots). Every line that is not a record
+    (:func:`is_record`; not UTF-8, not JSON) is named in ``bad_lines``; what to do about them is the
+    reader's: a run resuming drops only a torn last line (:func:`read_records`), tables skip and count them."""
+    lines = path.read_bytes().split(b"\n")
+    records, bad = [], []
+    for i, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+        if is_record(record):
+            records.append(record)
+        else:
+            bad.append(i)
+    return RecordFile(records, bad, torn=bool(bad) and bad[-1] == len(lines))
+
+
 def read_records(path: Path) -> list[dict]:
-    """Records of a results.jsonl; a truncated last line (a kill mid-write) is ignored, any other bad
-    line is a UserError naming it."""
+    """A run's own records (resume, ``best.pt``, a finished run): a torn last line (a kill mid-write) is
+    dropped, any other line that is not a record is a UserError naming it. No file: no records."""
     from harness.errors import UserError
 
     if not path.exists():
         return []
-    try:
-        text = path.read_bytes().decode()
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is corrupt (not UTF-8 at byte {e.start}); restore it, or delete it and "
-                        f"{path.parent / CHECKPOINT} to restart the run from scratch") from None
-    lines = text.split("\n")
-    records = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-            if i == len(lines):  # no newline after it: the write a kill interrupted
-                continue
-        if not isinstance(record, dict) or type(record.get("step")) is not int:
-            raise UserError(f"{path} line {i} is not a record (a JSON object with an integer step); restore "
-                            f"it, or delete it and {path.parent / CHECKPOINT} to restart the run from scratch")
-        records.append(record)
-    return records
+    found = scan_records(path)
+    corrupt = found.bad_lines[:-1] if found.torn else found.bad_lines
+    if corrupt:
+        raise UserError(f"{path} line {corrupt[0]} is not a record (a UTF-8 JSON object with an integer step and args); "
+                        f"restore it, or delete it and {path.parent / CHECKPOINT} to restart the run from scratch")
+    return found.records
 
 
 def append_record(path: Path, record: dict) -> None:

@@ -296,7 +296,7 @@ def install_miniimagenet(staging: Path, data_dir: Path) -> Path:
 
 def check_pickle(path: Path) -> None:
     """Refuse a pickle that names anything but the mini-imagenet-cache format's types (it could run code)."""
-    from harness.datasets.fewshot_images import ForeignPickle, SafeUnpickler
+    from harness.safe_pickle import ForeignPickle, SafeUnpickler
 
     try:
         with open(path, "rb") as f:

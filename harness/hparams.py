@@ -242,23 +242,51 @@ def random_hparams(algorithm: str, dataset: str, seed: int) -> dict[str, Any]:
     return {k: hp.draw(_rng(algorithm, dataset, seed, k)) for k, hp in space(algorithm, dataset).items()}
 
 
+def parse_overrides(overrides: str | dict | None, algorithm: str, dataset: str) -> dict[str, Any]:
+    """--hparams (a JSON object, or a dict) checked once: known names, each value of its default's type,
+    finite and in its domain. A one-line UserError otherwise."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, str):
+        def no_constant(name: str):
+            raise UserError(f"--hparams: {name} is not a number JSON allows (give a finite value)")
+
+        try:
+            overrides = json.loads(overrides, parse_constant=no_constant)
+        except json.JSONDecodeError as e:
+            raise UserError(f"--hparams is not valid JSON ({e.msg} at char {e.pos}): {overrides!r}") from None
+        except RecursionError:
+            raise UserError("--hparams is nested too deeply") from None
+    if not isinstance(overrides, dict):
+        raise UserError(f"--hparams must be a JSON object, got {type(overrides).__name__}")
+    declared = space(algorithm, dataset)
+    unknown = sorted(set(overrides) - set(declared))
+    if unknown:
+        raise UserError(f"unknown hparam(s) {', '.join(unknown)} for {algorithm} on {dataset}. "
+                        f"Valid: {', '.join(sorted(declared))}")
+    for name, value in overrides.items():
+        default = declared[name].default
+        if not _same_type(name, value, default):
+            raise UserError(f"hparam {name} must be a {type(default).__name__} like its default {default!r}, "
+                            f"got {json.dumps(value)}")
+        check(name, value, declared[name])
+    return overrides
+
+
+def _same_type(name: str, value: Any, default: Any) -> bool:
+    """Whether an override has its default's JSON type (an int passes for a float; ``pretrained`` also takes a name)."""
+    if isinstance(default, bool):
+        return isinstance(value, bool) or (name == "pretrained" and isinstance(value, str))
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return True
+
+
 def resolve(algorithm: str, dataset: str, hparams_seed: int = 0, overrides: str | dict | None = None) -> dict[str, Any]:
-    """Sampled (or default) hparams with user overrides (a JSON object or dict) merged on top."""
-    hparams = random_hparams(algorithm, dataset, hparams_seed)
-    if overrides:
-        if isinstance(overrides, str):
-            try:
-                overrides = json.loads(overrides)
-            except json.JSONDecodeError as e:
-                raise UserError(f"--hparams is not valid JSON ({e.msg} at char {e.pos}): {overrides!r}") from None
-        if not isinstance(overrides, dict):
-            raise UserError(f"--hparams must be a JSON object, got {type(overrides).__name__}")
-        unknown = sorted(set(overrides) - set(hparams))
-        if unknown:
-            raise UserError(f"unknown hparam(s) {', '.join(unknown)} for {algorithm} on {dataset}. "
-                            f"Valid: {', '.join(sorted(hparams))}")
-        declared = space(algorithm, dataset)
-        for name, value in overrides.items():
-            check(name, value, declared[name])
-        hparams.update(overrides)
-    return hparams
+    """Sampled (or default) hparams with user overrides (a JSON object or dict, see :func:`parse_overrides`)
+    merged on top."""
+    return {**random_hparams(algorithm, dataset, hparams_seed), **parse_overrides(overrides, algorithm, dataset)}

@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 
 from harness.errors import UserError, cli
-from harness.train import OneLineParser, device_name, int_at_least
+from harness.cli import OneLineParser, device_name, int_at_least
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from harness.errors import UserError
 
-RESULTS, DONE = "results.jsonl", "done"
+from harness.checkpoints import DONE, RESULTS, scan_records
 
 
 @dataclass
@@ -47,29 +47,8 @@ def plural(n: int, word: str) -> str:
 
 def read_jsonl(path: Path) -> tuple[list[dict], int]:
     """Checkpoint records of one file and the number of lines that are not one (truncated, corrupt)."""
-    records, bad = [], 0
-    for line in path.read_text(errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if is_record(record):
-            records.append(record)
-        else:
-            bad += 1
-    return records, bad
-
-
-def is_record(record: object) -> bool:
-    """A checkpoint record: a JSON object with an integer ``step``, an ``args`` object and, where it has
-    them, ``test_envs`` as a list of integers."""
-    if not isinstance(record, dict) or type(record.get("step")) is not int or not isinstance(record.get("args"), dict):
-        return False
-    envs = record["args"].get("test_envs", [])
-    return isinstance(envs, list) and all(type(i) is int for i in envs)
+    found = scan_records(path)
+    return found.records, len(found.bad_lines)
 
 
 def load_records(input_dir: Path) -> tuple[list[dict], LoadStats]:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.checkpoints import DONE, RESULTS, is_record
 from harness.errors import UserError, cli
 
 SPEC_DIRS = (Path.cwd() / "sweeps", Path(__file__).resolve().parents[1] / "sweeps")
@@ -83,14 +84,14 @@ class Job:
             raise UserError(f"sweep job directory {self.output_dir} is a symbolic link (to "
                             f"{os.readlink(self.output_dir)}); a sweep never writes or deletes through links: "
                             "remove the link")
-        if (self.output_dir / "done").exists() and has_records(self.output_dir):
+        if (self.output_dir / DONE).exists() and has_records(self.output_dir):
             return "done"
         if not self.output_dir.exists():
             return "not launched"
         return "running" if is_held(self.output_dir) else "incomplete"
 
     def last_error(self) -> str:
-        if (self.output_dir / "done").exists():  # incomplete with done: its records are missing
+        if (self.output_dir / DONE).exists():  # incomplete with done: its records are missing
             return "has 'done' but no records (launch runs it again)"
         err = self.output_dir / "err.txt"
         lines = [l for l in err.read_text(errors="replace").splitlines() if l.strip()] if err.exists() else []
@@ -99,7 +100,7 @@ class Job:
 
 def has_records(run_dir: Path) -> bool:
     """Whether ``run_dir/results.jsonl`` is a file that starts with a checkpoint record."""
-    path = run_dir / "results.jsonl"
+    path = run_dir / RESULTS
     if path.is_symlink() or not path.is_file():
         return False
     try:
@@ -107,7 +108,7 @@ def has_records(run_dir: Path) -> bool:
             first = json.loads(f.readline(1 << 24).decode())
     except (OSError, ValueError):
         return False
-    return isinstance(first, dict) and _is_int(first.get("step"))
+    return is_record(first)
 
 
 # --- building the job list ----------------------------------------------------------------
@@ -147,6 +148,7 @@ def _is_int(v: Any) -> bool:
 
 def check_options(opts: dict[str, Any]) -> None:
     """One schema check of the merged options (spec and flags) before any job is planned."""
+    from harness.cli import check_test_envs
     from harness.registry import ALGORITHMS, DATASETS
 
     def fail(key: str, what: str) -> None:
@@ -192,30 +194,23 @@ def check_options(opts: dict[str, Any]) -> None:
             continue
         if not isinstance(sets, list) or not all(isinstance(s, list) and all(_is_int(i) for i in s) for s in sets):
             fail("test_envs", "a list of lists of environment indices (or an object of them per dataset)")
-        n = len(DATASETS.get(dataset).ENVIRONMENTS)
         for s in sets:
-            if any(not 0 <= i < n for i in s) or len(set(s)) != len(s) or (n and len(set(s)) >= n):
-                raise UserError(f"sweep option 'test_envs': {s} is not a valid set for {dataset} "
-                                f"(environments 0..{n - 1}, no repeats, at least one left to train on)")
+            check_test_envs(s, DATASETS.get(dataset).ENVIRONMENTS, dataset, what="sweep option 'test_envs'")
     _check_hparam_values(opts)
 
 
 def _check_hparam_values(opts: dict[str, Any]) -> None:
     """hparams and grid values: known names with values of the right type, for every (algorithm, dataset)."""
     from harness import hparams as hp
-    from harness.train import parse_hparams
 
     fixed = dict(opts["hparams"] or {})
-    grid = opts["grid"] or {}
     for algorithm in opts["algorithms"]:
         for dataset in opts["datasets"]:
-            valid = hp.resolve(algorithm, dataset, 0, None)
-            unknown = sorted((set(fixed) | set(grid)) - set(valid))
-            if unknown:
-                raise UserError(f"sweep hparams/grid name unknown hparam(s) {', '.join(unknown)} for {algorithm} "
-                                f"on {dataset}. Valid: {', '.join(sorted(valid))}")
-            for point in grid_points(grid):
-                parse_hparams(json.dumps({**fixed, **point}), algorithm, dataset)
+            for point in grid_points(opts["grid"]):
+                try:
+                    hp.parse_overrides({**fixed, **point}, algorithm, dataset)
+                except UserError as e:
+                    raise UserError(f"sweep hparams/grid: {str(e).replace('--hparams', 'hparams')}") from None
 
 
 def check_data(opts: dict[str, Any]) -> None:
@@ -273,13 +268,13 @@ def count_jobs(opts: dict[str, Any]) -> int:
 def checked_draw(algorithm: str, dataset: str, hseed: int, overrides: dict | None, cache: dict) -> None:
     """A job's hparams (search draw, fixed hparams, grid point) as harness.train will check them: a bad
     draw is found before the first job starts, not when every job has failed."""
-    from harness.train import parse_hparams
+    from harness import hparams as hp
 
     key = (algorithm, dataset, json.dumps(overrides, sort_keys=True, default=str))
     if key in cache:
         return
     try:
-        parse_hparams(json.dumps(overrides), algorithm, dataset)
+        hp.parse_overrides(json.dumps(overrides), algorithm, dataset)  # the text the job passes to --hparams
     except (UserError, ValueError) as e:  # ValueError: json.dumps of an overflowing draw
         raise UserError(f"hparams draw {hseed} of {algorithm} on {dataset} ({key[2][:120]}): {e}") from None
     cache[key] = True
@@ -293,16 +288,19 @@ def make_jobs(opts: dict[str, Any]) -> list[Job]:
     if n > MAX_JOBS:
         raise UserError(f"this sweep has {n:,} jobs (n_trials x algorithms x datasets x test-env sets x hparam "
                         f"draws x grid points); at most {MAX_JOBS:,}: lower n_trials or n_hparams")
-    jobs, cache = [], {}
+    jobs, cache, draws = [], {}, {}
     root = Path(opts["output_dir"])
     for trial, dataset, algorithm in itertools.product(range(opts["n_trials"]), opts["datasets"], opts["algorithms"]):
         for test_envs, hseed, point in itertools.product(
                 test_env_sets(dataset, opts["test_envs"]), range(opts["n_hparams_from"], opts["n_hparams"]),
                 grid_points(opts["grid"])):
-            try:
-                searched = searched_hparams(algorithm, dataset, hseed, opts["search"]) if opts["search"] else {}
-            except (OverflowError, ValueError, TypeError) as e:
-                raise UserError(f"search: draw {hseed} of {algorithm} on {dataset} failed ({e})") from None
+            if (algorithm, dataset, hseed) not in draws:  # the same for every trial and test-env set
+                try:
+                    draws[algorithm, dataset, hseed] = (searched_hparams(algorithm, dataset, hseed, opts["search"])
+                                                        if opts["search"] else {})
+                except (OverflowError, ValueError, TypeError) as e:
+                    raise UserError(f"search: draw {hseed} of {algorithm} on {dataset} failed ({e})") from None
+            searched = draws[algorithm, dataset, hseed]
             overrides = {**searched, **(opts["hparams"] or {}), **point} or None
             if overrides:
                 checked_draw(algorithm, dataset, hseed, overrides, cache)
@@ -441,11 +439,11 @@ def delete_run(run_dir: Path) -> bool:
         print(f"  kept {run_dir}: a symbolic link (to {os.readlink(run_dir)}); remove the link yourself",
               file=sys.stderr)
         return False
-    if not run_dir.exists() or ((run_dir / "done").exists() and has_records(run_dir)):
+    if not run_dir.exists() or ((run_dir / DONE).exists() and has_records(run_dir)):
         return False
     try:
         with RunLock(run_dir, wait_s=0.5):
-            if (run_dir / "done").exists() and has_records(run_dir):
+            if (run_dir / DONE).exists() and has_records(run_dir):
                 return False
             for entry in run_dir.iterdir():
                 if entry.name != LOCK:  # a link is unlinked, never followed
@@ -465,7 +463,7 @@ COMMANDS = {"launch": launch, "status": status, "delete_incomplete": delete_inco
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness.train import OneLineParser
+    from harness.cli import OneLineParser
 
     p = OneLineParser(prog="python -m harness.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

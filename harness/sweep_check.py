@@ -13,13 +13,15 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from harness.checkpoints import RESULTS
+
 IGNORED = ("seed",)  # derived from the others (sweep.make_jobs): a difference there is never the cause
 
 
 def run_args(run_dir: Path) -> dict[str, Any] | None:
     """The training arguments a run recorded (its first record's ``args``), or None."""
     try:
-        with open(run_dir / "results.jsonl") as f:
+        with open(run_dir / RESULTS) as f:
             args = json.loads(f.readline()).get("args")
     except (OSError, ValueError, AttributeError):
         return None
@@ -51,7 +53,7 @@ def other_arguments_note(jobs: Sequence[Any], root: Path) -> str | None:
     pairs = {(job.train_args["dataset"], job.train_args["algorithm"]) for job in jobs}
     diffs: dict[str, tuple[set, set]] = {}
     n = 0
-    for results in sorted(Path(root).glob("*/results.jsonl")):
+    for results in sorted(Path(root).glob(f"*/{RESULTS}")):
         if results.parent.name in ours:
             continue
         args = run_args(results.parent)

@@ -23,72 +23,17 @@ import argparse
 import errno
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 from harness.checkpoints import DONE
+from harness.cli import SEED_MAX, OneLineParser, device_name, int_at_least, open_fraction
 
 # Arguments excluded from a run's identity (its job id and the args its checkpoint is checked against): paths,
 # device and batch size of evaluation, which change no number, and threads, which does (float reductions round
 # differently) but is pinned per run instead: recorded in every record and the checkpoint, reused on resume.
 NON_IDENTITY_ARGS = ("output_dir", "data_dir", "device", "eval_batch_size", "threads")
-SEED_MAX = 2**31 - 1  # seeds reach numpy and scikit-learn, which take at most 32 bits
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line (``error: ...``) and exit status 2, like a UserError; help
-    shows each option's default (:class:`HelpFormatter`) unless ``formatter_class`` says otherwise."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", HelpFormatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str):
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows "(default: X)" only where there is a default to show."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.required or "(default" in (action.help or ""):
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
-def int_at_least(lo: int, hi: int | None = None) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < lo or (hi is not None and value > hi):
-            raise argparse.ArgumentTypeError(f"must be in [{lo}, {hi}], got {value}" if hi is not None
-                                             else f"must be >= {lo}, got {value}")
-        return value
-
-    parse.__name__ = "int"
-    return parse
-
-
-def open_fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
-    return value
-
-
-def device_name(text: str) -> str:
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
-        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}")
-    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,9 +79,6 @@ def check_args(args: argparse.Namespace) -> None:
     """Range checks argparse cannot express: one line (UserError) each, before anything is written."""
     from harness.errors import UserError
 
-    dupes = sorted({i for i in args.test_envs if args.test_envs.count(i) > 1})
-    if dupes:
-        raise UserError(f"--test_envs lists environment(s) {dupes} more than once")
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out} is a file, not a directory; choose another path")
@@ -146,47 +88,6 @@ def check_args(args: argparse.Namespace) -> None:
         n = torch.cuda.device_count()
         if int(args.device.split(":")[1]) >= max(n, 1):
             raise UserError(f"--device {args.device}: this machine has {n} CUDA device(s)")
-
-
-def parse_hparams(text: str | None, algorithm: str, dataset: str) -> dict | None:
-    """--hparams as a dict whose values have the types of the defaults they override, finite and in range."""
-    from harness import hparams as hp
-    from harness.errors import UserError
-
-    if text is None:
-        return None
-
-    def no_constant(name: str):
-        raise UserError(f"--hparams: {name} is not a number JSON allows (give a finite value)")
-
-    try:
-        overrides = json.loads(text, parse_constant=no_constant)
-    except json.JSONDecodeError as e:
-        raise UserError(f"--hparams is not valid JSON ({e.msg} at char {e.pos}): {text!r}") from None
-    except RecursionError:
-        raise UserError("--hparams is nested too deeply") from None
-    if not isinstance(overrides, dict):
-        raise UserError(f"--hparams must be a JSON object, got {type(overrides).__name__}")
-    space = hp.space(algorithm, dataset)
-    for name, value in overrides.items():
-        if name not in space:
-            continue  # hp.resolve names the unknown ones with the valid ones
-        default = space[name].default
-        if isinstance(default, bool):
-            ok = isinstance(value, bool) or (name == "pretrained" and isinstance(value, str))
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif isinstance(default, str):
-            ok = isinstance(value, str)
-        else:
-            ok = True
-        if not ok:
-            raise UserError(f"hparam {name} must be a {type(default).__name__} like its default {default!r}, "
-                            f"got {json.dumps(value)}")
-        hp.check(name, value, space[name])
-    return overrides
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -267,6 +168,7 @@ def run(args: argparse.Namespace) -> Path:
 
 def _run(args: argparse.Namespace) -> Path:
     from harness import hparams as hp
+    from harness.cli import check_test_envs
     from harness.errors import UserError
     from harness.lock import RunLock
     from harness.registry import ALGORITHMS, DATASETS
@@ -284,12 +186,8 @@ def _run(args: argparse.Namespace) -> Path:
     dataset_cls, algorithm_cls = DATASETS.get(args.dataset), ALGORITHMS.get(args.algorithm)
     if getattr(dataset_cls, "SELECT_ON", None) and not args.test_envs:  # official splits: their held-out envs
         args.test_envs = list(dataset_cls.TEST_ENV_SETS[0])
-    n_envs = len(getattr(dataset_cls, "ENVIRONMENTS", None) or []) or None
-    if n_envs and set(range(n_envs)) <= set(args.test_envs):
-        raise UserError(f"--test_envs {args.test_envs} holds out every environment of {args.dataset}; "
-                        "leave at least one to train on")
-    hparams = hp.resolve(args.algorithm, args.dataset, args.hparams_seed,
-                         parse_hparams(args.hparams, args.algorithm, args.dataset))
+    check_test_envs(args.test_envs, dataset_cls.ENVIRONMENTS, args.dataset)
+    hparams = hp.resolve(args.algorithm, args.dataset, args.hparams_seed, args.hparams)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         refuse_links(out)
@@ -322,13 +220,9 @@ def train_run(args: argparse.Namespace, hparams: dict, dataset_cls, algorithm_cl
     check_precision(device, hparams["precision"])
     torch.manual_seed(seed_hash(args.seed, "init"))
     dataset = dataset_cls(args.data_dir, args.test_envs, hparams)
-    bad = [i for i in args.test_envs if not 0 <= i < len(dataset)]
-    if bad:
-        raise UserError(f"--test_envs {bad} out of range: {args.dataset} has environments "
-                        + ", ".join(f"{i}={n}" for i, n in enumerate(dataset.ENVIRONMENTS)))
-    if len(set(args.test_envs)) >= len(dataset):
-        raise UserError(f"--test_envs {args.test_envs} holds out every environment of {args.dataset}; "
-                        "leave at least one to train on")
+    if len(dataset) != len(dataset.ENVIRONMENTS):
+        raise UserError(f"{args.dataset} built {len(dataset)} environments but declares {len(dataset.ENVIRONMENTS)} "
+                        "in ENVIRONMENTS; a dataset names each environment it builds, in order")
     steps = args.steps if args.steps is not None else dataset.N_STEPS
     freq = args.checkpoint_freq if args.checkpoint_freq is not None else dataset.CHECKPOINT_FREQ
     splits, train_envs, eval_splits = run_splits(dataset, args)

@@ -54,7 +54,7 @@ from typing import Any, Callable, Sequence
 
 from harness.checkpoints import FinishedRun, finished_run, rebuild
 from harness.errors import UserError, cli
-from harness.train import SEED_MAX, OneLineParser, device_name, int_at_least
+from harness.cli import SEED_MAX, OneLineParser, device_name, int_at_least
 
 TASK_KEYS = ("support", "query", "max_factors")  # from the run; --target_hparams may override them
 
@@ -261,10 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_target_hparams(text: str | None, algorithm: str, target: str) -> dict | None:
     """--target_hparams through train's checks (JSON, types, bounds), its messages naming this flag."""
-    from harness.train import parse_hparams
+    from harness import hparams as hp
 
+    if text is None:
+        return None
     try:
-        return parse_hparams(text, algorithm, target)
+        return hp.parse_overrides(text, algorithm, target)
     except UserError as e:
         raise UserError(str(e).replace("--hparams", "--target_hparams")) from None
 

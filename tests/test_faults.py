@@ -172,7 +172,7 @@ CORRUPTIONS = {
     "results string step": (lambda r: (r / "results.jsonl").write_text(
         (r / "results.jsonl").read_text().replace('"step": 10', '"step": "10"')), "line 1 is not a record"),
     "results not UTF-8": (lambda r: (r / "results.jsonl").write_bytes(b"\xff\xfe" + (r / "results.jsonl").read_bytes()),
-                          "not UTF-8"),
+                          "line 1 is not a record (a UTF-8 JSON object"),
 }
 
 

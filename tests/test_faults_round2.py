@@ -270,15 +270,18 @@ def test_ctrl_c_stops_the_multi_launcher_and_all_its_jobs(tmp_path):
     args = [*SWEEP, "--steps", "200", "--checkpoint_freq", "100", "--n_hparams", "3", "--output_dir", str(out), "--launcher", "multi",
             "--workers", "1", "--skip_confirmation"]
     jobs = sweep_jobs(*args)
+    # SIGINT back to its default in the child: a test run started in the background (``pytest &``) has it
+    # ignored, and Python then installs no KeyboardInterrupt handler, so the launcher would never see the Ctrl-C
     proc = subprocess.Popen([sys.executable, "-m", "harness.sweep", "launch", *args], env=ENV, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not any((j.output_dir / "checkpoint.pt").exists() for j in jobs):  # a job is past its first checkpoint
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGINT)  # the launcher only: it must stop its jobs itself
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in err, err
+    out_text, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err, out_text[-2000:])
     time.sleep(1.0)  # a queued job would have started by now
     started = [j for j in jobs if j.output_dir.exists()]
     assert len(started) == 1 and not is_held(started[0].output_dir) and started[0].state == "incomplete"

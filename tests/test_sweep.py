@@ -117,9 +117,11 @@ def test_every_spec_builds_jobs_whose_hparams_resolve(spec):
     assert isinstance(args, argparse.Namespace)
     jobs = make_jobs(resolve_options(args))
     assert jobs and json.loads(spec.read_text())["description"]
-    drawn = {}
-    for job in jobs:
+    drawn, distinct = {}, {}
+    for job in jobs:  # the draws differ by algorithm, dataset and hparams draw only, not by trial or test envs
         a = job.train_args
+        distinct.setdefault(json.dumps([a[k] for k in ("algorithm", "dataset", "hparams_seed", "hparams")]), a)
+    for a in distinct.values():
         ALGORITHMS.get(a["algorithm"]), DATASETS.get(a["dataset"])
         hp = resolve(a["algorithm"], a["dataset"], a["hparams_seed"], a["hparams"])
         if not str(hp["backbone"]).startswith("/"):
@@ -155,7 +157,8 @@ BAD_SPECS = [
     ({"datasets": "SyntheticLinear"}, "must be a list of names"), ({"algorithms": ["SparseShard"]}, "did you mean"),
     ({"datasets": ["Nope"]}, "unknown dataset 'Nope'"), ({"hparams": {"lrr": 1}}, "unknown hparam(s) lrr"),
     ({"grid": {"lrr": [1]}}, "unknown hparam(s) lrr"), ({"hparams": {"lr": "fast"}}, "hparam lr must be a float"),
-    ({"test_envs": [[5]]}, "'test_envs': [5]"), ({"test_envs": [[0, 1, 2]]}, "at least one left"),
+    ({"test_envs": [[5]]}, "'test_envs' [5] out of range"), ({"test_envs": [[0, 1, 2]]}, "at least one to train on"),
+    ({"test_envs": [[1, 1]]}, "'test_envs' lists environment(s) [1] more than once"),
     ({"test_envs": [0]}, "'test_envs'"), ({"dci": "slow"}, "'dci'"), ({"launcher": "nope"}, "unknown launcher"),
     ({"n_hparams_from": 3, "n_hparams": 2}, "'n_hparams_from'"), ({"workers": 0}, "'workers'"),
     ({"wat": 1}, "unknown keys"),

@@ -32,7 +32,6 @@ Inputs are ImageNet-normalised; no augmentation.
 from __future__ import annotations
 
 import csv
-import pickle
 from pathlib import Path
 from typing import Sequence
 
@@ -43,6 +42,7 @@ from harness.datasets.domainbed_images import IMAGENET_MEAN, IMAGENET_STD, Image
 from harness.errors import UserError
 from harness.hparams import HP, at_least, int_pow2
 from harness.registry import DATASETS
+from harness.safe_pickle import ForeignPickle, SafeUnpickler
 from harness.utils import dataset_path
 
 SPLITS = ("train", "val", "test")
@@ -161,29 +161,6 @@ class MiniImageNet(FewShotImageDataset):
             raise UserError(f"MiniImageNet: {path} class_dict leaves {(y < 0).sum().item()} images without a class")
         x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
         return TensorEnv(x, y, transform=_tensor_normalise())
-
-
-class ForeignPickle(Exception):
-    """A pickle names a global outside the mini-imagenet-cache format."""
-
-
-class SafeUnpickler(pickle.Unpickler):
-    """Unpickles only what mini-imagenet-cache files hold: numpy arrays and dtypes, dicts, lists, strings,
-    numbers. Any other global (``os.system``, ``builtins.eval``, a class) is refused before it is looked up,
-    so a crafted file cannot run code."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("_codecs", "encode"),  # protocol-2 pickles store bytes as _codecs.encode(text, "latin1")
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise ForeignPickle(f"{module}.{name}")
-        return super().find_class(module, name)
 
 
 @DATASETS.register("CIFARFS")

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from harness.datasets.base import EnvDataset
+from harness.datasets.envs import EnvDataset
 from harness.errors import UserError
 from harness.hparams import episodic
 from harness.utils import generator
