@@ -14,7 +14,7 @@ import pytest
 from conftest import require
 
 from harness import selection as sel
-from harness.collect_results import (Cell, LoadStats, Table, build_tables, latex_escape, load_records,
+from harness.collect_results import (Cell, Table, build_tables, latex_escape, load_records,
                                      records_frame, render_latex)
 
 GOLDEN = Path(__file__).resolve().parent / "golden"

@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from harness.errors import UserError
-from harness.registry import ALGORITHMS, DATASETS, Registry
+from harness.registry import ALGORITHMS, Registry
 
 
 def test_unknown_name_lists_known_and_closest():

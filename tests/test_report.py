@@ -125,6 +125,6 @@ def test_overcomplete_section_pairs_seeds_and_words_the_verdict(tmp_path):
     for width, shift in ((10, -0.10), (20, 0.02)):
         d = shift + diffs
         half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
-        assert f"| SparseShared beta 0.03 | 3 |" in section and f"{d.mean():+.3f} ± {half:.3f}" in section
+        assert "| SparseShared beta 0.03 | 3 |" in section and f"{d.mean():+.3f} ± {half:.3f}" in section
     assert "feature_dim 10: beta 0.03 lowers D" in section and "feature_dim 20: beta 0.03 raises D" in section
     assert "old" not in section and (out / "overcomplete_plateau.png").stat().st_size > 1000

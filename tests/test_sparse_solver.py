@@ -19,7 +19,7 @@ from harness.algorithms.sparse_shared.problem import (
     row_importance,
     sharing_weights,
 )
-from harness.algorithms.sparse_shared.penalties import SHARINGS, SPARSITIES
+from harness.algorithms.sparse_shared.penalties import SPARSITIES
 from harness.algorithms.sparse_shared.solver import solve
 
 DT = torch.float64

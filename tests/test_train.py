@@ -1,7 +1,6 @@
 """One run end to end: accuracy on Sprites, exact resume after SIGKILL, what a run writes."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
