@@ -242,23 +242,24 @@ def random_hparams(algorithm: str, dataset: str, seed: int) -> dict[str, Any]:
     return {k: hp.draw(_rng(algorithm, dataset, seed, k)) for k, hp in space(algorithm, dataset).items()}
 
 
-def parse_overrides(overrides: str | dict | None, algorithm: str, dataset: str) -> dict[str, Any]:
+def parse_overrides(overrides: str | dict | None, algorithm: str, dataset: str,
+                    flag: str = "--hparams") -> dict[str, Any]:
     """--hparams (a JSON object, or a dict) checked once: known names, each value of its default's type,
-    finite and in its domain. A one-line UserError otherwise."""
+    finite and in its domain. A one-line UserError otherwise, naming the option ``flag``."""
     if overrides is None:
         return {}
     if isinstance(overrides, str):
         def no_constant(name: str):
-            raise UserError(f"--hparams: {name} is not a number JSON allows (give a finite value)")
+            raise UserError(f"{flag}: {name} is not a number JSON allows (give a finite value)")
 
         try:
             overrides = json.loads(overrides, parse_constant=no_constant)
         except json.JSONDecodeError as e:
-            raise UserError(f"--hparams is not valid JSON ({e.msg} at char {e.pos}): {overrides!r}") from None
+            raise UserError(f"{flag} is not valid JSON ({e.msg} at char {e.pos}): {overrides!r}") from None
         except RecursionError:
-            raise UserError("--hparams is nested too deeply") from None
+            raise UserError(f"{flag} is nested too deeply") from None
     if not isinstance(overrides, dict):
-        raise UserError(f"--hparams must be a JSON object, got {type(overrides).__name__}")
+        raise UserError(f"{flag} must be a JSON object, got {type(overrides).__name__}")
     declared = space(algorithm, dataset)
     unknown = sorted(set(overrides) - set(declared))
     if unknown:

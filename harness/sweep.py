@@ -210,7 +210,7 @@ def _check_hparam_values(opts: dict[str, Any]) -> None:
                 try:
                     hp.parse_overrides({**fixed, **point}, algorithm, dataset)
                 except UserError as e:
-                    raise UserError(f"sweep hparams/grid: {str(e).replace('--hparams', 'hparams')}") from None
+                    raise UserError(f"sweep hparams/grid: {e}") from None
 
 
 def check_data(opts: dict[str, Any]) -> None:

@@ -265,10 +265,7 @@ def parse_target_hparams(text: str | None, algorithm: str, target: str) -> dict 
 
     if text is None:
         return None
-    try:
-        return hp.parse_overrides(text, algorithm, target)
-    except UserError as e:
-        raise UserError(str(e).replace("--hparams", "--target_hparams")) from None
+    return hp.parse_overrides(text, algorithm, target, flag="--target_hparams")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -102,3 +102,10 @@ def test_domains_reject_out_of_range_values_and_survive_overrides():
         drawn = hp.random_hparams("SparseShared", "SyntheticLinear", seed)
         for name, value in drawn.items():
             hp.check(name, value, space[name])
+
+
+def test_override_errors_name_the_option_they_came_from():
+    with pytest.raises(UserError, match=r"^--target_hparams is not valid JSON"):
+        hp.parse_overrides("{lr: 1}", "ERM", "SyntheticLinear", flag="--target_hparams")
+    with pytest.raises(UserError, match=r"^--hparams must be a JSON object"):
+        hp.parse_overrides("[1]", "ERM", "SyntheticLinear")
