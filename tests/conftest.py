@@ -1,5 +1,6 @@
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -11,6 +12,10 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("HARNESS_CACHE", str(Path(tempfile.gettempdir()) / "harness-test-cache"))
+# A shell starts a background command (`pytest &`) with SIGINT ignored, and an ignored signal stays ignored
+# in every child: the tests that interrupt a run or a launcher with SIGINT would then see it finish instead.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parents[1]
 
