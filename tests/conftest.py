@@ -16,6 +16,12 @@ os.environ.setdefault("HARNESS_CACHE", str(Path(tempfile.gettempdir()) / "harnes
 # in every child: the tests that interrupt a run or a launcher with SIGINT would then see it finish instead.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+# Under pytest-xdist (`-n`), each worker gets its share of the cores, it and the runs it starts, as the multi
+# launcher does: oversubscribed OpenMP pools slow a run several-fold.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ.setdefault("OMP_NUM_THREADS", _threads)
+    os.environ.setdefault("MKL_NUM_THREADS", _threads)
 
 ROOT = Path(__file__).resolve().parents[1]
 

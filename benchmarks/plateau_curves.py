@@ -1,0 +1,114 @@
+"""Training-domain validation curves, and whether each run has plateaued (docs/real_images.md,
+docs/rotated_fmnist.md).
+
+    python benchmarks/plateau_curves.py --input_dir docs/measured/colored_fmnist_plateau --output curve.png
+
+For every run below --input_dir (its results.jsonl), the mean over training environments of the 'out'
+(validation) accuracy at each checkpoint: what DomainBed's training-domain selection reads. The PNG has one
+line per (algorithm, held-out environment), averaged over trials of the default hparams (hparams_seed 0),
+with the held-out 'in' accuracy dashed; the same numbers are printed as a table. Then one line per run with
+the plateau rule of docs/real_images.md: the mean of the last ``--window`` checkpoints is within
+``--tolerance`` of the mean of the ``--window`` before; the last line counts the runs that pass.
+"""
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+
+from harness.checkpoints import RESULTS, scan_records
+
+Curve = list[tuple[int, float, float]]  # (step, training-domain validation accuracy, held-out 'in' accuracy)
+
+
+def run_curve(path: Path) -> tuple[dict, Curve]:
+    """One run's arguments and its curve, in step order."""
+    records = scan_records(path).records
+    curve = []
+    for r in records:
+        test = r["args"]["test_envs"]
+        n_envs = sum(1 for k in r if k.startswith("env") and k.endswith("_out_acc"))
+        val = [r[f"env{i}_out_acc"] for i in range(n_envs) if i not in test]
+        curve.append((r["step"], sum(val) / len(val), sum(r[f"env{i}_in_acc"] for i in test) / len(test)))
+    return (records[-1]["args"] if records else {}), sorted(curve)
+
+
+def plateau(curve: Curve, window: int, tolerance: float) -> tuple[float, float, bool] | None:
+    """(mean of the last ``window`` validation accuracies, mean of the ``window`` before, within ``tolerance``);
+    None when the run has fewer than 2 * window checkpoints."""
+    if len(curve) < 2 * window:
+        return None
+    last = sum(v for _, v, _ in curve[-window:]) / window
+    before = sum(v for _, v, _ in curve[-2 * window:-window]) / window
+    return last, before, abs(last - before) <= tolerance
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--input_dir", type=Path, required=True)
+    p.add_argument("--output", type=Path, help="the PNG (default: none, tables only)")
+    p.add_argument("--window", type=int, default=5, help="checkpoints per mean (default 5)")
+    p.add_argument("--tolerance", type=float, default=0.01, help="largest change of the mean (default 0.01)")
+    a = p.parse_args()
+
+    runs = {path.parent: run_curve(path) for path in sorted(a.input_dir.rglob(RESULTS))}
+    mean: dict[tuple[str, int], dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for args, curve in runs.values():
+        if args.get("hparams_seed") == 0:
+            for step, val, held in curve:
+                mean[(args["algorithm"], args["test_envs"][0])][step].append((val, held))
+
+    print("| algorithm | held-out env | step | training-domain val acc | held-out acc | trials |")
+    print("|---|---|---|---|---|---|")
+    for (alg, te), by_step in sorted(mean.items()):
+        for s in sorted(by_step):
+            vals = by_step[s]
+            print(f"| {alg} | {te} | {s} | {sum(v for v, _ in vals) / len(vals):.3f} | "
+                  f"{sum(h for _, h in vals) / len(vals):.3f} | {len(vals)} |")
+
+    print(f"\n| run | last {a.window} | {a.window} before | plateau (within {a.tolerance}) |")
+    print("|---|---|---|---|")
+    passed = judged = 0
+    for run_dir, (_, curve) in runs.items():
+        verdict = plateau(curve, a.window, a.tolerance)
+        if verdict is None:
+            print(f"| {run_dir.name} | - | - | too few checkpoints ({len(curve)}) |")
+            continue
+        judged += 1
+        passed += verdict[2]
+        print(f"| {run_dir.name} | {verdict[0]:.3f} | {verdict[1]:.3f} | {'yes' if verdict[2] else 'no'} |")
+    print(f"\n{passed} of {judged} runs plateaued ({len(runs) - judged} with too few checkpoints)")
+
+    if a.output:
+        plot(mean, a.output)
+
+
+def plot(mean: dict, output: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    test_envs = sorted({t for _, t in mean})
+    fig, axes = plt.subplots(1, len(test_envs), figsize=(5.5 * len(test_envs), 4), squeeze=False)
+    for ax, t in zip(axes[0], test_envs):
+        for (alg, te), by_step in sorted(mean.items()):
+            if te != t:
+                continue
+            steps = sorted(by_step)
+            line, = ax.plot(steps, [sum(v for v, _ in by_step[s]) / len(by_step[s]) for s in steps], label=alg)
+            ax.plot(steps, [sum(h for _, h in by_step[s]) / len(by_step[s]) for s in steps], ls="--",
+                    color=line.get_color(), alpha=0.6)
+        ax.set_title(f"held-out env {t}: solid = training-domain val, dashed = held-out")
+        ax.set_xlabel("step")
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(output, dpi=110)
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()

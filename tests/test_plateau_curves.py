@@ -1,0 +1,38 @@
+"""benchmarks/plateau_curves.py, the plateau rule of docs/real_images.md, on the committed records."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDS = ROOT / "docs" / "measured" / "colored_fmnist_plateau"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from plateau_curves import plateau  # noqa: E402
+
+
+def test_rule_needs_two_windows_and_compares_their_means():
+    flat = [(s, 0.8, 0.3) for s in range(10)]
+    assert plateau(flat[:9], 5, 0.01) is None
+    assert plateau(flat, 5, 0.01) == (0.8, 0.8, True)
+    rising = [(s, 0.5 + 0.005 * s, 0.3) for s in range(10)]  # the last five average 0.025 above the five before
+    last, before, ok = plateau(rising, 5, 0.01)
+    assert abs(last - before - 0.025) < 1e-12 and not ok
+    assert plateau(rising, 5, 0.03)[2]
+
+
+def test_verdicts_match_the_records(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/plateau_curves.py", "--input_dir", str(RECORDS),
+                           "--output", str(tmp_path / "curve.png")], capture_output=True, text=True, cwd=ROOT, check=True)
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[-1].strip(" |")
+            for line in proc.stdout.splitlines() if line.startswith("| ColoredFashionMNIST-")}
+    runs = sorted(p.parent for p in RECORDS.rglob("results.jsonl"))
+    assert len(rows) == len(runs) >= 6 and (tmp_path / "curve.png").stat().st_size > 0
+    for run in runs:  # the rule recomputed from the raw lines
+        recs = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+        train = [i for i in range(3) if i not in recs[0]["args"]["test_envs"]]
+        val = [sum(r[f"env{i}_out_acc"] for i in train) / len(train) for r in recs]
+        expected = abs(sum(val[-5:]) / 5 - sum(val[-10:-5]) / 5) <= 0.01
+        assert rows[run.name] == ("yes" if expected else "no"), run.name
+    assert f"{sum(v == 'yes' for v in rows.values())} of {len(rows)} runs plateaued" in proc.stdout
