@@ -25,9 +25,10 @@ from harness.selection import METHODS
 
 
 def mean_se(xs: list[float]) -> tuple[float, float]:
+    """Mean and standard error (NaN for one trial: collect_results leaves it blank)."""
     m = sum(xs) / len(xs)
     sd = math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
-    return m, sd / math.sqrt(len(xs))
+    return m, sd / math.sqrt(len(xs)) if len(xs) > 1 else math.nan
 
 
 def read(specs: list[str]) -> pd.DataFrame:
@@ -76,7 +77,7 @@ def main() -> None:
         if (a.vs, te) in res and alg != a.vs:
             m0, se0 = mean_se(res[(a.vs, te)])
             diff = f"{100 * (m - m0):+.1f} ± {100 * math.hypot(se, se0):.1f}"
-        print(f"| {alg} | {te} | {', '.join(notes)} | {100 * m:.1f} ± {100 * se:.1f} | {diff} |")
+        print(f"| {alg} | {te} | {', '.join(notes)} | {100 * m:.1f} ± {100 * se:.1f} | {diff} |".replace("nan", "-"))
 
 
 if __name__ == "__main__":

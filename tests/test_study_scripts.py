@@ -1,9 +1,14 @@
-"""benchmarks/plateau_curves.py, the plateau rule of docs/real_images.md, on the committed records."""
+"""The scripts behind docs/real_images.md, on the committed records: benchmarks/plateau_curves.py (the plateau
+rule) and benchmarks/compare_algorithms.py (each algorithm minus ERM), the latter against collect_results."""
 
+import csv
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "docs" / "measured" / "colored_fmnist_plateau"
@@ -36,3 +41,22 @@ def test_verdicts_match_the_records(tmp_path):
         expected = abs(sum(val[-5:]) / 5 - sum(val[-10:-5]) / 5) <= 0.01
         assert rows[run.name] == ("yes" if expected else "no"), run.name
     assert f"{sum(v == 'yes' for v in rows.values())} of {len(rows)} runs plateaued" in proc.stdout
+
+
+@pytest.mark.parametrize("selection, metric", [("training_domain", "acc"), ("oracle", "wg_acc")])
+def test_comparison_means_equal_collect_results(selection, metric):
+    def run(*args):
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+
+    table = run("-m", "harness.collect_results", "--input_dir", str(RECORDS), "--no_plots", "--format", "csv",
+                "--selection", selection)
+    expected = {r["algorithm"]: (float(r["mean"]), float(r["stderr"]) if r["stderr"] else None) for r in csv.DictReader(io.StringIO(table))
+                if r["metric"] == metric and r["column"] == "-90%"}
+    rows = [line.split(" | ") for line in run("benchmarks/compare_algorithms.py", "--input_dir", str(RECORDS),
+                                              "--selection", selection, "--metric", metric).splitlines()
+            if line.startswith("| ") and line.split(" | ")[1] == "2"]
+    got = {r[0].strip("| "): r[3].split(" ± ") for r in rows}
+    assert set(got) == set(expected) and len(got) >= 6
+    for alg, (mean, se) in got.items():  # one trial: no standard error in either
+        assert abs(float(mean) - expected[alg][0]) <= 0.051, (alg, mean, expected[alg])
+        assert se == "-" if expected[alg][1] is None else abs(float(se) - expected[alg][1]) <= 0.051, (alg, se)
