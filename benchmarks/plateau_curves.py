@@ -99,7 +99,7 @@ def plot(mean: dict, output: Path) -> None:
             line, = ax.plot(steps, [sum(v for v, _ in by_step[s]) / len(by_step[s]) for s in steps], label=alg)
             ax.plot(steps, [sum(h for _, h in by_step[s]) / len(by_step[s]) for s in steps], ls="--",
                     color=line.get_color(), alpha=0.6)
-        ax.set_title(f"held-out env {t}: solid = training-domain val, dashed = held-out")
+        ax.set_title(f"held-out env {t}\nsolid: training-domain validation, dashed: held-out", fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)

@@ -19,9 +19,10 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 # Under pytest-xdist (`-n`), each worker gets its share of the cores, it and the runs it starts, as the multi
 # launcher does: oversubscribed OpenMP pools slow a run several-fold.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
-    os.environ.setdefault("OMP_NUM_THREADS", _threads)
-    os.environ.setdefault("MKL_NUM_THREADS", _threads)
+    from harness.launchers import thread_env, threads_per_worker
+
+    for _name, _value in thread_env(threads_per_worker(int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))).items():
+        os.environ.setdefault(_name, _value)
 
 ROOT = Path(__file__).resolve().parents[1]
 
