@@ -15,4 +15,4 @@ for run in "$src"/*/; do
   cp "$run/done" "$dst/$name/done"  # last, as a run writes it
   n=$((n + 1))
 done
-echo "copied $n finished runs into $dst ($(ls "$dst" | wc -l) in all)"
+echo "copied $n finished runs into $dst ($(find "$dst" -mindepth 1 -maxdepth 1 -type d | wc -l) in all)"
