@@ -1,0 +1,68 @@
+"""Does MultiTask's evaluation head converge on a finished run's features? (docs/real_images.md)
+
+    python benchmarks/multitask_eval_head.py RUN_DIR [--lr 0.5 0.05]
+
+MultiTask (harness/algorithms/multitask.py) reads the dataset's label through ``adapt``: a linear head from
+zero, ``4 * head_steps`` plain gradient steps of size ``head_lr`` on the frozen features of the trainer's
+``eval_n_fit`` training-domain points (``harness.evaluation.eval_predictor``'s draw). Gradient descent on a
+logistic loss is stable only for step sizes below 2 / L, with L up to 1/4 of the largest eigenvalue of the
+features' covariance for a binary head; this prints that eigenvalue, and the loss and accuracy on those
+points after each step, for each ``--lr`` (the run's ``head_lr`` first by default).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from harness.algorithms.episodic import eval_mode, head_logits  # noqa: E402
+from harness.checkpoints import finished_run, rebuild  # noqa: E402
+from harness.datasets.tasks import ConcatEnv  # noqa: E402
+from harness.hparams import episodic  # noqa: E402
+from harness.loop import run_splits  # noqa: E402
+from harness.utils import generator  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", type=Path)
+    p.add_argument("--lr", type=float, nargs="*", help="step sizes (default: the run's head_lr and a tenth of it)")
+    a = p.parse_args()
+    run = finished_run(a.run)
+    if run.last["args"]["algorithm"] != "MultiTask":
+        p.error(f"{a.run} is a {run.last['args']['algorithm']} run, not MultiTask")
+    args = argparse.Namespace(**run.last["args"])
+    algorithm, dataset = rebuild(run, os.environ.get("HARNESS_DATA", "data"))
+    _, train_envs, _ = run_splits(dataset, args)
+    pool = ConcatEnv(train_envs)
+    n_fit = episodic(run.hparams, "eval_n_fit")
+    x, y = pool.batch(torch.randperm(len(pool), generator=generator(args.seed, "adapt"))[: n_fit or len(pool)])
+    with torch.no_grad(), eval_mode(algorithm):
+        z = algorithm.features(x)
+    top = torch.linalg.eigvalsh(torch.cov(z.T))[-3:].tolist()
+    print(f"{a.run.name}: step {run.last['step']}, {len(y)} points, feature dim {z.shape[1]}, "
+          f"largest covariance eigenvalues {', '.join(f'{e:.3g}' for e in reversed(top))}")
+    K = 1 if int(y.max()) + 1 == 2 else int(y.max()) + 1
+    head_lr, steps = run.hparams["head_lr"], 4 * run.hparams["head_steps"]
+    for lr in a.lr or [head_lr, head_lr / 10]:
+        W, b = z.new_zeros(z.shape[1], K), z.new_zeros(K)
+        trace = []
+        for _ in range(steps):  # MultiTask.fit_heads for one task, adapting=True
+            W.requires_grad_(True), b.requires_grad_(True)
+            gW, gb = torch.autograd.grad(F.cross_entropy(head_logits(z, W, b), y), (W, b))
+            W, b = (W - lr * gW).detach(), (b - lr * gb).detach()
+            logits = head_logits(z, W, b)
+            trace.append((F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()))
+        print(f"lr {lr:g}, {steps} steps: (loss, accuracy) after steps 1-6 "
+              + " ".join(f"({l:.2f}, {c:.3f})" for l, c in trace[:6])
+              + " ... last 4 " + " ".join(f"({l:.2f}, {c:.3f})" for l, c in trace[-4:]))
+
+
+if __name__ == "__main__":
+    main()
