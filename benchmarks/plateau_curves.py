@@ -8,7 +8,8 @@ For every run below --input_dir (its results.jsonl), the mean over training envi
 line per (algorithm, held-out environment), averaged over trials of the default hparams (hparams_seed 0),
 with the held-out 'in' accuracy dashed; the same numbers are printed as a table. Then one line per run with
 the plateau rule of docs/real_images.md: the mean of the last ``--window`` checkpoints is within
-``--tolerance`` of the mean of the ``--window`` before; the last line counts the runs that pass.
+``--tolerance`` of the mean of the ``--window`` before; also the step from which the run stays within ``--band``
+of that last mean. The last line counts the runs that pass.
 """
 from __future__ import annotations
 
@@ -43,12 +44,25 @@ def plateau(curve: Curve, window: int, tolerance: float) -> tuple[float, float, 
     return last, before, abs(last - before) <= tolerance
 
 
+def settled_from(curve: Curve, window: int, band: float) -> int:
+    """The first step from which every validation accuracy stays within ``band`` of the last-``window`` mean."""
+    last = sum(v for _, v, _ in curve[-window:]) / window
+    step = curve[-1][0]
+    for s, v, _ in reversed(curve):
+        if abs(v - last) > band:
+            break
+        step = s
+    return step
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input_dir", type=Path, required=True)
     p.add_argument("--output", type=Path, help="the PNG (default: none, tables only)")
     p.add_argument("--window", type=int, default=5, help="checkpoints per mean (default 5)")
     p.add_argument("--tolerance", type=float, default=0.01, help="largest change of the mean (default 0.01)")
+    p.add_argument("--band", type=float, default=0.02,
+                   help="a run has settled from the first step after which it stays within this of its last mean")
     a = p.parse_args()
 
     runs = {path.parent: run_curve(path) for path in sorted(a.input_dir.rglob(RESULTS))}
@@ -66,17 +80,18 @@ def main() -> None:
             print(f"| {alg} | {te} | {s} | {sum(v for v, _ in vals) / len(vals):.3f} | "
                   f"{sum(h for _, h in vals) / len(vals):.3f} | {len(vals)} |")
 
-    print(f"\n| run | last {a.window} | {a.window} before | plateau (within {a.tolerance}) |")
-    print("|---|---|---|---|")
+    print(f"\n| run | last {a.window} | {a.window} before | within {a.band} of the last from step | plateau (within {a.tolerance}) |")
+    print("|---|---|---|---|---|")
     passed = judged = 0
     for run_dir, (_, curve) in runs.items():
         verdict = plateau(curve, a.window, a.tolerance)
         if verdict is None:
-            print(f"| {run_dir.name} | - | - | too few checkpoints ({len(curve)}) |")
+            print(f"| {run_dir.name} | - | - | - | too few checkpoints ({len(curve)}) |")
             continue
         judged += 1
         passed += verdict[2]
-        print(f"| {run_dir.name} | {verdict[0]:.3f} | {verdict[1]:.3f} | {'yes' if verdict[2] else 'no'} |")
+        print(f"| {run_dir.name} | {verdict[0]:.3f} | {verdict[1]:.3f} | {settled_from(curve, a.window, a.band)} | "
+              f"{'yes' if verdict[2] else 'no'} |")
     print(f"\n{passed} of {judged} runs plateaued ({len(runs) - judged} with too few checkpoints)")
 
     if a.output:
