@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.errors import cli
 from harness.records import load_records, records_frame
 from harness.selection import METHODS
 
@@ -81,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)()

@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from harness.algorithms.episodic import eval_mode, head_logits  # noqa: E402
 from harness.checkpoints import finished_run, rebuild  # noqa: E402
 from harness.datasets.tasks import ConcatEnv  # noqa: E402
+from harness.errors import cli  # noqa: E402
 from harness.hparams import episodic  # noqa: E402
 from harness.loop import run_splits  # noqa: E402
 from harness.utils import generator  # noqa: E402
@@ -65,4 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)()

@@ -18,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from harness.checkpoints import RESULTS, scan_records
+from harness.errors import UserError, cli
 
 Curve = list[tuple[int, float, float]]  # (step, training-domain validation accuracy, held-out 'in' accuracy)
 
@@ -65,6 +66,8 @@ def main() -> None:
                    help="a run has settled from the first step after which it stays within this of its last mean")
     a = p.parse_args()
 
+    if not a.input_dir.is_dir():
+        raise UserError(f"input directory {a.input_dir} does not exist")
     runs = {path.parent: run_curve(path) for path in sorted(a.input_dir.rglob(RESULTS))}
     mean: dict[tuple[str, int], dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     for args, curve in runs.values():
@@ -126,4 +129,4 @@ def plot(mean: dict, output: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)()
