@@ -50,8 +50,11 @@ def main() -> None:
     p.add_argument("--vs", default="ERM")
     p.add_argument("--selection", default="training_domain", choices=sorted(METHODS))
     p.add_argument("--metric", default="acc", choices=["acc", "wg_acc"])
+    p.add_argument("--trials", type=int, nargs="+", help="only these trial seeds (default: every trial)")
     a = p.parse_args()
     df = read(a.input_dir)
+    if a.trials is not None:
+        df = df[df["trial_seed"].isin(a.trials)]
     method = METHODS[a.selection]
     test_envs = sorted({t[0] for t in df["test_envs"] if len(t) == 1})
     res: dict[tuple[str, int], list[float]] = {}

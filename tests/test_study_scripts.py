@@ -66,3 +66,10 @@ def test_comparison_means_equal_collect_results(selection, metric):
     for alg, (mean, se) in got.items():  # one trial: no standard error in either
         assert abs(float(mean) - expected[alg][0]) <= 0.051, (alg, mean, expected[alg])
         assert se == "-" if expected[alg][1] is None else abs(float(se) - expected[alg][1]) <= 0.051, (alg, se)
+
+
+def test_comparison_keeps_only_the_trials_asked_for():
+    out = subprocess.run([sys.executable, "benchmarks/compare_algorithms.py", "--input_dir", str(RECORDS), "--trials", "0"],
+                         capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| ") and line.split(" | ")[1] == "2"]
+    assert len(rows) >= 6 and all("," not in r[2] and r[3].endswith("± -") for r in rows), out
