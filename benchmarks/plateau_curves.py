@@ -23,8 +23,8 @@ from harness.errors import UserError, cli
 Curve = list[tuple[int, float, float]]  # (step, training-domain validation accuracy, held-out 'in' accuracy)
 
 
-def run_curve(path: Path) -> tuple[dict, Curve]:
-    """One run's arguments and its curve, in step order."""
+def run_curve(path: Path) -> tuple[dict, Curve, list[str]]:
+    """One run's arguments, its curve in step order, and its environments' names (empty if unrecorded)."""
     records = scan_records(path).records
     curve = []
     for r in records:
@@ -32,7 +32,8 @@ def run_curve(path: Path) -> tuple[dict, Curve]:
         n_envs = sum(1 for k in r if k.startswith("env") and k.endswith("_out_acc"))
         val = [r[f"env{i}_out_acc"] for i in range(n_envs) if i not in test]
         curve.append((r["step"], sum(val) / len(val), sum(r[f"env{i}_in_acc"] for i in test) / len(test)))
-    return (records[-1]["args"] if records else {}), sorted(curve)
+    last = records[-1] if records else {}
+    return last.get("args", {}), sorted(curve), last.get("environments") or []
 
 
 def plateau(curve: Curve, window: int, tolerance: float) -> tuple[float, float, bool] | None:
@@ -70,7 +71,8 @@ def main() -> None:
         raise UserError(f"input directory {a.input_dir} does not exist")
     runs = {path.parent: run_curve(path) for path in sorted(a.input_dir.rglob(RESULTS))}
     mean: dict[tuple[str, int], dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
-    for args, curve in runs.values():
+    names = {i: name for *_, envs in runs.values() for i, name in enumerate(envs)}  # env index -> name
+    for args, curve, _ in runs.values():
         if args.get("hparams_seed") == 0:
             for step, val, held in curve:
                 mean[(args["algorithm"], args["test_envs"][0])][step].append((val, held))
@@ -86,7 +88,7 @@ def main() -> None:
     print(f"\n| run | last {a.window} | {a.window} before | within {a.band} of the last from step | plateau (within {a.tolerance}) |")
     print("|---|---|---|---|---|")
     passed = judged = 0
-    for run_dir, (_, curve) in runs.items():
+    for run_dir, (_, curve, _) in runs.items():
         verdict = plateau(curve, a.window, a.tolerance)
         if verdict is None:
             print(f"| {run_dir.name} | - | - | - | too few checkpoints ({len(curve)}) |")
@@ -98,10 +100,10 @@ def main() -> None:
     print(f"\n{passed} of {judged} runs plateaued ({len(runs) - judged} with too few checkpoints)")
 
     if a.output:
-        plot(mean, a.output)
+        plot(mean, a.output, names)
 
 
-def plot(mean: dict, output: Path) -> None:
+def plot(mean: dict, output: Path, names: dict[int, str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,7 +119,8 @@ def plot(mean: dict, output: Path) -> None:
             line, = ax.plot(steps, [sum(v for v, _ in by_step[s]) / len(by_step[s]) for s in steps], label=alg)
             ax.plot(steps, [sum(h for _, h in by_step[s]) / len(by_step[s]) for s in steps], ls="--",
                     color=line.get_color(), alpha=0.6)
-        ax.set_title(f"held-out env {t}\nsolid: training-domain validation, dashed: held-out", fontsize=10)
+        held_out = f"'{names[t]}' (env {t})" if t in names else f"env {t}"
+        ax.set_title(f"held out {held_out}\nsolid: training-domain validation, dashed: held-out", fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
