@@ -7,7 +7,8 @@ zero, ``4 * head_steps`` plain gradient steps of size ``head_lr`` on the frozen 
 ``eval_n_fit`` training-domain points (``harness.evaluation.eval_predictor``'s draw). Gradient descent on a
 logistic loss is stable only for step sizes below 2 / L, with L up to 1/4 of the largest eigenvalue of the
 features' covariance for a binary head; this prints that eigenvalue, and the loss and accuracy on those
-points after each step, for each ``--lr`` (the run's ``head_lr`` first by default).
+points after each step, for each ``--lr``. By default: the run's ``head_lr`` (what the evaluation head took
+before it was bounded) and ``min(head_lr, multitask.stable_step)``, what it takes now.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from harness.algorithms.episodic import eval_mode, head_logits  # noqa: E402
+from harness.algorithms.multitask import stable_step  # noqa: E402
 from harness.checkpoints import finished_run, rebuild  # noqa: E402
 from harness.datasets.tasks import ConcatEnv  # noqa: E402
 from harness.errors import cli  # noqa: E402
@@ -33,7 +35,8 @@ from harness.utils import generator  # noqa: E402
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", type=Path)
-    p.add_argument("--lr", type=float, nargs="*", help="step sizes (default: the run's head_lr and a tenth of it)")
+    p.add_argument("--lr", type=float, nargs="*",
+                   help="step sizes (default: the run's head_lr and the evaluation head's bounded step)")
     a = p.parse_args()
     run = finished_run(a.run)
     if run.last["args"]["algorithm"] != "MultiTask":
@@ -49,9 +52,11 @@ def main() -> None:
     top = torch.linalg.eigvalsh(torch.cov(z.T))[-3:].tolist()
     print(f"{a.run.name}: step {run.last['step']}, {len(y)} points, feature dim {z.shape[1]}, "
           f"largest covariance eigenvalues {', '.join(f'{e:.3g}' for e in reversed(top))}")
-    K = 1 if int(y.max()) + 1 == 2 else int(y.max()) + 1
+    n_classes = int(y.max()) + 1
+    K = 1 if n_classes == 2 else n_classes
     head_lr, steps = run.hparams["head_lr"], 4 * run.hparams["head_steps"]
-    for lr in a.lr or [head_lr, head_lr / 10]:
+    bounded = min(head_lr, stable_step(z[None], n_classes).item())
+    for lr in a.lr or [head_lr, bounded]:
         W, b = z.new_zeros(z.shape[1], K), z.new_zeros(K)
         trace = []
         for _ in range(steps):  # MultiTask.fit_heads for one task, adapting=True

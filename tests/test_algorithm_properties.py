@@ -301,3 +301,62 @@ def test_metaoptnet_predicts_like_the_svm_it_solves():
     assert logits.shape == (5, 3)
     with pytest.raises(TypeError, match="adapt"):
         algo.predict(sx)
+
+
+# --- MultiTask ---------------------------------------------------------------------------------
+def nearly_rank_one(n=400, d=128, num_classes=2, seed=0):
+    """Standardised features (as batchnorm leaves them) that all follow one direction, the shape
+    MultiTask's features took on ColoredFashionMNIST (largest covariance eigenvalue ~d), and noisy labels."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(n, 1, generator=g)
+    z = s * torch.randn(1, d, generator=g).sign() + 0.05 * torch.randn(n, d, generator=g)
+    z = (z - z.mean(0)) / z.std(0)
+    edges = torch.linspace(-1, 1, num_classes + 1)[1:-1]
+    y = torch.bucketize(s[:, 0] + 1.5 * torch.randn(n, generator=g), edges)
+    return z, y
+
+
+def head_loss(W, b, z, y):
+    from harness.algorithms.episodic import head_logits
+
+    return F.cross_entropy(head_logits(z, W[0], b[0]), y).item()
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_multitask_evaluation_head_descends_where_head_lr_cycles(num_classes):
+    """The adapting head's steps are bounded by the features' curvature (multitask.stable_step), so its
+    loss never rises; the same steps at the training ``head_lr`` of 0.5 do rise on these features."""
+    from harness.algorithms.multitask import stable_step
+
+    algo = build("MultiTask", num_classes=num_classes)
+    z, y = nearly_rank_one(num_classes=num_classes)
+    step = stable_step(z[None], num_classes)
+    assert step.item() < algo.hparams["head_lr"] / 4
+    losses, fixed = [], []
+    for steps in range(1, 21):
+        losses.append(head_loss(*algo.fit_heads(z[None], y[None], num_classes, steps, False, step), z, y))
+        fixed.append(head_loss(*algo.fit_heads(z[None], y[None], num_classes, steps, False, 0.5), z, y))
+    assert all(b <= a + 1e-6 for a, b in zip(losses, losses[1:]))
+    assert any(b > a + 0.1 for a, b in zip(fixed, fixed[1:]))  # the cycle the bound removes
+    algo.hparams["head_steps"] = 5  # the evaluation head: 4 x head_steps = 20 steps of the bounded size
+    head = algo.fit_head(z[None], y[None], num_classes, adapting=True)
+    assert F.cross_entropy(head(z[None])[0], y).item() == pytest.approx(losses[-1], abs=1e-6)
+
+
+def test_multitask_evaluation_head_converges_to_logistic_regression():
+    """With enough bounded steps the head is scikit-learn's unpenalised logistic regression on the same
+    features; on features whose curvature allows ``head_lr`` the step is ``head_lr`` itself."""
+    from sklearn.linear_model import LogisticRegression
+
+    from harness.algorithms.multitask import stable_step
+
+    algo = build("MultiTask", num_classes=3)
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(300, 4, generator=g)
+    y = torch.bucketize(z[:, 0] - z[:, 1] + torch.randn(300, generator=g), torch.tensor([-0.5, 0.5]))
+    assert stable_step(z[None], 3).item() > algo.hparams["head_lr"]  # isotropic: the clamp leaves head_lr
+    algo.hparams["head_steps"] = 500
+    head = algo.fit_head(z[None], y[None], 3, adapting=True)
+    ref = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10_000).fit(z.double().numpy(), y.numpy())
+    ref_loss = F.cross_entropy(torch.from_numpy(ref.decision_function(z.double().numpy())), y).item()
+    assert F.cross_entropy(head(z[None])[0], y).item() == pytest.approx(ref_loss, abs=1e-4)
