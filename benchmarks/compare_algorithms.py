@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.collect_results import env_names
 from harness.errors import cli
 from harness.records import load_records, records_frame
 from harness.selection import METHODS
@@ -57,6 +58,7 @@ def main() -> None:
         df = df[df["trial_seed"].isin(a.trials)]
     method = METHODS[a.selection]
     test_envs = sorted({t[0] for t in df["test_envs"] if len(t) == 1})
+    names = env_names(df)
     res: dict[tuple[str, int], list[float]] = {}
     rows = []
     for alg in sorted(df["algorithm"].unique()):
@@ -81,7 +83,7 @@ def main() -> None:
         if (a.vs, te) in res and alg != a.vs:
             m0, se0 = mean_se(res[(a.vs, te)])
             diff = f"{100 * (m - m0):+.1f} ± {100 * math.hypot(se, se0):.1f}"
-        print(f"| {alg} | {te} | {', '.join(notes)} | {100 * m:.1f} ± {100 * se:.1f} | {diff} |".replace("nan", "-"))
+        print(f"| {alg} | {names.get(te, te)} | {', '.join(notes)} | {100 * m:.1f} ± {100 * se:.1f} | {diff} |".replace("nan", "-"))
 
 
 if __name__ == "__main__":
