@@ -3,7 +3,7 @@
     python benchmarks/multitask_eval_head.py RUN_DIR [--lr 0.5 0.05]
 
 MultiTask (harness/algorithms/multitask.py) reads the dataset's label through ``adapt``: a linear head from
-zero, ``4 * head_steps`` plain gradient steps of size ``head_lr`` on the frozen features of the trainer's
+zero, ``4 * head_steps`` plain gradient steps (of size ``head_lr`` before commit 9d386c8) on the frozen features of the trainer's
 ``eval_n_fit`` training-domain points (``harness.evaluation.eval_predictor``'s draw). Gradient descent on a
 logistic loss is stable only for step sizes below 2 / L, with L up to 1/4 of the largest eigenvalue of the
 features' covariance for a binary head; this prints that eigenvalue, and the loss and accuracy on those
@@ -53,17 +53,13 @@ def main() -> None:
     print(f"{a.run.name}: step {run.last['step']}, {len(y)} points, feature dim {z.shape[1]}, "
           f"largest covariance eigenvalues {', '.join(f'{e:.3g}' for e in reversed(top))}")
     n_classes = int(y.max()) + 1
-    K = 1 if n_classes == 2 else n_classes
     head_lr, steps = run.hparams["head_lr"], 4 * run.hparams["head_steps"]
     bounded = min(head_lr, stable_step(z[None], n_classes).item())
     for lr in a.lr or [head_lr, bounded]:
-        W, b = z.new_zeros(z.shape[1], K), z.new_zeros(K)
         trace = []
-        for _ in range(steps):  # MultiTask.fit_heads for one task, adapting=True
-            W.requires_grad_(True), b.requires_grad_(True)
-            gW, gb = torch.autograd.grad(F.cross_entropy(head_logits(z, W, b), y), (W, b))
-            W, b = (W - lr * gW).detach(), (b - lr * gb).detach()
-            logits = head_logits(z, W, b)
+        for k in range(1, steps + 1):  # the head after k of MultiTask's steps (adapting: not differentiable)
+            W, b = algorithm.fit_heads(z[None], y[None], n_classes, k, False, lr)
+            logits = head_logits(z, W[0], b[0])
             trace.append((F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()))
         print(f"lr {lr:g}, {steps} steps: (loss, accuracy) after steps 1-6 "
               + " ".join(f"({l:.2f}, {c:.3f})" for l, c in trace[:6])
