@@ -83,7 +83,8 @@ def main() -> None:
         if (a.vs, te) in res and alg != a.vs:
             m0, se0 = mean_se(res[(a.vs, te)])
             diff = f"{100 * (m - m0):+.1f} ± {100 * math.hypot(se, se0):.1f}"
-        print(f"| {alg} | {names.get(te, te)} | {', '.join(notes)} | {100 * m:.1f} ± {100 * se:.1f} | {diff} |".replace("nan", "-"))
+        row = f"| {alg} | {names.get(te, te)} | {', '.join(notes)} | {100 * m:.1f} ± {100 * se:.1f} | {diff} |"
+        print(row.replace("nan", "-"))
 
 
 if __name__ == "__main__":
