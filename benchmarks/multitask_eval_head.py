@@ -4,11 +4,11 @@
 
 MultiTask (harness/algorithms/multitask.py) reads the dataset's label through ``adapt``: a linear head from
 zero, ``4 * head_steps`` plain gradient steps (of size ``head_lr`` before commit 9d386c8) on the frozen
-features of the trainer's ``eval_n_fit`` training-domain points (``harness.evaluation.eval_predictor``'s draw). Gradient descent on a
-logistic loss is stable only for step sizes below 2 / L, with L up to 1/4 of the largest eigenvalue of the
-features' covariance for a binary head; this prints that eigenvalue, and the loss and accuracy on those
-points after each step, for each ``--lr``. By default: the run's ``head_lr`` (what the evaluation head took
-before it was bounded) and ``min(head_lr, multitask.stable_step)``, what it takes now.
+features of the trainer's ``eval_n_fit`` training-domain points (``harness.evaluation.eval_predictor``'s
+draw). Gradient descent on a logistic loss is stable only for step sizes below 2 / L, with L up to 1/4 of the
+largest eigenvalue of the features' covariance for a binary head; this prints that eigenvalue, and the loss
+and accuracy on those points after each step, for each ``--lr``. By default: the run's ``head_lr`` (what the
+evaluation head took before it was bounded) and ``min(head_lr, multitask.stable_step)``, what it takes now.
 """
 from __future__ import annotations
 
