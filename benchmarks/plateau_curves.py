@@ -82,7 +82,7 @@ def main() -> None:
     for (alg, te), by_step in sorted(mean.items()):
         for s in sorted(by_step):
             vals = by_step[s]
-            print(f"| {alg} | {te} | {s} | {sum(v for v, _ in vals) / len(vals):.3f} | "
+            print(f"| {alg} | {names.get(te, te)} | {s} | {sum(v for v, _ in vals) / len(vals):.3f} | "
                   f"{sum(h for _, h in vals) / len(vals):.3f} | {len(vals)} |")
 
     print(f"\n| run | last {a.window} | {a.window} before | within {a.band} of the last from step | plateau (within {a.tolerance}) |")
