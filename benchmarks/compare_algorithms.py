@@ -2,7 +2,7 @@
 
     python benchmarks/compare_algorithms.py --input_dir docs/measured/rotated_fmnist/runs [--vs ERM]
     python benchmarks/compare_algorithms.py --input_dir docs/measured/colored_fmnist_plateau \
-        --input_dir probe=docs/measured/colored_fmnist_plateau_probe --selection oracle --metric wg_acc
+        --input_dir probe=docs/measured/colored_fmnist_plateau_probe --selection oracle --metric wg_acc --draws 0
 
 A selection method of ``harness.selection`` (default training-domain validation, DomainBed's) picks, per
 (algorithm, held-out env, trial), the hparams draw and checkpoint; the script prints the held-out 'in'
@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.collect_results import env_names
-from harness.errors import cli
+from harness.errors import UserError, cli
 from harness.records import load_records, records_frame
 from harness.selection import METHODS
 
@@ -52,10 +52,15 @@ def main() -> None:
     p.add_argument("--selection", default="training_domain", choices=sorted(METHODS))
     p.add_argument("--metric", default="acc", choices=["acc", "wg_acc"])
     p.add_argument("--trials", type=int, nargs="+", help="only these trial seeds (default: every trial)")
+    p.add_argument("--draws", type=int, nargs="+", help="only these hparam draws (0: defaults; default: every draw)")
     a = p.parse_args()
     df = read(a.input_dir)
     if a.trials is not None:
         df = df[df["trial_seed"].isin(a.trials)]
+    if a.draws is not None:
+        df = df[df["hparams_seed"].isin(a.draws)]
+    if df.empty:
+        raise UserError("no records left after --trials/--draws")
     method = METHODS[a.selection]
     test_envs = sorted({t[0] for t in df["test_envs"] if len(t) == 1})
     names = env_names(df)

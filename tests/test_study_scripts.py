@@ -73,3 +73,15 @@ def test_comparison_keeps_only_the_trials_asked_for():
                          capture_output=True, text=True, cwd=ROOT, check=True).stdout
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| ") and line.split(" | ")[1] == "-90%"]
     assert len(rows) >= 6 and all("," not in r[2] and r[3].endswith("± -") for r in rows), out
+
+
+def test_comparison_keeps_only_the_draws_asked_for():
+    def run(*args):
+        return subprocess.run([sys.executable, "benchmarks/compare_algorithms.py", "--input_dir", str(RECORDS), *args],
+                              capture_output=True, text=True, cwd=ROOT)
+
+    rows = [line.split(" | ") for line in run("--draws", "0").stdout.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) >= 8 and all(n.strip().split(" (")[1].startswith("h0@") for r in rows for n in r[2].split(","))
+    empty = run("--draws", "99")
+    assert empty.returncode == 2 and empty.stderr.strip().splitlines() == [
+        "error: no records left after --trials/--draws"], empty.stderr
