@@ -65,11 +65,14 @@ def main() -> None:
     p.add_argument("--tolerance", type=float, default=0.01, help="largest change of the mean (default 0.01)")
     p.add_argument("--band", type=float, default=0.02,
                    help="a run has settled from the first step after which it stays within this of its last mean")
+    p.add_argument("--draws", type=int, nargs="+", help="judge only runs of these hparam draws (default: all)")
     a = p.parse_args()
 
     if not a.input_dir.is_dir():
         raise UserError(f"input directory {a.input_dir} does not exist")
     runs = {path.parent: run_curve(path) for path in sorted(a.input_dir.rglob(RESULTS))}
+    if a.draws is not None:
+        runs = {k: v for k, v in runs.items() if v[0].get("hparams_seed") in a.draws}
     mean: dict[tuple[str, int], dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     names = {i: name for *_, envs in runs.values() for i, name in enumerate(envs)}  # env index -> name
     for args, curve, _ in runs.values():
