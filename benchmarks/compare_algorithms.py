@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from harness.collect_results import env_names
-from harness.errors import UserError, cli
-from harness.records import load_records, records_frame
+from harness.errors import cli
+from harness.records import keep_runs, load_records, records_frame
 from harness.selection import METHODS
 
 
@@ -54,13 +54,7 @@ def main() -> None:
     p.add_argument("--trials", type=int, nargs="+", help="only these trial seeds (default: every trial)")
     p.add_argument("--draws", type=int, nargs="+", help="only these hparam draws (0: defaults; default: every draw)")
     a = p.parse_args()
-    df = read(a.input_dir)
-    if a.trials is not None:
-        df = df[df["trial_seed"].isin(a.trials)]
-    if a.draws is not None:
-        df = df[df["hparams_seed"].isin(a.draws)]
-    if df.empty:
-        raise UserError("no records left after --trials/--draws")
+    df = keep_runs(read(a.input_dir), a.trials, a.draws)
     method = METHODS[a.selection]
     test_envs = sorted({t[0] for t in df["test_envs"] if len(t) == 1})
     names = env_names(df)

@@ -3,8 +3,9 @@ docs/rotated_fmnist.md).
 
     python benchmarks/plateau_curves.py --input_dir docs/measured/colored_fmnist_plateau --output curve.png
 
-For every run below --input_dir (its results.jsonl), the mean over training environments of the 'out'
-(validation) accuracy at each checkpoint: what DomainBed's training-domain selection reads. The PNG has one
+For every finished run below --input_dir (its results.jsonl; unfinished runs are left out), the mean over
+training environments of the 'out' (validation) accuracy at each checkpoint: what DomainBed's
+training-domain selection reads (``harness.selection.mean_out``). The PNG has one
 line per (algorithm, held-out environment), averaged over trials of the default hparams (hparams_seed 0),
 with the held-out 'in' accuracy dashed; the same numbers are printed as a table. Then one line per run with
 the plateau rule of docs/real_images.md: the mean of the last ``--window`` checkpoints is within
@@ -16,24 +17,27 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from harness.checkpoints import RESULTS, scan_records
-from harness.errors import UserError, cli
+from harness.collect_results import env_names
+from harness.errors import cli
+from harness.records import keep_runs, load_records, records_frame
+from harness.selection import env_indices, mean_out
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Curve = list[tuple[int, float, float]]  # (step, training-domain validation accuracy, held-out 'in' accuracy)
 
 
-def run_curve(path: Path) -> tuple[dict, Curve, list[str]]:
-    """One run's arguments, its curve in step order, and its environments' names (empty if unrecorded)."""
-    records = scan_records(path).records
-    curve = []
-    for r in records:
-        test = r["args"]["test_envs"]
-        n_envs = sum(1 for k in r if k.startswith("env") and k.endswith("_out_acc"))
-        val = [r[f"env{i}_out_acc"] for i in range(n_envs) if i not in test]
-        curve.append((r["step"], sum(val) / len(val), sum(r[f"env{i}_in_acc"] for i in test) / len(test)))
-    last = records[-1] if records else {}
-    return last.get("args", {}), sorted(curve), last.get("environments") or []
+def run_curve(run: "pd.DataFrame") -> Curve:
+    """One run's curve in step order: training-domain validation as DomainBed's selection reads it
+    (``harness.selection.mean_out`` over the training environments) and the held-out 'in' accuracy."""
+    run = run.sort_values("step")
+    test = list(run["test_envs"].iloc[0])
+    val = mean_out(run, [i for i in env_indices(run) if i not in test])
+    held = run[[f"env{i}_in_acc" for i in test]].mean(axis=1)
+    return list(zip(run["step"].astype(int), val, held))
 
 
 def plateau(curve: Curve, window: int, tolerance: float) -> tuple[float, float, bool] | None:
@@ -68,15 +72,12 @@ def main() -> None:
     p.add_argument("--draws", type=int, nargs="+", help="judge only runs of these hparam draws (default: all)")
     a = p.parse_args()
 
-    if not a.input_dir.is_dir():
-        raise UserError(f"input directory {a.input_dir} does not exist")
-    runs = {path.parent: run_curve(path) for path in sorted(a.input_dir.rglob(RESULTS))}
-    if a.draws is not None:
-        runs = {k: v for k, v in runs.items() if v[0].get("hparams_seed") in a.draws}
+    df = keep_runs(records_frame(load_records(a.input_dir)[0]), draws=a.draws)
+    names = env_names(df)
+    runs = {run: (g.iloc[-1], run_curve(g)) for run, g in df.groupby("run")}
     mean: dict[tuple[str, int], dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
-    names = {i: name for *_, envs in runs.values() for i, name in enumerate(envs)}  # env index -> name
-    for args, curve, _ in runs.values():
-        if args.get("hparams_seed") == 0:
+    for args, curve in runs.values():
+        if args["hparams_seed"] == 0:
             for step, val, held in curve:
                 mean[(args["algorithm"], args["test_envs"][0])][step].append((val, held))
 
@@ -91,14 +92,14 @@ def main() -> None:
     print(f"\n| run | last {a.window} | {a.window} before | within {a.band} of the last from step | plateau (within {a.tolerance}) |")
     print("|---|---|---|---|---|")
     passed = judged = 0
-    for run_dir, (_, curve, _) in runs.items():
+    for run, (_, curve) in runs.items():
         verdict = plateau(curve, a.window, a.tolerance)
         if verdict is None:
-            print(f"| {run_dir.name} | - | - | - | too few checkpoints ({len(curve)}) |")
+            print(f"| {Path(run).name} | - | - | - | too few checkpoints ({len(curve)}) |")
             continue
         judged += 1
         passed += verdict[2]
-        print(f"| {run_dir.name} | {verdict[0]:.3f} | {verdict[1]:.3f} | {settled_from(curve, a.window, a.band)} | "
+        print(f"| {Path(run).name} | {verdict[0]:.3f} | {verdict[1]:.3f} | {settled_from(curve, a.window, a.band)} | "
               f"{'yes' if verdict[2] else 'no'} |")
     print(f"\n{passed} of {judged} runs plateaued ({len(runs) - judged} with too few checkpoints)")
 

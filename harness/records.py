@@ -164,6 +164,17 @@ def records_frame(records: list[dict]):
     return split_by_length(df)
 
 
+def keep_runs(df, trials: list[int] | None = None, draws: list[int] | None = None):
+    """The records of these trial seeds and hparam draws (``None``: every one); a ``UserError`` when none is left."""
+    if trials is not None:
+        df = df[df["trial_seed"].isin(trials)]
+    if draws is not None:
+        df = df[df["hparams_seed"].isin(draws)]
+    if df.empty:
+        raise UserError("no records left after --trials/--draws")
+    return df
+
+
 def split_by_length(df):
     """Runs of one dataset with different lengths (their last ``step``) get the dataset label
     ``"<dataset> (<steps> steps)"``, so that no table or plot mixes them."""

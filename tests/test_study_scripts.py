@@ -88,8 +88,14 @@ def test_comparison_keeps_only_the_draws_asked_for():
 
 
 def test_plateau_verdicts_keep_only_the_draws_asked_for():
-    out = subprocess.run([sys.executable, "benchmarks/plateau_curves.py", "--input_dir", str(RECORDS), "--draws", "0"],
-                         capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    def run(*args):
+        return subprocess.run([sys.executable, "benchmarks/plateau_curves.py", "--input_dir", str(RECORDS), *args],
+                              capture_output=True, text=True, cwd=ROOT)
+
+    out = run("--draws", "0").stdout
     names = [line.split(" | ")[0].strip("| ") for line in out.splitlines() if line.startswith("| ColoredFashionMNIST-")]
     seeds = {json.loads((RECORDS / n / "results.jsonl").read_text().splitlines()[0])["args"]["hparams_seed"] for n in names}
     assert len(names) >= 8 and seeds == {0}
+    empty = run("--draws", "99")
+    assert empty.returncode == 2 and empty.stderr.strip().splitlines() == [
+        "error: no records left after --trials/--draws"], empty.stderr
