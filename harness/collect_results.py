@@ -30,7 +30,7 @@ from typing import Any
 
 from harness import selection as sel
 from harness.errors import UserError, cli
-from harness.records import LoadStats, load_records, plural, read_jsonl, records_frame  # noqa: F401 (API)
+from harness.records import LoadStats, keep_runs, load_records, plural, read_jsonl, records_frame  # noqa: F401 (API)
 
 # metric -> title; all are fractions in [0, 1] and are shown x100 with one decimal
 METRICS = {
@@ -429,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write PNG plots (training curves, metric vs hparam, what algorithms declare in PLOT_LOGS) "
                         "into DIR (default: INPUT_DIR/plots)")
     p.add_argument("--no_plots", action="store_true", help="tables only")
+    p.add_argument("--trials", type=int, nargs="+", metavar="SEED", help="only these trial seeds (default: every trial)")
+    p.add_argument("--draws", type=int, nargs="+", metavar="SEED",
+                   help="only these hparam draws (0: the defaults; default: every draw, selected among as DomainBed does)")
     return p
 
 
@@ -438,7 +441,7 @@ def collect(args: argparse.Namespace) -> str:
         sel.get_method(name)  # unknown names fail before any work
     records, stats = load_records(Path(args.input_dir))
     print(stats.summary(), file=sys.stderr)
-    df = records_frame(records)
+    df = keep_runs(records_frame(records), args.trials, args.draws)
     tables, left_out = prune_tables(build_tables(df, args.selection))
     text = RENDERERS[args.format](tables)
     if left_out and args.format in ("text", "markdown"):

@@ -49,10 +49,12 @@ def test_verdicts_match_the_records(tmp_path):
     assert f"{sum(v == 'yes' for v in rows.values())} of {len(rows)} runs plateaued" in proc.stdout
 
 
-@pytest.mark.parametrize("selection, metric", [("training_domain", "acc"), ("oracle", "wg_acc")])
-def test_comparison_means_equal_collect_results(selection, metric):
+@pytest.mark.parametrize("selection, metric, only", [("training_domain", "acc", []), ("oracle", "wg_acc", []),
+                                                     ("training_domain", "wg_acc", ["--draws", "0"]),
+                                                     ("oracle", "acc", ["--trials", "0", "2"])])
+def test_comparison_means_equal_collect_results(selection, metric, only):
     def run(*args):
-        return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+        return subprocess.run([sys.executable, *args, *only], capture_output=True, text=True, cwd=ROOT, check=True).stdout
 
     table = run("-m", "harness.collect_results", "--input_dir", str(RECORDS), "--no_plots", "--format", "csv",
                 "--selection", selection)
