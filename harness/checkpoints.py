@@ -18,6 +18,7 @@ from typing import Any
 
 RESULTS, CHECKPOINT, DONE = "results.jsonl", "checkpoint.pt", "done"
 BEST = "best.pt"  # the checkpoint a run's own selection score picks (datasets with official splits)
+KEPT = "checkpoints"  # --keep_checkpoints: every checkpoint, as KEPT/step_NNNNNN.pt (harness.reevaluate reads them)
 CHECKSUM_TAG = b"\n#harness-sha256:"  # checkpoint.pt = torch.save bytes + tag + 64 hex digits
 
 
@@ -33,6 +34,27 @@ def checkpoint_bytes(step: int, identity: dict, algorithm, threads: int = 1,
                 "record_steps": list(record_steps or []), "model": algorithm.state_dict()}, buf)
     data = buf.getvalue()
     return data + CHECKSUM_TAG + hashlib.sha256(data).hexdigest().encode()
+
+
+def kept_name(step: int) -> str:
+    """Where ``--keep_checkpoints`` keeps the checkpoint of ``step``, relative to the run's directory."""
+    return f"{KEPT}/step_{step:06d}.pt"
+
+
+def keep_checkpoint(out: Path, step: int) -> None:
+    """Keep ``checkpoint.pt`` (just written for ``step``) as :func:`kept_name`: a hard link, so no second
+    copy of the bytes; replaced atomically when a resumed run writes that step again."""
+    kept = out / kept_name(step)
+    kept.parent.mkdir(exist_ok=True)
+    tmp = kept.with_name(kept.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(out / CHECKPOINT, tmp)
+    except OSError:  # a file system without hard links: a copy
+        import shutil
+
+        shutil.copyfile(out / CHECKPOINT, tmp)
+    os.replace(tmp, kept)
 
 
 def corrupt(path: Path, why: str):
@@ -190,7 +212,7 @@ def append_record(path: Path, record: dict) -> None:
 
 def remove_stale_temporaries(out: Path) -> None:
     """Temporary files of atomic writes a kill interrupted (the lock is held: nobody is writing them)."""
-    for pattern in (f".{CHECKPOINT}.*.tmp", f".{RESULTS}.*.tmp", f".{BEST}.*.tmp"):
+    for pattern in (f".{CHECKPOINT}.*.tmp", f".{RESULTS}.*.tmp", f".{BEST}.*.tmp", f"{KEPT}/*.tmp"):
         for tmp in out.glob(pattern):
             tmp.unlink(missing_ok=True)
 
@@ -243,10 +265,12 @@ def finished_run(run_dir: str | os.PathLike) -> FinishedRun:
     return FinishedRun(path, records)
 
 
-def rebuild(run: FinishedRun, data_dir: str | None, device: Any = "cpu", name: str = CHECKPOINT):
+def rebuild(run: FinishedRun, data_dir: str | None, device: Any = "cpu", name: str = CHECKPOINT,
+            hparams: dict | None = None):
     """(the run's algorithm with the weights of its checkpoint ``name``, in eval mode and without gradients,
     on ``device``; the run's dataset), both built as training built them: the run's dataset arguments and
-    hparams, its init seed; the checkpoint verified (checksum, the run's arguments, the step its records say)."""
+    hparams (or ``hparams``), its init seed; the checkpoint verified (checksum, the run's arguments, the step
+    its records say)."""
     import torch
 
     from harness.errors import UserError
@@ -254,7 +278,7 @@ def rebuild(run: FinishedRun, data_dir: str | None, device: Any = "cpu", name: s
     from harness.registry import ALGORITHMS, DATASETS
     from harness.utils import seed_hash
 
-    args, hparams = run.args, run.hparams
+    args, hparams = run.args, hparams or run.hparams
     expected = run.last if name == CHECKPOINT else run.best()
     state = load_checkpoint(run.path, args, name)  # verifies the checksum and that it is this run's
     if state is None or expected is None:

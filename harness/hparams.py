@@ -144,6 +144,10 @@ EPISODIC: dict[str, HP] = {
 }
 
 
+# The hparams that only change how a checkpoint is scored, never training: harness.reevaluate may change them.
+EVALUATION_ONLY = ("eval_head", "eval_n_fit")
+
+
 def episodic(hparams: dict, name: str) -> Any:
     """An episodic hparam of ``hparams``, else its declared default (``EPISODIC``): partial dicts (tests, tools)
     read the same defaults as resolved runs."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.checkpoints import CHECKPOINT, RESULTS, append_record, checkpoint_bytes
+from harness.checkpoints import CHECKPOINT, RESULTS, append_record, checkpoint_bytes, keep_checkpoint
 from harness.evaluation import evaluate, to_device
 from harness.progress import ProgressFile
 from harness.provenance import provenance
@@ -54,7 +54,6 @@ def train_loop(ctx: RunContext, start: int = 0, record_steps: list[int] | None =
     record_steps = list(record_steps or [])
     stats: dict[str, list[float]] = {}
     min_env = min(len(e) for e in ctx.train_envs)
-    n_checkpoints = start // freq
     tty = sys.stderr.isatty()
     bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not tty,
                file=sys.__stderr__, dynamic_ncols=True)
@@ -79,8 +78,7 @@ def train_loop(ctx: RunContext, start: int = 0, record_steps: list[int] | None =
         progress.update(step + 1)
         progress_file.update(step + 1)
         if (step + 1) % freq == 0 or step + 1 == steps:
-            n_checkpoints += 1
-            with_dci = n_checkpoints % args.dci_freq == 0 or step + 1 == steps
+            with_dci = factors_due(step + 1, steps, freq, args.dci_freq)
             record = {"step": step + 1, "epoch": (step + 1) * hparams.get("batch_size", 1) / min_env,
                       "args": ctx.identity, "hparams": hparams, "threads": ctx.threads, **protocol,
                       **{k: sum(v) / len(v) for k, v in stats.items()}, "mem_gb": peak_memory_gb(ctx.device),
@@ -95,9 +93,17 @@ def train_loop(ctx: RunContext, start: int = 0, record_steps: list[int] | None =
             state = checkpoint_bytes(step + 1, ctx.identity, algorithm, ctx.threads, record_steps)
             best.update(record, state)  # before checkpoint.pt: a resume recomputes this step and rewrites it
             atomic_write_bytes(out / CHECKPOINT, state)
+            if getattr(args, "keep_checkpoints", False):
+                keep_checkpoint(out, step + 1)
             print(summary_line(record))
             stats = {}
     bar.close()
+
+
+def factors_due(step: int, steps: int, freq: int, dci_freq: int) -> bool:
+    """Whether the checkpoint of ``step`` computes the costly metrics (DCI/MCC, task and few-shot accuracy):
+    every ``dci_freq``-th checkpoint and the last."""
+    return math.ceil(step / freq) % dci_freq == 0 or step == steps
 
 
 def protocol_fields(ctx: RunContext) -> dict[str, Any]:

@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "algorithms": ["ERM"], "datasets": None, "n_hparams": 1, "n_hparams_from": 0, "n_trials": 1,
     "steps": None, "checkpoint_freq": None, "hparams": None, "grid": None, "search": None, "test_envs": None,
     "dci_freq": None, "dci": None, "holdout_fraction": 0.2, "launcher": "local", "workers": None,
+    "keep_checkpoints": False,
 }
 
 
@@ -50,6 +51,7 @@ class Job:
     root: Path
     data_dir: str | None = None
     device: str = "auto"
+    keep_checkpoints: bool = False  # harness.train --keep_checkpoints; not a training argument: no new job id
     command: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -57,6 +59,8 @@ class Job:
                         "--device", self.device]
         if self.data_dir:
             self.command += ["--data_dir", self.data_dir]
+        if self.keep_checkpoints:
+            self.command.append("--keep_checkpoints")
         for key, value in self.train_args.items():
             if value is None:
                 continue
@@ -173,6 +177,8 @@ def check_options(opts: dict[str, Any]) -> None:
         fail("dci", '"full" or "fast"')
     if not isinstance(opts["launcher"], str):
         fail("launcher", "a launcher name")
+    if not isinstance(opts["keep_checkpoints"], bool):
+        fail("keep_checkpoints", "true or false")
     for key in ("hparams", "search"):
         if opts[key] is not None and not isinstance(opts[key], dict):
             fail(key, "a JSON object")
@@ -310,7 +316,8 @@ def make_jobs(opts: dict[str, Any]) -> list[Job]:
                           "steps": opts["steps"], "checkpoint_freq": opts["checkpoint_freq"],
                           "holdout_fraction": opts["holdout_fraction"], "dci_freq": opts["dci_freq"],
                           "hparams": overrides, **({"dci": opts["dci"]} if opts["dci"] else {})}
-            jobs.append(Job(train_args, root, opts.get("data_dir"), opts.get("device") or "auto"))
+            jobs.append(Job(train_args, root, opts.get("data_dir"), opts.get("device") or "auto",
+                            bool(opts["keep_checkpoints"])))
     check_search_names(opts)
     return jobs
 
@@ -483,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", help="sweep directory (default: results/<sweep name>)")
     p.add_argument("--data_dir")
     p.add_argument("--device", help="auto | cpu | cuda (passed to every job)")
+    p.add_argument("--keep_checkpoints", action="store_true", default=None,
+                   help="every job keeps every checkpoint (harness.train --keep_checkpoints), for harness.reevaluate")
     p.add_argument("--launcher", help="local | multi | slurm | dummy | a plugin (default: local)")
     p.add_argument("--workers", type=int, help="multi: parallel processes; slurm: array parallelism")
     p.add_argument("--skip_confirmation", action="store_true")

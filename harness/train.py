@@ -31,9 +31,9 @@ from harness.checkpoints import DONE
 from harness.cli import SEED_MAX, OneLineParser, device_name, int_at_least, open_fraction
 
 # Arguments excluded from a run's identity (its job id and the args its checkpoint is checked against): paths,
-# device and batch size of evaluation, which change no number, and threads, which does (float reductions round
-# differently) but is pinned per run instead: recorded in every record and the checkpoint, reused on resume.
-NON_IDENTITY_ARGS = ("output_dir", "data_dir", "device", "eval_batch_size", "threads")
+# device, batch size of evaluation and --keep_checkpoints, which change no number, and threads, which does (float
+# reductions round differently) but is pinned per run instead: recorded in every record and the checkpoint.
+NON_IDENTITY_ARGS = ("output_dir", "data_dir", "device", "eval_batch_size", "threads", "keep_checkpoints")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int_at_least(1), default=None,
                    help="CPU threads of a fresh run (default: $OMP_NUM_THREADS, else PyTorch's); results depend "
                         "on it, so a resumed run reuses the count recorded in its checkpoint")
+    p.add_argument("--keep_checkpoints", action="store_true",
+                   help="keep every checkpoint (checkpoints/step_NNNNNN.pt, hard links) so that "
+                        "python -m harness.reevaluate can score them again with another evaluation head")
     return p
 
 

@@ -66,7 +66,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 # Files a run writes into its output directory (harness/train.py, harness/lock.py, harness/checkpoints.py).
-RUN_FILES = ("lock", "out.txt", "err.txt", "results.jsonl", "checkpoint.pt", "done")
+RUN_FILES = ("lock", "out.txt", "err.txt", "results.jsonl", "checkpoint.pt", "done", "checkpoints")
 
 
 def refuse_links(run_dir: str | os.PathLike, names: tuple[str, ...] = RUN_FILES) -> None:
