@@ -66,8 +66,7 @@ def reevaluate(run_dir: str | os.PathLike, overrides: str | dict, output_dir: st
     if missing:
         raise UserError(f"--run {src.path} kept no checkpoint of step(s) {missing[:5]}{'...' if len(missing) > 5 else ''}; "
                         "train it with --keep_checkpoints (harness.train, or harness.sweep launch) to reevaluate it")
-    given = json.loads(args["hparams"]) if args.get("hparams") else {}
-    identity = {**args, "hparams": json.dumps({**given, **overrides}, sort_keys=True)}
+    identity = reevaluated_identity(args, overrides)
     out = Path(output_dir)
     if out.resolve() == src.path.resolve():
         raise UserError("--output_dir is the source run's directory; name a new one")
@@ -112,6 +111,60 @@ def reevaluate(run_dir: str | os.PathLike, overrides: str | dict, output_dir: st
                                                               [r["step"] for r in records]))
         write_done(out)
     return out
+
+
+def reevaluated_identity(args: dict, overrides: dict) -> dict:
+    """The identity (``args``) of the run with identity ``args`` evaluated with the hparams ``overrides``."""
+    given = json.loads(args["hparams"]) if args.get("hparams") else {}
+    return {**args, "hparams": json.dumps({**given, **overrides}, sort_keys=True)}
+
+
+def training_key(args: dict) -> str:
+    """What decides the model a run trains: its identity without the evaluation-only hparams."""
+    from harness.hparams import EVALUATION_ONLY
+
+    given = json.loads(args["hparams"]) if args.get("hparams") else {}
+    trained = {k: v for k, v in given.items() if k not in EVALUATION_ONLY}
+    return json.dumps({**args, "hparams": trained}, sort_keys=True)
+
+
+def reevaluate_sweep(jobs: list, opts: dict) -> int:
+    """``python -m harness.sweep reevaluate ... --from_dir SRC``: make every job that is not done from the run in
+    SRC that trains the same model (the job's training arguments without its evaluation-only hparams), when that
+    run is finished with kept checkpoints. Prints how many it made and how many still wait for their source."""
+    from harness import hparams as hp
+    from harness.checkpoints import DONE, KEPT, read_records
+    from harness.sweep import has_records
+    from harness.train import build_parser as train_parser, run_identity
+
+    src_dir = opts.get("from_dir")
+    if not src_dir or not Path(src_dir).is_dir():
+        raise UserError(f"reevaluate needs --from_dir, the sweep folder of the runs to score again (got {src_dir!r})")
+    sources = {}
+    for run in sorted(Path(src_dir).iterdir()):
+        if run.is_dir() and not run.is_symlink() and (run / DONE).exists() and has_records(run):
+            sources[training_key(read_records(run / "results.jsonl")[0]["args"])] = run
+    made = done = waiting = 0
+    for job in jobs:
+        if job.state in ("done", "running"):
+            done += job.state == "done"
+            continue
+        identity = run_identity(train_parser().parse_args(job.command[3:]))
+        overrides = {k: v for k, v in (job.train_args.get("hparams") or {}).items() if k in hp.EVALUATION_ONLY}
+        src = sources.get(training_key(identity))
+        if not overrides:
+            raise UserError("reevaluate: --hparams sets no evaluation hparam "
+                            f"({', '.join(hp.EVALUATION_ONLY)}); the jobs would be the source runs themselves")
+        if src is None or not (src / KEPT).is_dir() or \
+                reevaluated_identity(read_records(src / "results.jsonl")[0]["args"], overrides) != identity:
+            waiting += 1
+            continue
+        reevaluate(src, overrides, job.output_dir, opts.get("data_dir") or os.environ.get("HARNESS_DATA", "data"),
+                   opts.get("device") or "auto")
+        made += 1
+    print(f"reevaluated {made}, {done} done already, {waiting} waiting for a finished source run with kept "
+          f"checkpoints in {src_dir}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:

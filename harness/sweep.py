@@ -1,4 +1,4 @@
-"""Many runs: ``python -m harness.sweep launch|delete_incomplete|status``.
+"""Many runs: ``python -m harness.sweep launch|delete_incomplete|status|reevaluate``.
 
 A sweep is the product trials x datasets x algorithms x test-environment sets x hparam
 draws (plus an optional grid of hparam overrides). A spec's ``search`` key writes random-search
@@ -14,7 +14,10 @@ so moving the data or the results never changes a job id. Job states:
 
 ``launch`` runs the not-launched and incomplete jobs (an incomplete run resumes from its
 checkpoint) and skips done and running ones, so killing a sweep and launching it again
-only runs what had not finished. Specs under ``sweeps/NAME.json`` are data: any option
+only runs what had not finished. ``reevaluate --from_dir SRC`` makes the jobs without training: each from
+the run in SRC that trains the same model (a job whose ``--hparams`` differ from it in ``eval_head`` or
+``eval_n_fit`` only), its kept checkpoints (``--keep_checkpoints``) scored again (harness/reevaluate.py).
+Specs under ``sweeps/NAME.json`` are data: any option
 below may be given there; flags on the command line win.
 """
 
@@ -466,7 +469,14 @@ def delete_run(run_dir: Path) -> bool:
     return True
 
 
-COMMANDS = {"launch": launch, "status": status, "delete_incomplete": delete_incomplete}
+def reevaluate(jobs: list[Job], opts: dict[str, Any]) -> int:
+    """Make the jobs from runs of ``--from_dir`` that trained the same models (harness/reevaluate.py)."""
+    from harness.reevaluate import reevaluate_sweep
+
+    return reevaluate_sweep(jobs, opts)
+
+
+COMMANDS = {"launch": launch, "status": status, "delete_incomplete": delete_incomplete, "reevaluate": reevaluate}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -492,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto | cpu | cuda (passed to every job)")
     p.add_argument("--keep_checkpoints", action="store_true", default=None,
                    help="every job keeps every checkpoint (harness.train --keep_checkpoints), for harness.reevaluate")
+    p.add_argument("--from_dir", help="reevaluate: the sweep folder whose runs (trained with --keep_checkpoints) "
+                                      "are scored again with the evaluation hparams of --hparams")
     p.add_argument("--launcher", help="local | multi | slurm | dummy | a plugin (default: local)")
     p.add_argument("--workers", type=int, help="multi: parallel processes; slurm: array parallelism")
     p.add_argument("--skip_confirmation", action="store_true")

@@ -68,6 +68,33 @@ def test_reevaluated_records_equal_the_twin_trained_from_scratch(sweeps, cli, tm
     assert any(o[k] != p[k] for o, p in heads for k in accs), "the two heads agree everywhere: a vacuous check"
 
 
+def test_sweep_reevaluate_makes_the_probe_sweep_from_the_own_sweep(sweeps, cli, tmp_path):
+    """``harness.sweep reevaluate --from_dir OWN`` writes each probe-head job into the folder its launch would
+    use (``sweep status`` then counts it done) with the twin's records; a job whose source is missing waits."""
+    own, twin, data = sweeps
+    spec = own[0].parent.parent / "spec.json"
+    probe = json.dumps({**HPARAMS, "eval_head": "probe"})
+    common = ("--sweep", str(spec), "--data_dir", str(data), "--hparams", probe, "--output_dir", str(tmp_path / "probe"))
+    made = cli("harness.sweep", "reevaluate", *common, "--from_dir", str(own[0].parent))
+    assert "reevaluated 1, 0 done already, 0 waiting" in made.stdout, made.stdout
+    (job,) = [p.parent for p in (tmp_path / "probe").glob("*/done")]
+    assert job.name == twin[0].name  # the probe-head launch's job id
+    strip = lambda recs: [{k: v for k, v in r.items() if k not in (*VOLATILE, "reevaluated_from")} for r in recs]
+    assert strip(records(job)) == strip(records(twin[0]))
+    assert "done          1" in cli("harness.sweep", "status", *common).stdout
+    again = cli("harness.sweep", "reevaluate", *common, "--from_dir", str(own[0].parent)).stdout
+    assert "reevaluated 0, 1 done already, 0 waiting" in again, again
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    waiting = cli("harness.sweep", "reevaluate", *common[:-1], str(tmp_path / "probe2"), "--from_dir", str(empty)).stdout
+    assert "reevaluated 0, 0 done already, 1 waiting" in waiting, waiting
+    for bad, expected in ((common, "needs --from_dir"),
+                          ((*common[:5], json.dumps(HPARAMS), *common[6:], "--from_dir", str(own[0].parent)),
+                           "sets no evaluation hparam")):
+        proc = cli("harness.sweep", "reevaluate", *bad, check=False)
+        assert proc.returncode == 2 and expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 def test_keep_checkpoints_changes_no_job_id():
     from harness.sweep import build_parser, make_jobs, resolve_options
 
