@@ -133,7 +133,7 @@ def reevaluate_sweep(jobs: list, opts: dict) -> int:
     SRC that trains the same model (the job's training arguments without its evaluation-only hparams), when that
     run is finished with kept checkpoints. Prints how many it made and how many still wait for their source."""
     from harness import hparams as hp
-    from harness.checkpoints import DONE, KEPT, read_records
+    from harness.checkpoints import DONE, KEPT, RESULTS, read_records
     from harness.sweep import has_records
     from harness.train import build_parser as train_parser, run_identity
 
@@ -143,7 +143,7 @@ def reevaluate_sweep(jobs: list, opts: dict) -> int:
     sources = {}
     for run in sorted(Path(src_dir).iterdir()):
         if run.is_dir() and not run.is_symlink() and (run / DONE).exists() and has_records(run):
-            sources[training_key(read_records(run / "results.jsonl")[0]["args"])] = run
+            sources[training_key(read_records(run / RESULTS)[0]["args"])] = run
     made = done = waiting = 0
     for job in jobs:
         if job.state in ("done", "running"):
@@ -156,7 +156,7 @@ def reevaluate_sweep(jobs: list, opts: dict) -> int:
             raise UserError("reevaluate: --hparams sets no evaluation hparam "
                             f"({', '.join(hp.EVALUATION_ONLY)}); the jobs would be the source runs themselves")
         if src is None or not (src / KEPT).is_dir() or \
-                reevaluated_identity(read_records(src / "results.jsonl")[0]["args"], overrides) != identity:
+                reevaluated_identity(read_records(src / RESULTS)[0]["args"], overrides) != identity:
             waiting += 1
             continue
         reevaluate(src, overrides, job.output_dir, opts.get("data_dir") or os.environ.get("HARNESS_DATA", "data"),
