@@ -103,7 +103,7 @@ def train_loop(ctx: RunContext, start: int = 0, record_steps: list[int] | None =
 def factors_due(step: int, steps: int, freq: int, dci_freq: int) -> bool:
     """Whether the checkpoint of ``step`` computes the costly metrics (DCI/MCC, task and few-shot accuracy):
     every ``dci_freq``-th checkpoint and the last."""
-    return math.ceil(step / freq) % dci_freq == 0 or step == steps
+    return -(-step // freq) % dci_freq == 0 or step == steps  # the checkpoint's number, 1-based
 
 
 def protocol_fields(ctx: RunContext) -> dict[str, Any]:
