@@ -138,8 +138,10 @@ def reevaluate_sweep(jobs: list, opts: dict) -> int:
     from harness.train import build_parser as train_parser, run_identity
 
     src_dir = opts.get("from_dir")
-    if not src_dir or not Path(src_dir).is_dir():
-        raise UserError(f"reevaluate needs --from_dir, the sweep folder of the runs to score again (got {src_dir!r})")
+    if not src_dir:
+        raise UserError("reevaluate needs --from_dir, the sweep folder of the runs to score again")
+    if not Path(src_dir).is_dir():
+        raise UserError(f"--from_dir {src_dir}: no such folder")
     sources = {}
     for run in sorted(Path(src_dir).iterdir()):
         if run.is_dir() and not run.is_symlink() and (run / DONE).exists() and has_records(run):

@@ -88,7 +88,7 @@ def test_sweep_reevaluate_makes_the_probe_sweep_from_the_own_sweep(sweeps, cli, 
     empty.mkdir()
     waiting = cli("harness.sweep", "reevaluate", *common[:-1], str(tmp_path / "probe2"), "--from_dir", str(empty)).stdout
     assert "reevaluated 0, 0 done already, 1 waiting" in waiting, waiting
-    for bad, expected in ((common, "needs --from_dir"),
+    for bad, expected in ((common, "needs --from_dir"), ((*common, "--from_dir", str(tmp_path / "nowhere")), "no such folder"),
                           ((*common[:5], json.dumps(HPARAMS), *common[6:], "--from_dir", str(own[0].parent)),
                            "sets no evaluation hparam")):
         proc = cli("harness.sweep", "reevaluate", *bad, check=False)
