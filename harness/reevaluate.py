@@ -146,10 +146,10 @@ def reevaluate_sweep(jobs: list, opts: dict) -> int:
     for run in sorted(Path(src_dir).iterdir()):
         if run.is_dir() and not run.is_symlink() and (run / DONE).exists() and has_records(run):
             sources[training_key(read_records(run / RESULTS)[0]["args"])] = run
-    made = done = waiting = 0
+    made = done = waiting = running = 0
     for job in jobs:
         if job.state in ("done", "running"):
-            done += job.state == "done"
+            done, running = done + (job.state == "done"), running + (job.state == "running")
             continue
         identity = run_identity(train_parser().parse_args(job.command[3:]))
         overrides = {k: v for k, v in (job.train_args.get("hparams") or {}).items() if k in hp.EVALUATION_ONLY}
@@ -165,7 +165,7 @@ def reevaluate_sweep(jobs: list, opts: dict) -> int:
                    opts.get("device") or "auto")
         made += 1
     print(f"reevaluated {made}, {done} done already, {waiting} waiting for a finished source run with kept "
-          f"checkpoints in {src_dir}")
+          f"checkpoints in {src_dir}" + (f", {running} running elsewhere (skipped)" if running else ""))
     return 0
 
 
