@@ -59,6 +59,8 @@ def reevaluate(run_dir: str | os.PathLike, overrides: str | dict, output_dir: st
     args = src.args
     overrides = hp.parse_overrides(overrides, args["algorithm"], args["dataset"])
     changed = sorted(set(overrides) - set(hp.EVALUATION_ONLY))
+    if not overrides:
+        raise UserError(f"--hparams names no hparam; give the evaluation hparams to change ({', '.join(hp.EVALUATION_ONLY)})")
     if changed:
         raise UserError(f"--hparams: {', '.join(changed)} would change training; reevaluate changes only "
                         f"{', '.join(hp.EVALUATION_ONLY)} (train a new run for the others)")

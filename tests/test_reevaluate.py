@@ -109,6 +109,7 @@ def test_keep_checkpoints_changes_no_job_id():
 @pytest.mark.parametrize("hparams, expected", [
     ('{"lr": 0.1}', "lr would change training"),
     ('{"eval_head": "nearest"}', "eval_head"),
+    ('{}', "names no hparam"),
 ])
 def test_training_hparams_are_refused_in_one_line(sweeps, cli, tmp_path, hparams, expected):
     own, _, data = sweeps
