@@ -46,13 +46,13 @@ def reevaluate(run_dir: str | os.PathLike, overrides: str | dict, output_dir: st
     import torch
 
     from harness import hparams as hp
-    from harness.checkpoints import (CHECKPOINT, RESULTS, checkpoint_bytes, finished_run, kept_name, load_checkpoint,
-                                     load_model, read_records, rebuild)
+    from harness.checkpoints import (CHECKPOINT, DONE, RESULTS, checkpoint_bytes, finished_run, kept_name,
+                                     load_checkpoint, load_model, read_records, rebuild)
     from harness.evaluation import evaluate
     from harness.lock import RunLock
     from harness.loop import batch_source, factors_due, run_splits, summary_line
     from harness.provenance import provenance
-    from harness.train import DONE, write_done
+    from harness.train import write_done
     from harness.utils import atomic_write_bytes, atomic_write_text, refuse_links, resolve_device
 
     src = finished_run(run_dir)
@@ -115,18 +115,21 @@ def reevaluate(run_dir: str | os.PathLike, overrides: str | dict, output_dir: st
     return out
 
 
+def given_hparams(args: dict) -> dict:
+    """The ``--hparams`` overrides a run's identity records (a JSON string, or None)."""
+    return json.loads(args["hparams"]) if args.get("hparams") else {}
+
+
 def reevaluated_identity(args: dict, overrides: dict) -> dict:
     """The identity (``args``) of the run with identity ``args`` evaluated with the hparams ``overrides``."""
-    given = json.loads(args["hparams"]) if args.get("hparams") else {}
-    return {**args, "hparams": json.dumps({**given, **overrides}, sort_keys=True)}
+    return {**args, "hparams": json.dumps({**given_hparams(args), **overrides}, sort_keys=True)}
 
 
 def training_key(args: dict) -> str:
     """What decides the model a run trains: its identity without the evaluation-only hparams."""
     from harness.hparams import EVALUATION_ONLY
 
-    given = json.loads(args["hparams"]) if args.get("hparams") else {}
-    trained = {k: v for k, v in given.items() if k not in EVALUATION_ONLY}
+    trained = {k: v for k, v in given_hparams(args).items() if k not in EVALUATION_ONLY}
     return json.dumps({**args, "hparams": trained}, sort_keys=True)
 
 
@@ -144,23 +147,23 @@ def reevaluate_sweep(jobs: list, opts: dict) -> int:
         raise UserError("reevaluate needs --from_dir, the sweep folder of the runs to score again")
     if not Path(src_dir).is_dir():
         raise UserError(f"--from_dir {src_dir}: no such folder")
-    sources = {}
+    sources = {}  # training key -> (run directory, its identity)
     for run in sorted(Path(src_dir).iterdir()):
         if run.is_dir() and not run.is_symlink() and (run / DONE).exists() and has_records(run):
-            sources[training_key(read_records(run / RESULTS)[0]["args"])] = run
+            args = read_records(run / RESULTS)[0]["args"]
+            sources[training_key(args)] = (run, args)
     made = done = waiting = running = 0
     for job in jobs:
         if job.state in ("done", "running"):
             done, running = done + (job.state == "done"), running + (job.state == "running")
             continue
-        identity = run_identity(train_parser().parse_args(job.command[3:]))
+        identity = run_identity(train_parser().parse_args(job.command[3:]))  # [3:]: past "python -m harness.train"
         overrides = {k: v for k, v in (job.train_args.get("hparams") or {}).items() if k in hp.EVALUATION_ONLY}
-        src = sources.get(training_key(identity))
         if not overrides:
             raise UserError("reevaluate: --hparams sets no evaluation hparam "
                             f"({', '.join(hp.EVALUATION_ONLY)}); the jobs would be the source runs themselves")
-        if src is None or not (src / KEPT).is_dir() or \
-                reevaluated_identity(read_records(src / RESULTS)[0]["args"], overrides) != identity:
+        src, src_args = sources.get(training_key(identity), (None, None))
+        if src is None or not (src / KEPT).is_dir() or reevaluated_identity(src_args, overrides) != identity:
             waiting += 1
             continue
         reevaluate(src, overrides, job.output_dir, opts.get("data_dir") or os.environ.get("HARNESS_DATA", "data"),
