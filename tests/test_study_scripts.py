@@ -101,3 +101,29 @@ def test_plateau_verdicts_keep_only_the_draws_asked_for():
     empty = run("--draws", "99")
     assert empty.returncode == 2 and empty.stderr.strip().splitlines() == [
         "error: no records left after --trials/--draws"], empty.stderr
+
+
+def test_plateau_queue_holds_every_unfinished_run_of_both_sweeps_once():
+    """benchmarks/plateau_queue.py's runs are the sweeps' own jobs (same ids, so a launch finds them done),
+    and with the committed records it leaves out no run that is not done."""
+    from plateau_queue import queue, sweep_jobs
+
+    root = ROOT / "docs" / "measured"
+    entries = queue(root)
+    ids = [e.job.job_id for e in entries]
+    assert len(ids) == len(set(ids))
+    hp = json.dumps({"backbone": "SmallCNN", "n_per_env": 2000})
+    for sweep, n_hparams in (("colored_fmnist_plateau", 3), ("rotated_fmnist_plateau", 1)):
+        jobs = sweep_jobs(["--sweep", sweep, "--n_hparams", str(n_hparams), "--hparams", hp], root / sweep)
+        probes = sweep_jobs(["--sweep", sweep, "--algorithms", "SparseShared", "--n_hparams", str(n_hparams),
+                             "--hparams", json.dumps({**json.loads(hp), "eval_head": "probe"})],
+                            root / f"{sweep}_probe")
+        for group, queued in ((jobs, {e.job.job_id: e.job for e in entries}),
+                              (probes, {e.probe.job_id: e.probe for e in entries if e.probe})):
+            missing = [j.job_id for j in group if j.state != "done" and j.job_id not in queued]
+            assert not missing, missing
+            for j in group:
+                if j.job_id in queued:
+                    assert [c for c in queued[j.job_id].command if c != "--keep_checkpoints"] == j.command
+    assert {e.job.train_args["dataset"] for e in entries if e.job.state == "done"} == {"ColoredFashionMNIST"}
+    assert sum(e.job.train_args["dataset"] == "RotatedFashionMNIST" for e in entries) == 48
