@@ -1,0 +1,46 @@
+#!/bin/bash
+# Every number of docs/real_images.md for one plateau sweep, from its committed records: copies the finished
+# runs of RESULTS/NAME and RESULTS/NAME_probe into docs/measured (records only), then writes there the curves
+# (curve.png), collect_results' tables over every draw (tables.txt/.tex) and at default hparams
+# (tables_defaults.txt/.tex), each run's plateau verdict (plateau.txt) and each algorithm minus ERM
+# (compare.txt), e.g.
+#   bash benchmarks/plateau_report.sh colored_fmnist_plateau results
+set -euo pipefail
+name=$1 results=${2:-}
+d=docs/measured/$name
+if [ -n "$results" ]; then
+  bash benchmarks/harvest_runs.sh "$results/$name" "$d"
+  [ -d "$results/${name}_probe" ] && bash benchmarks/harvest_runs.sh "$results/${name}_probe" "${d}_probe"
+fi
+probe=()
+[ -d "${d}_probe" ] && probe=(--input_dir "probe=${d}_probe")
+selections=(training_domain oracle)
+metrics=(acc)
+if grep -rqs '"env[0-9]*_in_wg_acc"' --include results.jsonl "$d"; then
+  selections+=(worst_group)
+  metrics+=(wg_acc)
+fi
+python -m harness.collect_results --input_dir "$d" --selection "${selections[@]}" --no_plots --output "$d/tables.txt"
+python -m harness.collect_results --input_dir "$d" --selection "${selections[@]}" --no_plots --latex --output "$d/tables.tex"
+python -m harness.collect_results --input_dir "$d" --selection "${selections[@]}" --no_plots --draws 0 \
+  --output "$d/tables_defaults.txt"
+python -m harness.collect_results --input_dir "$d" --selection "${selections[@]}" --no_plots --draws 0 --latex \
+  --output "$d/tables_defaults.tex"
+python benchmarks/plateau_curves.py --input_dir "$d" --output "$d/curve.png" --draws 0 > "$d/plateau.txt"
+echo >> "$d/plateau.txt"
+python benchmarks/plateau_curves.py --input_dir "$d" >> "$d/plateau.txt"
+{
+  for draws in "0" "every"; do
+    for selection in training_domain oracle; do
+      for metric in "${metrics[@]}"; do
+        echo "## draws: $draws, selection: $selection, metric: $metric"
+        extra=()
+        [ "$draws" = 0 ] && extra=(--draws 0)
+        python benchmarks/compare_algorithms.py --input_dir "$d" "${probe[@]}" --selection "$selection" \
+          --metric "$metric" "${extra[@]}"
+        echo
+      done
+    done
+  done
+} > "$d/compare.txt"
+echo "wrote $d/{tables,tables_defaults}.{txt,tex}, curve.png, plateau.txt, compare.txt"
