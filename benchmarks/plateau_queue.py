@@ -4,7 +4,7 @@ Each lane takes the first queued run that is not done, not held by the other lan
 expected to finish before ``--deadline``, and runs it as one 1-thread ``harness.train`` job from the commit
 that made that algorithm's earlier runs (a detached worktree per commit under ``--worktrees``). A run that
 would not finish in time is left for a later sitting (a sitting's machine is not kept, so a run cut off at
-its end is lost), and shorter runs fill the tail. After each kept-checkpoint SparseShared run the lane makes
+its end is lost), and shorter runs fill the tail. Once a kept-checkpoint SparseShared run is done, a lane makes
 its probe-head twin with ``harness.reevaluate``. Finished runs are copied to docs/measured by
 ``benchmarks/harvest_runs.sh``; the loop is resumable, so start it again in each sitting:
 
@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -31,7 +32,8 @@ PROBE = {"eval_head": "probe"}
 # (9d386c8), the other (a) runs (68003ea), --keep_checkpoints and harness.reevaluate (64632c0).
 MULTITASK, FIRST, KEEP = "9d386c8", "68003ea", "64632c0"
 # Expected minutes of one run at one thread beside one other job: the records' median seconds per step
-# x 2000 steps, plus evaluation (docs/real_images.md, "Wall time"); (b)'s are guesses until its runs land.
+# x 2000 steps, plus evaluation (docs/real_images.md, "Wall time"), until a run of the same algorithm, draw
+# and held-out domain has finished (`expected_minutes`); (b)'s are guesses until then.
 MINUTES = {("SparseShared", 1): 100, ("SparseShared", 2): 40, ("MultiTask", 2): 45, ("ProtoNet", 1): 60,
            ("ProtoNet", 2): 40, "episodic_b": 55, "short_b": 15}
 
@@ -108,10 +110,22 @@ def log(msg: str) -> None:
     print(f"{dt.datetime.now():%H:%M:%S} {msg}", flush=True)
 
 
+def expected_minutes(entry: Entry) -> float:
+    """From the finished runs of the same algorithm, draw and held-out domain beside it, once there are any:
+    their median seconds per step x steps, plus a quarter for evaluation; else the table above."""
+    a = entry.job.train_args
+    times = []
+    for records in entry.job.output_dir.parent.glob(f"{a['dataset']}-{a['algorithm']}-*/results.jsonl"):
+        if not (records.parent / "done").exists():
+            continue
+        recs = [json.loads(line) for line in records.read_text().splitlines() if line.strip()]
+        if recs and all(recs[0]["args"][k] == a[k] for k in ("hparams_seed", "test_envs")):
+            times.append(statistics.median(r["step_time"] for r in recs))
+    return statistics.median(times) * a["steps"] * 1.25 / 60 if times else entry.minutes
+
+
 def reevaluate(entry: Entry, where: Path) -> None:
     probe = entry.probe
-    if probe is None or probe.state == "done" or entry.job.state != "done":
-        return
     cmd = [sys.executable, "-m", "harness.reevaluate", "--run", str(entry.job.output_dir),
            "--hparams", json.dumps(PROBE), "--output_dir", str(probe.output_dir)]
     start = time.time()
@@ -119,24 +133,45 @@ def reevaluate(entry: Entry, where: Path) -> None:
     log(f"reevaluated {probe.job_id} from {entry.job.job_id}: exit {rc}, {time.time() - start:.0f} s")
 
 
-def lane(name: str, entries: list[Entry], deadline: dt.datetime, where: Path, claimed: set, mutex) -> None:
+def lane(name: str, entries: list[Entry], deadline: dt.datetime, where: Path, claimed: set, active: set, lanes: int,
+         mutex) -> None:
     while True:
-        with mutex:
-            pick = next((e for e in entries if e.job.job_id not in claimed
-                         and e.job.state in ("not launched", "incomplete")
-                         and dt.datetime.now() + dt.timedelta(minutes=e.minutes) <= deadline), None)
-            if pick is None:
-                log(f"lane {name}: nothing left that fits before {deadline:%H:%M}")
-                return
-            claimed.add(pick.job.job_id)
-        log(f"lane {name}: start {pick.name} at {pick.commit}, expected {pick.minutes:.0f} min")
+        with mutex:  # first a probe-head twin whose source has finished (minutes), then the next run that fits
+            twin = next((e for e in entries if e.probe and f"probe {e.job.job_id}" not in claimed
+                         and e.job.state == "done" and e.probe.state != "done"), None)
+            if twin is not None:
+                claimed.add(f"probe {twin.job.job_id}")
+            pick = None
+            # runs of another process (say, an earlier loop stopped without its jobs) take lanes as well
+            busy = len(active) + sum(e.job.job_id not in active and e.job.state == "running" for e in entries)
+            for e in entries if twin is None and busy < lanes else ():
+                if e.job.job_id in claimed or e.job.state not in ("not launched", "incomplete"):
+                    continue
+                minutes = expected_minutes(e)
+                if dt.datetime.now() + dt.timedelta(minutes=minutes) <= deadline:
+                    pick = e
+                    claimed.add(e.job.job_id)
+                    active.add(e.job.job_id)
+                    break
+            # wait while the lanes are full, or a SparseShared run still going will want its probe-head twin
+            wait = busy >= lanes or any(e.probe and e.job.state == "running" for e in entries)
+        if twin is not None:
+            reevaluate(twin, where)
+            continue
+        if pick is None and wait:
+            time.sleep(30)
+            continue
+        if pick is None:
+            log(f"lane {name}: nothing left that fits before {deadline:%H:%M}")
+            return
+        log(f"lane {name}: start {pick.name} at {pick.commit}, expected {minutes:.0f} min")
         start = time.time()
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         with open(pick.job.output_dir.parent / f"{pick.job.job_id}.log", "a") as out:
             rc = subprocess.run(pick.job.command, cwd=worktree(pick.commit, where), env=env, stdout=out,
                                 stderr=subprocess.STDOUT).returncode
         log(f"lane {name}: {pick.job.job_id} exit {rc} after {(time.time() - start) / 60:.1f} min")
-        reevaluate(pick, where)
+        active.discard(pick.job.job_id)
 
 
 def main() -> None:
@@ -156,7 +191,7 @@ def main() -> None:
     for e in entries:
         if args.dry_run:
             probe = f"; probe {e.probe.state}" if e.probe else ""
-            print(f"{e.job.state:13} {e.job.train_args['algorithm']:12} {e.name} {e.minutes:.0f} min{probe}")
+            print(f"{e.job.state:13} {e.job.train_args['algorithm']:12} {e.name} {expected_minutes(e):.0f} min{probe}")
     if args.dry_run:
         return
     where = args.worktrees.resolve()
@@ -167,9 +202,8 @@ def main() -> None:
         for j in (e.job, e.probe):
             if j is not None:
                 j.output_dir.parent.mkdir(parents=True, exist_ok=True)
-        reevaluate(e, where)
-    claimed, mutex = set(), threading.Lock()
-    lanes = [threading.Thread(target=lane, args=(str(i), entries, deadline, where, claimed, mutex))
+    claimed, active, mutex = set(), set(), threading.Lock()
+    lanes = [threading.Thread(target=lane, args=(str(i), entries, deadline, where, claimed, active, args.lanes, mutex))
              for i in range(args.lanes)]
     for t in lanes:
         t.start()
