@@ -12,6 +12,9 @@ if [ -n "$results" ]; then
   bash benchmarks/harvest_runs.sh "$results/$name" "$d"
   [ -d "$results/${name}_probe" ] && bash benchmarks/harvest_runs.sh "$results/${name}_probe" "${d}_probe"
 fi
+warnings=$(mktemp)  # each tool warns once per table (say, of runs from two commits): print each line once
+trap 'sort -u "$warnings" >&3; rm -f "$warnings"' EXIT
+exec 3>&2 2>>"$warnings"
 probe=()
 [ -d "${d}_probe" ] && probe=(--input_dir "probe=${d}_probe")
 selections=(training_domain oracle)
