@@ -6,7 +6,8 @@ that made that algorithm's earlier runs (a detached worktree per commit under ``
 would not finish in time is left for a later sitting (a sitting's machine is not kept, so a run cut off at
 its end is lost), and shorter runs fill the tail. Once a kept-checkpoint SparseShared run is done, a lane makes
 its probe-head twin with ``harness.reevaluate``. Finished runs are copied to docs/measured by
-``benchmarks/harvest_runs.sh``; the loop is resumable, so start it again in each sitting:
+``benchmarks/plateau_report.sh``, and a new machine's loop starts from them (``--records``); the loop is
+resumable, so start it again in each sitting:
 
     python benchmarks/plateau_queue.py --deadline 03:10 [--dry_run]
 """
@@ -16,6 +17,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -174,19 +176,44 @@ def lane(name: str, entries: list[Entry], deadline: dt.datetime, where: Path, cl
         active.discard(pick.job.job_id)
 
 
+def seed_from_records(records: Path, root: Path) -> int:
+    """Copy the committed finished runs (records only) into ``root``, so that a new machine's loop finds them
+    done: a sitting's machine is not kept, its records are."""
+    n = 0
+    for sweep in ("colored_fmnist_plateau", "rotated_fmnist_plateau"):
+        for folder in (sweep, f"{sweep}_probe"):
+            for run in sorted((records / folder).glob("*/done")):
+                dst = root / folder / run.parent.name
+                if not dst.exists():
+                    shutil.copytree(run.parent, dst)
+                    n += 1
+    return n
+
+
+def clock(text: str) -> dt.datetime:
+    """HH:MM today, or tomorrow if that is past."""
+    try:
+        hh, mm = map(int, text.split(":"))
+        when = dt.datetime.now().replace(hour=hh, minute=mm, second=0, microsecond=0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time of day HH:MM") from None
+    return when if when >= dt.datetime.now() else when + dt.timedelta(days=1)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--deadline", required=True, help="HH:MM today (or tomorrow, if already past): start no "
-                   "run expected to end later")
+    p.add_argument("--deadline", required=True, type=clock, help="HH:MM today (or tomorrow, if already past): "
+                   "start no run expected to end later")
+    p.add_argument("--records", type=Path, default=REPO / "docs" / "measured",
+                   help="committed records of finished runs, copied into --root first (default: %(default)s)")
     p.add_argument("--root", type=Path, default=Path("results"), help="folder of the sweeps' run folders")
     p.add_argument("--worktrees", type=Path, default=Path("results/worktrees"))
     p.add_argument("--lanes", type=int, default=2)
-    p.add_argument("--dry_run", action="store_true", help="print the queue and each run's state")
+    p.add_argument("--dry_run", action="store_true", help="print the queue and each run's state (after "
+                   "copying the committed records), start nothing")
     args = p.parse_args()
-    hh, mm = map(int, args.deadline.split(":"))
-    deadline = dt.datetime.now().replace(hour=hh, minute=mm, second=0, microsecond=0)
-    if deadline < dt.datetime.now():
-        deadline += dt.timedelta(days=1)
+    deadline = args.deadline
+    log(f"copied {seed_from_records(args.records, args.root)} committed finished runs into {args.root}")
     entries = queue(args.root.resolve())
     for e in entries:
         if args.dry_run:

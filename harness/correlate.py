@@ -91,12 +91,12 @@ def main(argv: list[str] | None = None) -> None:
     def run() -> None:
         from tabulate import tabulate
 
-        from harness.records import load_records, records_frame
+        from harness.records import keep_runs, load_records, records_frame
 
         args = build_parser().parse_args(argv)
         records, stats = load_records(Path(args.input_dir))
         print(stats.summary(), file=sys.stderr)
-        df = records_frame(records)
+        df = keep_runs(records_frame(records))
         if args.algorithm:
             df = df[df["algorithm"] == args.algorithm]
             if df.empty:

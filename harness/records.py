@@ -53,8 +53,9 @@ def read_jsonl(path: Path) -> tuple[list[dict], int]:
 
 def load_records(input_dir: Path) -> tuple[list[dict], LoadStats]:
     """Records of every finished run below ``input_dir``; each gets ``run`` (its directory). What cannot be
-    read is counted in the stats and named on stderr: finished runs without records, truncated files,
-    copies of one job (only the copy finished last is kept) and a dataset/algorithm mixing commits."""
+    read is counted in the stats and named on stderr: finished runs without records, truncated files and
+    copies of one job (only the copy finished last is kept). ``keep_runs`` names the runs it keeps that mix
+    commits."""
     if input_dir.is_file():
         raise UserError(f"--input_dir {input_dir} is a file; give the directory that holds the runs "
                         f"(searched recursively for */{RESULTS}), e.g. {input_dir.parent.parent}")
@@ -87,7 +88,6 @@ def load_records(input_dir: Path) -> tuple[list[dict], LoadStats]:
         runs[run] = found
     stats.unreadable.sort()
     runs = drop_duplicate_jobs(runs, input_dir, stats, warnings)
-    warnings += mixed_commits(runs)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     records = [{**r, "run": run} for run, found in runs.items() for r in found]
@@ -125,18 +125,17 @@ def drop_duplicate_jobs(runs: dict[str, list[dict]], input_dir: Path, stats: Loa
     return keep
 
 
-def mixed_commits(runs: dict[str, list[dict]]) -> list[str]:
-    """A warning per (dataset, algorithm) whose runs were made by different commits, naming them."""
-    groups: dict[tuple[str, str], dict[str, list[str]]] = {}
-    for run, found in runs.items():
-        args = found[-1]["args"]
-        key = (str(args.get("dataset")), str(args.get("algorithm")))
-        groups.setdefault(key, {}).setdefault(commit_of(found), []).append(run)
+def mixed_commits(df) -> list[str]:
+    """A warning per (dataset, algorithm) of ``df`` (a ``records_frame``) whose runs were made by different
+    commits, naming them: a run's commit is its last record's."""
+    last = df.sort_values("step").groupby("run").tail(1)
+    commit = last["commit"].fillna("unrecorded").astype(str) if "commit" in last else "unrecorded"
     out = []
-    for (dataset, algorithm), commits in sorted(groups.items()):
+    for (dataset, algorithm), group in last.assign(commit=commit).groupby(["dataset", "algorithm"], sort=True):
+        commits = {c: sorted(g["run"]) for c, g in group.groupby("commit", sort=True)}
         if len(commits) > 1:
             named = "; ".join(f"commit {c}: {', '.join(r[:3])}{', ...' if len(r) > 3 else ''}"
-                              for c, r in sorted(commits.items()))
+                              for c, r in commits.items())
             out.append(f"{dataset} / {algorithm} mixes runs of different code versions ({named}); its cells "
                        "average over both")
     return out
@@ -165,13 +164,16 @@ def records_frame(records: list[dict]):
 
 
 def keep_runs(df, trials: list[int] | None = None, draws: list[int] | None = None):
-    """The records of these trial seeds and hparam draws (``None``: every one); a ``UserError`` when none is left."""
+    """The records of these trial seeds and hparam draws (``None``: every one); a ``UserError`` when none is left,
+    a warning on stderr for each dataset/algorithm whose kept runs mix commits."""
     if trials is not None:
         df = df[df["trial_seed"].isin(trials)]
     if draws is not None:
         df = df[df["hparams_seed"].isin(draws)]
     if df.empty:
         raise UserError("no records left after --trials/--draws")
+    for warning in mixed_commits(df):  # of the runs kept: a filter may leave one commit
+        print(f"warning: {warning}", file=sys.stderr)
     return df
 
 

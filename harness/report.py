@@ -37,9 +37,9 @@ WIDE = {"dci_disentanglement": "DCI D", "dci_completeness": "DCI C", "dci_inform
 def final_runs(input_dir: Path):
     """One row per finished run (its last checkpoint) with the study's hparams as plain columns, and
     the per-checkpoint frame for the curves."""
-    from harness.records import load_records, records_frame
+    from harness.records import keep_runs, load_records, records_frame
 
-    df = records_frame(load_records(input_dir)[0])
+    df = keep_runs(records_frame(load_records(input_dir)[0]))
     df["dataset"] = df["dataset"].str.replace(r" \(\d+ steps\)$", "", regex=True)  # lengths are kept apart below
     df["length"] = df.groupby("run")["step"].transform("max")
     if "entropy" in df and "hparams.feature_dim" in df:  # H(p) of the training heads, with the training beta

@@ -127,3 +127,32 @@ def test_plateau_queue_holds_every_unfinished_run_of_both_sweeps_once():
                     assert [c for c in queued[j.job_id].command if c != "--keep_checkpoints"] == j.command
     assert {e.job.train_args["dataset"] for e in entries if e.job.state == "done"} == {"ColoredFashionMNIST"}
     assert sum(e.job.train_args["dataset"] == "RotatedFashionMNIST" for e in entries) == 48
+
+
+def test_plateau_queue_starts_a_new_machine_from_the_committed_records(tmp_path):
+    from plateau_queue import queue, seed_from_records
+
+    records = ROOT / "docs" / "measured"
+    committed = sorted(p.parent.name for folder in ("colored_fmnist_plateau", "colored_fmnist_plateau_probe")
+                       for p in (records / folder).glob("*/done"))
+    assert seed_from_records(records, tmp_path) == len(committed) > 0
+    assert seed_from_records(records, tmp_path) == 0  # nothing twice
+    entries = queue(tmp_path)
+    done = {e.job.job_id for e in entries if e.job.state == "done"} | {
+        e.probe.job_id for e in entries if e.probe and e.probe.state == "done"}
+    assert done and done <= set(committed)
+
+
+def test_mixed_commit_warning_names_only_the_runs_tabled():
+    """SparseShared's own-head runs come from two commits (draw 0 from one, later draws from another): the
+    warning appears over every draw and not at --draws 0, whose runs are all one commit's."""
+    def warnings(*args):
+        proc = subprocess.run([sys.executable, "benchmarks/compare_algorithms.py", "--input_dir", str(RECORDS), *args],
+                              capture_output=True, text=True, cwd=ROOT, check=True)
+        return [line for line in proc.stderr.splitlines() if "mixes runs of different code versions" in line]
+
+    commits = {json.loads(p.read_text().splitlines()[-1])["commit"] for p in RECORDS.glob("*SparseShared*/results.jsonl")}
+    assert len(commits) == 2
+    (every,) = [w for w in warnings() if "/ SparseShared mixes" in w]
+    assert all(c in every for c in commits)
+    assert warnings("--draws", "0") == []
