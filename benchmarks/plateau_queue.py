@@ -58,13 +58,9 @@ def sweep_jobs(args: list[str], root: Path) -> list[Job]:
     return make_jobs(opts)
 
 
-def one(args: list[str], root: Path) -> Job:
-    (job,) = sweep_jobs(args, root)
-    return job
-
-
 def queue(root: Path) -> list[Entry]:
-    a, b = root / "colored_fmnist_plateau", root / "rotated_fmnist_plateau"
+    cfm, rfm = "colored_fmnist_plateau", "rotated_fmnist_plateau"
+    a, b = root / cfm, root / rfm
     own = json.dumps({"backbone": "SmallCNN", "n_per_env": 2000})
     probe = json.dumps({"backbone": "SmallCNN", "n_per_env": 2000, **PROBE})
     entries = []
@@ -76,16 +72,14 @@ def queue(root: Path) -> list[Entry]:
         return [j for j in jobs if j.train_args["trial_seed"] == trial and j.train_args["test_envs"] == kw.get(
             "test_envs", j.train_args["test_envs"])][0]
 
-    cfm = "colored_fmnist_plateau"
     for draw in (1, 2):  # (a): the episodic algorithms' random draws, longest first
         for trial in range(3):
-            entries.append(Entry(job("colored_fmnist_plateau", "SparseShared", draw, trial, a, keep=True), KEEP,
+            entries.append(Entry(job(cfm, "SparseShared", draw, trial, a, keep=True), KEEP,
                                  MINUTES["SparseShared", draw],
                                  job(cfm, "SparseShared", draw, trial, Path(f"{a}_probe"), probe)))
             if draw == 2:
                 entries.append(Entry(job(cfm, "MultiTask", draw, trial, a), MULTITASK, MINUTES["MultiTask", 2]))
             entries.append(Entry(job(cfm, "ProtoNet", draw, trial, a), FIRST, MINUTES["ProtoNet", draw]))
-    rfm = "rotated_fmnist_plateau"
     for trial in range(3):  # (b): default hparams, both held-out domains
         for test_env in (0, 5):
             entries.append(Entry(job(rfm, "SparseShared", 0, trial, b, keep=True, test_envs=[test_env]), KEEP,
