@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.launchers import thread_env
 from harness.sweep import Job, build_parser, make_jobs, resolve_options
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,7 +163,7 @@ def lane(name: str, entries: list[Entry], deadline: dt.datetime, where: Path, cl
             return
         log(f"lane {name}: start {pick.name} at {pick.commit}, expected {minutes:.0f} min")
         start = time.time()
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        env = {**os.environ, **thread_env(1)}
         with open(pick.job.output_dir.parent / f"{pick.job.job_id}.log", "a") as out:
             rc = subprocess.run(pick.job.command, cwd=worktree(pick.commit, where), env=env, stdout=out,
                                 stderr=subprocess.STDOUT).returncode
