@@ -3,7 +3,7 @@
 # runs of RESULTS/NAME and RESULTS/NAME_probe into docs/measured (records only), then writes there the curves
 # (curve.png), collect_results' tables over every draw (tables.txt/.tex) and at default hparams
 # (tables_defaults.txt/.tex), each run's plateau verdict (plateau.txt) and each algorithm minus ERM
-# (compare.txt), e.g.
+# (compare.txt) and the page's tables of both (summary.md), e.g.
 #   bash benchmarks/plateau_report.sh colored_fmnist_plateau results
 set -euo pipefail
 name=$1 results=${2:-}
@@ -46,4 +46,13 @@ python benchmarks/plateau_curves.py --input_dir "$d" >> "$d/plateau.txt"
     done
   done
 } > "$d/compare.txt"
-echo "wrote $d/{tables,tables_defaults}.{txt,tex}, curve.png, plateau.txt, compare.txt"
+{
+  echo "## draws: 0 (default hparams)"
+  python benchmarks/compare_algorithms.py --input_dir "$d" "${probe[@]}" --selection training_domain oracle \
+    --metric "${metrics[@]}" --summary --draws 0
+  echo
+  echo "## draws: every"
+  python benchmarks/compare_algorithms.py --input_dir "$d" "${probe[@]}" --selection training_domain oracle \
+    --metric "${metrics[@]}" --summary
+} > "$d/summary.md"
+echo "wrote $d/{tables,tables_defaults}.{txt,tex}, curve.png, plateau.txt, compare.txt, summary.md"

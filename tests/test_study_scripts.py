@@ -156,3 +156,21 @@ def test_mixed_commit_warning_names_only_the_runs_tabled():
     (every,) = [w for w in warnings() if "/ SparseShared mixes" in w]
     assert all(c in every for c in commits)
     assert warnings("--draws", "0") == []
+
+
+def test_summary_holds_the_per_trial_tables_cells():
+    """--summary (the page's tables) is the per-trial tables of each selection and metric, one column pair each."""
+    def run(*args):
+        return subprocess.run([sys.executable, "benchmarks/compare_algorithms.py", "--input_dir", str(RECORDS),
+                               "--selection", "training_domain", "oracle", "--metric", "acc", "wg_acc", *args],
+                              capture_output=True, text=True, cwd=ROOT, check=True).stdout
+
+    per_trial = [[r.strip(" |") for r in line.split(" | ")] for line in run().splitlines()
+                 if line.startswith("| ") and not line.startswith("| algorithm")]
+    summary = [[r.strip(" |") for r in line.split(" | ")] for line in run("--summary").splitlines()
+               if line.startswith("| ") and not line.startswith("| algorithm")]
+    assert summary[0][0] == "ERM" and len(summary) >= 8 and len(per_trial) == 4 * len(summary)
+    for i, row in enumerate(summary):
+        for j in range(4):  # training_domain acc, wg_acc, oracle acc, wg_acc: the order of the per-trial tables
+            alg, env, trials, mean, diff = per_trial[j * len(summary) + i]
+            assert row[:2] == [alg, env] and row[2] == str(trials.count("@")) and row[3 + 2 * j: 5 + 2 * j] == [mean, diff]
