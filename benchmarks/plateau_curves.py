@@ -10,7 +10,9 @@ line per (algorithm, held-out environment), averaged over trials of the default 
 with the held-out 'in' accuracy dashed; the same numbers are printed as a table. Then one line per run with
 the plateau rule of docs/real_images.md: the mean of the last ``--window`` checkpoints is within
 ``--tolerance`` of the mean of the ``--window`` before; also the step from which the run stays within ``--band``
-of that last mean. The last line counts the runs that pass.
+of that last mean, and the minutes its training steps took (``update min``: the records' ``step_time``, the mean
+time of one ``update`` since the last checkpoint, times the steps; data loading and evaluation not counted).
+The last lines count the runs that pass and sum the update time.
 """
 from __future__ import annotations
 
@@ -38,6 +40,12 @@ def run_curve(run: "pd.DataFrame") -> Curve:
     val = mean_out(run, [i for i in env_indices(run) if i not in test])
     held = run[[f"env{i}_in_acc" for i in test]].mean(axis=1)
     return list(zip(run["step"].astype(int), val, held))
+
+
+def update_seconds(run: "pd.DataFrame") -> float:
+    """Seconds the run's training steps took: each record's mean ``step_time`` times the steps since the last."""
+    run = run.sort_values("step")
+    return float((run["step_time"] * run["step"].diff().fillna(run["step"])).sum())
 
 
 def plateau(curve: Curve, window: int, tolerance: float) -> tuple[float, float, bool] | None:
@@ -74,9 +82,9 @@ def main() -> None:
 
     df = keep_runs(records_frame(load_records(a.input_dir)[0]), draws=a.draws)
     names = env_names(df)
-    runs = {run: (g.iloc[-1], run_curve(g)) for run, g in df.groupby("run")}
+    runs = {run: (g.iloc[-1], run_curve(g), update_seconds(g)) for run, g in df.groupby("run")}
     mean: dict[tuple[str, int], dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
-    for args, curve in runs.values():
+    for args, curve, _ in runs.values():
         if args["hparams_seed"] == 0:
             for step, val, held in curve:
                 mean[(args["algorithm"], args["test_envs"][0])][step].append((val, held))
@@ -89,19 +97,21 @@ def main() -> None:
             print(f"| {alg} | {names.get(te, te)} | {s} | {sum(v for v, _ in vals) / len(vals):.3f} | "
                   f"{sum(h for _, h in vals) / len(vals):.3f} | {len(vals)} |")
 
-    print(f"\n| run | last {a.window} | {a.window} before | within {a.band} of the last from step | plateau (within {a.tolerance}) |")
-    print("|---|---|---|---|---|")
+    print(f"\n| run | last {a.window} | {a.window} before | within {a.band} of the last from step | update min | "
+          f"plateau (within {a.tolerance}) |")
+    print("|---|---|---|---|---|---|")
     passed = judged = 0
-    for run, (_, curve) in runs.items():
+    for run, (_, curve, seconds) in runs.items():
         verdict = plateau(curve, a.window, a.tolerance)
         if verdict is None:
-            print(f"| {Path(run).name} | - | - | - | too few checkpoints ({len(curve)}) |")
+            print(f"| {Path(run).name} | - | - | - | {seconds / 60:.1f} | too few checkpoints ({len(curve)}) |")
             continue
         judged += 1
         passed += verdict[2]
         print(f"| {Path(run).name} | {verdict[0]:.3f} | {verdict[1]:.3f} | {settled_from(curve, a.window, a.band)} | "
-              f"{'yes' if verdict[2] else 'no'} |")
+              f"{seconds / 60:.1f} | {'yes' if verdict[2] else 'no'} |")
     print(f"\n{passed} of {judged} runs plateaued ({len(runs) - judged} with too few checkpoints)")
+    print(f"training steps of the {len(runs)} runs: {sum(s for *_, s in runs.values()) / 3600:.2f} h of update time")
 
     if a.output:
         plot(mean, a.output, names)

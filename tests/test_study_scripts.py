@@ -14,13 +14,20 @@ ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "docs" / "measured" / "colored_fmnist_plateau"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from plateau_curves import plateau, settled_from  # noqa: E402
+from plateau_curves import plateau, settled_from, update_seconds  # noqa: E402
 
 
 def test_settled_from_is_the_first_step_of_the_last_stretch_inside_the_band():
     curve = [(100 * (i + 1), v, 0.3) for i, v in enumerate([0.5, 0.79, 0.9, 0.81, 0.8, 0.8, 0.8, 0.8, 0.8])]
     assert settled_from(curve, 5, 0.02) == 400  # 0.9 at step 300 is the last one outside 0.8 +- 0.02
     assert settled_from(curve, 5, 0.2) == 200
+
+
+def test_update_time_weights_each_records_mean_step_time_by_its_steps():
+    import pandas as pd
+
+    run = pd.DataFrame({"step": [300, 100, 250], "step_time": [4.0, 1.0, 2.0]})  # out of order, uneven gaps
+    assert update_seconds(run) == 100 * 1.0 + 150 * 2.0 + 50 * 4.0
 
 
 def test_rule_needs_two_windows_and_compares_their_means():
