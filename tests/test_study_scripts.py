@@ -132,7 +132,7 @@ def test_plateau_queue_holds_every_unfinished_run_of_both_sweeps_once():
             for j in group:
                 if j.job_id in queued:
                     assert [c for c in queued[j.job_id].command if c != "--keep_checkpoints"] == j.command
-    assert {e.job.train_args["dataset"] for e in entries if e.job.state == "done"} == {"ColoredFashionMNIST"}
+    assert {e.job.train_args["dataset"] for e in entries} == {"ColoredFashionMNIST", "RotatedFashionMNIST"}
     assert sum(e.job.train_args["dataset"] == "RotatedFashionMNIST" for e in entries) == 48
 
 
@@ -140,8 +140,8 @@ def test_plateau_queue_starts_a_new_machine_from_the_committed_records(tmp_path)
     from plateau_queue import queue, seed_from_records
 
     records = ROOT / "docs" / "measured"
-    committed = sorted(p.parent.name for folder in ("colored_fmnist_plateau", "colored_fmnist_plateau_probe")
-                       for p in (records / folder).glob("*/done"))
+    committed = sorted(p.parent.name for sweep in ("colored_fmnist_plateau", "rotated_fmnist_plateau")
+                       for folder in (sweep, f"{sweep}_probe") for p in (records / folder).glob("*/done"))
     assert seed_from_records(records, tmp_path) == len(committed) > 0
     assert seed_from_records(records, tmp_path) == 0  # nothing twice
     entries = queue(tmp_path)
