@@ -17,6 +17,7 @@ The last lines count the runs that pass and sum the update time.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -142,7 +143,7 @@ def plot(mean: dict, output: Path, names: dict[int, str]) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(output, dpi=110)
-    print(f"wrote {output}")
+    print(f"wrote {output}", file=sys.stderr)  # stdout is the tables
 
 
 if __name__ == "__main__":

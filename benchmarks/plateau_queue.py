@@ -31,6 +31,7 @@ from harness.sweep import Job, build_parser, make_jobs, resolve_options
 
 REPO = Path(__file__).resolve().parent.parent
 PROBE = {"eval_head": "probe"}
+SWEEPS = ("colored_fmnist_plateau", "rotated_fmnist_plateau")  # (a) and (b); each has a NAME_probe twin folder
 # Commits that trained each part (each record's `commit` says which): MultiTask's bounded evaluation head
 # (9d386c8), the other (a) runs (68003ea), --keep_checkpoints and harness.reevaluate (64632c0).
 MULTITASK, FIRST, KEEP = "9d386c8", "68003ea", "64632c0"
@@ -60,7 +61,7 @@ def sweep_jobs(args: list[str], root: Path) -> list[Job]:
 
 
 def queue(root: Path) -> list[Entry]:
-    cfm, rfm = "colored_fmnist_plateau", "rotated_fmnist_plateau"
+    cfm, rfm = SWEEPS
     a, b = root / cfm, root / rfm
     own = json.dumps({"backbone": "SmallCNN", "n_per_env": 2000})
     probe = json.dumps({"backbone": "SmallCNN", "n_per_env": 2000, **PROBE})
@@ -175,7 +176,7 @@ def seed_from_records(records: Path, root: Path) -> int:
     """Copy the committed finished runs (records only) into ``root``, so that a new machine's loop finds them
     done: a sitting's machine is not kept, its records are."""
     n = 0
-    for sweep in ("colored_fmnist_plateau", "rotated_fmnist_plateau"):
+    for sweep in SWEEPS:
         for folder in (sweep, f"{sweep}_probe"):
             for run in sorted((records / folder).glob("*/done")):
                 dst = root / folder / run.parent.name
@@ -207,7 +208,6 @@ def main() -> None:
     p.add_argument("--dry_run", action="store_true", help="print the queue and each run's state (after "
                    "copying the committed records), start nothing")
     args = p.parse_args()
-    deadline = args.deadline
     log(f"copied {seed_from_records(args.records, args.root)} committed finished runs into {args.root}")
     entries = queue(args.root.resolve())
     for e in entries:
@@ -225,7 +225,8 @@ def main() -> None:
             if j is not None:
                 j.output_dir.parent.mkdir(parents=True, exist_ok=True)
     claimed, active, mutex = set(), set(), threading.Lock()
-    lanes = [threading.Thread(target=lane, args=(str(i), entries, deadline, where, claimed, active, args.lanes, mutex))
+    lanes = [threading.Thread(target=lane, args=(str(i), entries, args.deadline, where, claimed, active, args.lanes,
+                                                 mutex))
              for i in range(args.lanes)]
     for t in lanes:
         t.start()

@@ -7,7 +7,7 @@
 #   bash benchmarks/plateau_report.sh colored_fmnist_plateau results
 set -euo pipefail
 name=$1 results=${2:-}
-d=docs/measured/$name
+d=${PLATEAU_RECORDS:-docs/measured}/$name  # PLATEAU_RECORDS: another records folder (tests)
 if [ -n "$results" ]; then
   bash benchmarks/harvest_runs.sh "$results/$name" "$d"
   [ -d "$results/${name}_probe" ] && bash benchmarks/harvest_runs.sh "$results/${name}_probe" "${d}_probe"
@@ -32,27 +32,15 @@ python -m harness.collect_results --input_dir "$d" --selection "${selections[@]}
 python benchmarks/plateau_curves.py --input_dir "$d" --output "$d/curve.png" --draws 0 > "$d/plateau.txt"
 echo >> "$d/plateau.txt"
 python benchmarks/plateau_curves.py --input_dir "$d" >> "$d/plateau.txt"
-{
-  for draws in "0" "every"; do
-    for selection in training_domain oracle; do
-      for metric in "${metrics[@]}"; do
-        echo "## draws: $draws, selection: $selection, metric: $metric"
-        extra=()
-        [ "$draws" = 0 ] && extra=(--draws 0)
-        python benchmarks/compare_algorithms.py --input_dir "$d" "${probe[@]}" --selection "$selection" \
-          --metric "$metric" "${extra[@]}"
-        echo
-      done
-    done
-  done
-} > "$d/compare.txt"
-{
+compare() {  # each algorithm minus ERM at default hparams, then over every draw; "$@": extra flags
   echo "## draws: 0 (default hparams)"
   python benchmarks/compare_algorithms.py --input_dir "$d" "${probe[@]}" --selection training_domain oracle \
-    --metric "${metrics[@]}" --summary --draws 0
+    --metric "${metrics[@]}" "$@" --draws 0
   echo
   echo "## draws: every"
   python benchmarks/compare_algorithms.py --input_dir "$d" "${probe[@]}" --selection training_domain oracle \
-    --metric "${metrics[@]}" --summary
-} > "$d/summary.md"
+    --metric "${metrics[@]}" "$@"
+}
+compare > "$d/compare.txt"
+compare --summary > "$d/summary.md"
 echo "wrote $d/{tables,tables_defaults}.{txt,tex}, curve.png, plateau.txt, compare.txt, summary.md"

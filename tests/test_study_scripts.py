@@ -4,8 +4,11 @@ rule) and benchmarks/compare_algorithms.py (each algorithm minus ERM), the latte
 import csv
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -113,14 +116,14 @@ def test_plateau_verdicts_keep_only_the_draws_asked_for():
 def test_plateau_queue_holds_every_unfinished_run_of_both_sweeps_once():
     """benchmarks/plateau_queue.py's runs are the sweeps' own jobs (same ids, so a launch finds them done),
     and with the committed records it leaves out no run that is not done."""
-    from plateau_queue import queue, sweep_jobs
+    from plateau_queue import SWEEPS, queue, sweep_jobs
 
     root = ROOT / "docs" / "measured"
     entries = queue(root)
     ids = [e.job.job_id for e in entries]
     assert len(ids) == len(set(ids))
     hp = json.dumps({"backbone": "SmallCNN", "n_per_env": 2000})
-    for sweep, n_hparams in (("colored_fmnist_plateau", 3), ("rotated_fmnist_plateau", 1)):
+    for sweep, n_hparams in zip(SWEEPS, (3, 1)):
         jobs = sweep_jobs(["--sweep", sweep, "--n_hparams", str(n_hparams), "--hparams", hp], root / sweep)
         probes = sweep_jobs(["--sweep", sweep, "--algorithms", "SparseShared", "--n_hparams", str(n_hparams),
                              "--hparams", json.dumps({**json.loads(hp), "eval_head": "probe"})],
@@ -132,15 +135,18 @@ def test_plateau_queue_holds_every_unfinished_run_of_both_sweeps_once():
             for j in group:
                 if j.job_id in queued:
                     assert [c for c in queued[j.job_id].command if c != "--keep_checkpoints"] == j.command
-    assert {e.job.train_args["dataset"] for e in entries} == {"ColoredFashionMNIST", "RotatedFashionMNIST"}
-    assert sum(e.job.train_args["dataset"] == "RotatedFashionMNIST" for e in entries) == 48
+    # (a): draws 1-2 of SparseShared and ProtoNet, draw 2 of MultiTask; (b): all 8 algorithms, 2 held out
+    assert Counter(e.job.train_args["dataset"] for e in entries) == {"ColoredFashionMNIST": 15,
+                                                                     "RotatedFashionMNIST": 48}
+    assert Counter(e.probe.train_args["dataset"] for e in entries if e.probe) == {"ColoredFashionMNIST": 6,
+                                                                                  "RotatedFashionMNIST": 6}
 
 
 def test_plateau_queue_starts_a_new_machine_from_the_committed_records(tmp_path):
-    from plateau_queue import queue, seed_from_records
+    from plateau_queue import SWEEPS, queue, seed_from_records
 
     records = ROOT / "docs" / "measured"
-    committed = sorted(p.parent.name for sweep in ("colored_fmnist_plateau", "rotated_fmnist_plateau")
+    committed = sorted(p.parent.name for sweep in SWEEPS
                        for folder in (sweep, f"{sweep}_probe") for p in (records / folder).glob("*/done"))
     assert seed_from_records(records, tmp_path) == len(committed) > 0
     assert seed_from_records(records, tmp_path) == 0  # nothing twice
@@ -181,3 +187,23 @@ def test_summary_holds_the_per_trial_tables_cells():
         for j in range(4):  # training_domain acc, wg_acc, oracle acc, wg_acc: the order of the per-trial tables
             alg, env, trials, mean, diff = per_trial[j * len(summary) + i]
             assert row[:2] == [alg, env] and row[2] == str(trials.count("@")) and row[3 + 2 * j: 5 + 2 * j] == [mean, diff]
+
+
+@pytest.mark.parametrize("sweep", ["colored_fmnist_plateau", "rotated_fmnist_plateau"])
+def test_committed_report_is_what_the_committed_records_give(tmp_path, sweep):
+    """docs/real_images.md's tables come from benchmarks/plateau_report.sh over the committed records: rerun on
+    a copy of them, it writes every committed table byte for byte (a report left stale by new records fails)."""
+    from plateau_queue import SWEEPS
+
+    assert sweep in SWEEPS
+    committed = ROOT / "docs" / "measured" / sweep
+    tables = ["tables.txt", "tables.tex", "tables_defaults.txt", "tables_defaults.tex", "plateau.txt",
+              "compare.txt", "summary.md"]
+    for folder in (sweep, f"{sweep}_probe"):  # the records only
+        shutil.copytree(ROOT / "docs" / "measured" / folder, tmp_path / folder,
+                        ignore=shutil.ignore_patterns(*tables, "curve.png"))
+    subprocess.run(["bash", "benchmarks/plateau_report.sh", sweep], cwd=ROOT, check=True, capture_output=True,
+                   env={**os.environ, "PLATEAU_RECORDS": str(tmp_path)})
+    for name in tables:
+        assert (tmp_path / sweep / name).read_text() == (committed / name).read_text(), name
+    assert (tmp_path / sweep / "curve.png").stat().st_size > 10_000
