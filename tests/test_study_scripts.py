@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -207,3 +208,18 @@ def test_committed_report_is_what_the_committed_records_give(tmp_path, sweep):
     for name in tables:
         assert (tmp_path / sweep / name).read_text() == (committed / name).read_text(), name
     assert (tmp_path / sweep / "curve.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("sweep", ["colored_fmnist_plateau", "rotated_fmnist_plateau"])
+def test_the_pages_tables_are_the_committed_summary(sweep):
+    """docs/real_images.md prints each sweep's summary.md tables (defaults, every draw) as they are: with the
+    test above, the page's table cells are what the committed records give."""
+    page = (ROOT / "docs" / "real_images.md").read_text()
+    summary = (ROOT / "docs" / "measured" / sweep / "summary.md").read_text()
+    tables = [t.strip() for t in re.findall(r"(?:^\|.*\n?)+", summary, flags=re.M)]  # runs of '|' lines
+    assert len(tables) == 2 and all(t.count("\n") >= 9 for t in tables)
+    if sweep == "rotated_fmnist_plateau":  # default hparams only, so both tables are one
+        assert tables[0] == tables[1]
+    for table in tables:
+        assert table in page
+
