@@ -19,6 +19,7 @@ RECORDS = ROOT / "docs" / "measured" / "colored_fmnist_plateau"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from plateau_curves import plateau, settled_from, update_seconds  # noqa: E402
+from plateau_queue import SWEEPS  # noqa: E402
 
 
 def test_settled_from_is_the_first_step_of_the_last_stretch_inside_the_band():
@@ -117,7 +118,7 @@ def test_plateau_verdicts_keep_only_the_draws_asked_for():
 def test_plateau_queue_holds_every_unfinished_run_of_both_sweeps_once():
     """benchmarks/plateau_queue.py's runs are the sweeps' own jobs (same ids, so a launch finds them done),
     and with the committed records it leaves out no run that is not done."""
-    from plateau_queue import SWEEPS, queue, sweep_jobs
+    from plateau_queue import queue, sweep_jobs
 
     root = ROOT / "docs" / "measured"
     entries = queue(root)
@@ -144,7 +145,7 @@ def test_plateau_queue_holds_every_unfinished_run_of_both_sweeps_once():
 
 
 def test_plateau_queue_starts_a_new_machine_from_the_committed_records(tmp_path):
-    from plateau_queue import SWEEPS, queue, seed_from_records
+    from plateau_queue import queue, seed_from_records
 
     records = ROOT / "docs" / "measured"
     committed = sorted(p.parent.name for sweep in SWEEPS
@@ -190,13 +191,10 @@ def test_summary_holds_the_per_trial_tables_cells():
             assert row[:2] == [alg, env] and row[2] == str(trials.count("@")) and row[3 + 2 * j: 5 + 2 * j] == [mean, diff]
 
 
-@pytest.mark.parametrize("sweep", ["colored_fmnist_plateau", "rotated_fmnist_plateau"])
+@pytest.mark.parametrize("sweep", SWEEPS)
 def test_committed_report_is_what_the_committed_records_give(tmp_path, sweep):
     """docs/real_images.md's tables come from benchmarks/plateau_report.sh over the committed records: rerun on
     a copy of them, it writes every committed table byte for byte (a report left stale by new records fails)."""
-    from plateau_queue import SWEEPS
-
-    assert sweep in SWEEPS
     committed = ROOT / "docs" / "measured" / sweep
     tables = ["tables.txt", "tables.tex", "tables_defaults.txt", "tables_defaults.tex", "plateau.txt",
               "compare.txt", "summary.md"]
@@ -210,7 +208,7 @@ def test_committed_report_is_what_the_committed_records_give(tmp_path, sweep):
     assert (tmp_path / sweep / "curve.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("sweep", ["colored_fmnist_plateau", "rotated_fmnist_plateau"])
+@pytest.mark.parametrize("sweep", SWEEPS)
 def test_the_pages_tables_are_the_committed_summary(sweep):
     """docs/real_images.md prints each sweep's summary.md tables (defaults, every draw) as they are: with the
     test above, the page's table cells are what the committed records give."""
@@ -218,8 +216,7 @@ def test_the_pages_tables_are_the_committed_summary(sweep):
     summary = (ROOT / "docs" / "measured" / sweep / "summary.md").read_text()
     tables = [t.strip() for t in re.findall(r"(?:^\|.*\n?)+", summary, flags=re.M)]  # runs of '|' lines
     assert len(tables) == 2 and all(t.count("\n") >= 9 for t in tables)
-    if sweep == "rotated_fmnist_plateau":  # default hparams only, so both tables are one
+    if sweep == SWEEPS[1]:  # (b) runs default hparams only, so both tables are one
         assert tables[0] == tables[1]
     for table in tables:
         assert table in page
-
